@@ -1,0 +1,293 @@
+"""Photo intake for subjects: check an upload before decoding it, then clean and crop it.
+
+No Django here: the web layer hands over the uploaded bytes and stores what comes back.
+
+Order matters for safety. Everything that can be learnt without decoding pixels (size, type by
+content, dimensions from the header, animation) is checked first, so a hostile file never costs a
+full decode. Only then is the image decoded, EXIF-transposed and re-encoded without metadata (the
+GPS position and the camera serial go), and a square crop at the model's resolution is cut, centred
+on the largest face when opencv's bundled Haar cascade finds one.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Iterable
+
+from PIL import Image, ImageCms, ImageFile, ImageOps
+
+logger = logging.getLogger(__name__)
+
+MIN_PHOTOS = 3
+MAX_PHOTOS = 30
+MAX_FILE_BYTES = 15 * 1024 * 1024
+MAX_PIXELS = 40_000_000
+JPEG_QUALITY = 95
+
+# Magic numbers of the accepted formats; the name and the browser's content type are not trusted.
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+class PhotoRejected(ValueError):
+    """A photo that cannot be used; `reason` is a sentence to show the person who uploaded it."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class PreparedPhoto:
+    """A cleaned photo: the full image without metadata, and the square training crop.
+
+    `image_bytes` is a JPEG (quality 95) of the whole EXIF-transposed photo, `crop_bytes` a PNG of
+    `resolution`×`resolution` pixels. `face_box` is (left, top, width, height) in the full image's
+    pixels when a face was found.
+    """
+
+    image_bytes: bytes
+    image_format: str
+    crop_bytes: bytes
+    crop_format: str
+    width: int
+    height: int
+    face_found: bool
+    face_box: tuple[int, int, int, int] | None
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """The outcome of a multi-file upload: good photos kept, each bad one with its own reason."""
+
+    accepted: list[tuple[str, PreparedPhoto]]
+    rejected: list[tuple[str, str]]
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Return "JPEG", "PNG" or "WEBP" from the file's first bytes, or None for anything else."""
+    if data.startswith(_JPEG_MAGIC):
+        return "JPEG"
+    if data.startswith(_PNG_MAGIC):
+        return "PNG"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    return None
+
+
+def _open_header(data: bytes, fmt: str) -> Image.Image:
+    """Open lazily: Pillow parses the header (size, mode, frame count) and decodes no pixels."""
+    try:
+        with warnings.catch_warnings():
+            # Our own 40 MP limit is stricter than Pillow's bomb warning; don't let it leak to logs.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError:
+        # Pillow refuses outright above ~179 MP, before reading any pixel data.
+        raise PhotoRejected(
+            f"This image declares far more than {MAX_PIXELS // 1_000_000} megapixels; "
+            "please upload a smaller photo."
+        ) from None
+    except Exception:
+        raise PhotoRejected(
+            f"This file starts like a {fmt} image but its header is damaged; it cannot be read."
+        ) from None
+
+
+def _check_before_decoding(data: bytes) -> tuple[Image.Image, str]:
+    """Run every check that needs no pixel decode; return the lazily opened image and its format."""
+    if not data:
+        raise PhotoRejected("This file is empty.")
+    if len(data) > MAX_FILE_BYTES:
+        raise PhotoRejected(
+            f"This file is {len(data) / 1024 / 1024:.1f} MB; photos can be at most "
+            f"{MAX_FILE_BYTES // 1024 // 1024} MB."
+        )
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise PhotoRejected(
+            "This file is not a JPEG, PNG or WebP image (whatever its name says); "
+            "please upload a photo in one of those formats."
+        )
+    img = _open_header(data, fmt)
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise PhotoRejected(
+            f"This image is {width}×{height} pixels ({width * height / 1e6:.0f} megapixels); "
+            f"photos can be at most {MAX_PIXELS // 1_000_000} megapixels."
+        )
+    # JPEGs from phones are often MPO (a second, depth or preview frame): that is not animation.
+    if fmt in ("PNG", "WEBP") and getattr(img, "is_animated", False):
+        raise PhotoRejected("This is an animated image; please upload a still photo.")
+    return img, fmt
+
+
+def _decode(img: Image.Image) -> Image.Image:
+    """Decode every pixel, refusing truncated files, and return an upright RGB image without metadata."""
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        # Someone flipped Pillow's global switch; a half-grey photo must still not get through.
+        raise RuntimeError("PIL.ImageFile.LOAD_TRUNCATED_IMAGES must be False for photo intake")
+    try:
+        img.load()
+        upright = ImageOps.exif_transpose(img)
+    except Exception:
+        raise PhotoRejected(
+            "This image file is incomplete or damaged (perhaps the upload was cut short); "
+            "please upload it again."
+        ) from None
+    icc = img.info.get("icc_profile")
+    rgb = _to_srgb(upright, icc)
+    # A fresh image carries no info dict: no EXIF, GPS, XMP, comments or ICC profile follow it.
+    clean = Image.new("RGB", rgb.size)
+    clean.paste(rgb)
+    return clean
+
+
+def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
+    """Convert to RGB, through the embedded colour profile when there is one (the profile is dropped)."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        # Transparent areas become white, not the black that a plain convert would give.
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    if icc:
+        try:
+            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+            dst = ImageCms.createProfile("sRGB")
+            return ImageCms.profileToProfile(img.convert("RGB"), src, dst, outputMode="RGB")
+        except Exception:
+            pass  # an odd profile is not worth rejecting the photo for
+    return img.convert("RGB")
+
+
+@lru_cache(maxsize=1)
+def _face_cascade() -> Any | None:
+    """opencv's bundled frontal-face Haar cascade (ships in the wheel, no download), or None.
+
+    opencv-python 4.x ships `CascadeClassifier` and the XML files; 5.0 moved them out of the main
+    package, so there we fall back to centre crops and say so once in the log.
+    """
+    try:
+        import cv2
+    except ImportError:
+        logger.warning("opencv is not installed: photos get centre crops, no face detection")
+        return None
+    path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+    if not hasattr(cv2, "CascadeClassifier") or not os.path.exists(path):
+        logger.warning(
+            "opencv %s has no Haar cascades (opencv-python-headless 4.x ships them): "
+            "photos get centre crops, no face detection",
+            cv2.__version__,
+        )
+        return None
+    cascade = cv2.CascadeClassifier(path)
+    return None if cascade.empty() else cascade
+
+
+def face_detection_available() -> bool:
+    """True when crops can be centred on faces (opencv with its Haar cascades is importable)."""
+    return _face_cascade() is not None
+
+
+def detect_faces(img: Image.Image) -> list[tuple[int, int, int, int]]:
+    """Faces in an RGB image as (left, top, width, height) boxes in its pixels, largest first.
+
+    Detection runs on a grayscale copy at most 640 px on its longer side (the cascade is
+    scale-invariant and this keeps a 40 MP photo cheap); boxes are scaled back. Returns [] when
+    no detector is available.
+    """
+    cascade = _face_cascade()
+    if cascade is None:
+        return []
+    import cv2
+    import numpy as np
+
+    scale = min(1.0, 640 / max(img.size))
+    small = img if scale == 1.0 else img.resize(
+        (max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.BILINEAR
+    )
+    gray = cv2.equalizeHist(np.asarray(small.convert("L")))
+    min_side = max(24, min(gray.shape) // 10)
+    found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
+    boxes = [tuple(int(round(v / scale)) for v in box) for box in (found if len(found) else [])]
+    return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)  # type: ignore[return-value]
+
+
+def square_crop_box(
+    width: int, height: int, centre: tuple[float, float] | None
+) -> tuple[int, int, int, int]:
+    """The largest square inside width×height, centred on `centre` (or the middle) and kept inside.
+
+    Returns a (left, top, right, bottom) box for `Image.crop`.
+    """
+    side = min(width, height)
+    cx, cy = centre if centre is not None else (width / 2, height / 2)
+    left = int(round(min(max(cx - side / 2, 0), width - side)))
+    top = int(round(min(max(cy - side / 2, 0), height - side)))
+    return left, top, left + side, top + side
+
+
+def check_and_prepare(data: bytes, *, resolution: int) -> PreparedPhoto:
+    """Check one uploaded file and return it cleaned, with its square training crop.
+
+    `data` is the raw upload; `resolution` the model's training size in pixels (64 for the demo
+    model, 512 for SD 1.5). Raises `PhotoRejected` with a readable reason for any bad file.
+    """
+    img, _ = _check_before_decoding(data)
+    if min(img.size) < resolution // 2:
+        raise PhotoRejected(
+            f"This photo is only {img.width}×{img.height} pixels; photos need at least "
+            f"{resolution // 2} pixels on each side for this model."
+        )
+    clean = _decode(img)
+
+    faces = detect_faces(clean)
+    face_box = faces[0] if faces else None
+    centre = None
+    if face_box is not None:
+        x, y, w, h = face_box
+        centre = (x + w / 2, y + h / 2)
+    crop = clean.crop(square_crop_box(clean.width, clean.height, centre))
+    crop = crop.resize((resolution, resolution), Image.Resampling.LANCZOS)
+
+    full = io.BytesIO()
+    clean.save(full, "JPEG", quality=JPEG_QUALITY, optimize=True)
+    small = io.BytesIO()
+    crop.save(small, "PNG", optimize=True)
+    return PreparedPhoto(
+        image_bytes=full.getvalue(),
+        image_format="jpeg",
+        crop_bytes=small.getvalue(),
+        crop_format="png",
+        width=clean.width,
+        height=clean.height,
+        face_found=face_box is not None,
+        face_box=face_box,
+    )
+
+
+def prepare_many(
+    files: Iterable[tuple[str, bytes]], *, resolution: int, already_stored: int = 0
+) -> UploadResult:
+    """Check a multi-file upload: each bad file gets its own reason, the good ones are kept.
+
+    `files` are (name, bytes) pairs; names are only echoed back in the result, never trusted.
+    Files beyond MAX_PHOTOS (counting `already_stored`) are rejected one by one, so the first
+    good ones are still kept.
+    """
+    accepted: list[tuple[str, PreparedPhoto]] = []
+    rejected: list[tuple[str, str]] = []
+    for name, data in files:
+        if already_stored + len(accepted) >= MAX_PHOTOS:
+            rejected.append((name, f"A subject can have at most {MAX_PHOTOS} photos; this one was not added."))
+            continue
+        try:
+            accepted.append((name, check_and_prepare(data, resolution=resolution)))
+        except PhotoRejected as exc:
+            rejected.append((name, exc.reason))
+    return UploadResult(accepted=accepted, rejected=rejected)
