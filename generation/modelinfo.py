@@ -1,0 +1,104 @@
+"""What the configured base model can do, read from its config files without importing torch.
+
+The web process uses this for form defaults and limits; only the worker loads the weights.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+# Stable Diffusion 1.x defaults, used for single files and hub ids (no folder to read).
+SD1_DEFAULTS = {"width": 512, "height": 512, "steps": 25, "guidance_scale": 7.5, "scheduler": "dpmpp_2m"}
+SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors")
+
+
+@dataclass(frozen=True)
+class SchedulerChoice:
+    label: str  # AUTOMATIC1111's sampler name, written into the PNG parameters
+    class_name: str  # diffusers scheduler class, built from the loaded scheduler's config
+    options: tuple[tuple[str, object], ...] = ()
+
+
+SCHEDULERS: dict[str, SchedulerChoice] = {
+    "dpmpp_2m": SchedulerChoice("DPM++ 2M", "DPMSolverMultistepScheduler", (("algorithm_type", "dpmsolver++"), ("solver_order", 2))),
+    "euler_a": SchedulerChoice("Euler a", "EulerAncestralDiscreteScheduler"),
+    "euler": SchedulerChoice("Euler", "EulerDiscreteScheduler"),
+    "ddim": SchedulerChoice("DDIM", "DDIMScheduler"),
+    "pndm": SchedulerChoice("PLMS", "PNDMScheduler", (("skip_prk_steps", True),)),
+}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    source: str  # what IMAGESITE_MODEL says
+    kind: str  # "folder" | "single_file" | "hub"
+    name: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    scheduler: str
+    min_size: int
+    max_size: int
+    example_prompts: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def native_size(self) -> int:
+        return max(self.width, self.height)
+
+    @property
+    def is_small(self) -> bool:
+        """Tiny models' images are shown scaled up with nearest-neighbour."""
+        return self.native_size <= 128
+
+
+def model_kind(source: str) -> str:
+    path = Path(source)
+    if path.is_dir():
+        return "folder"
+    if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        return "single_file"
+    return "hub"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+@lru_cache(maxsize=8)
+def describe_model(source: str) -> ModelInfo:
+    kind = model_kind(source)
+    values = dict(SD1_DEFAULTS)
+    name = Path(source).name if kind != "hub" else source
+    examples: tuple[str, ...] = ()
+    if kind == "folder":
+        folder = Path(source)
+        unet = _read_json(folder / "unet" / "config.json")
+        vae = _read_json(folder / "vae" / "config.json")
+        if unet.get("sample_size") and vae.get("block_out_channels"):
+            scale = 2 ** (len(vae["block_out_channels"]) - 1)
+            values["width"] = values["height"] = int(unet["sample_size"]) * scale
+        extra = _read_json(folder / "imagesite.json")
+        values.update({k: extra[k] for k in SD1_DEFAULTS if k in extra})
+        name = extra.get("name", name)
+        examples = tuple(extra.get("example_prompts", ()))
+    native = max(values["width"], values["height"])
+    extra_limits = _read_json(Path(source) / "imagesite.json") if kind == "folder" else {}
+    return ModelInfo(
+        source=source,
+        kind=kind,
+        name=name,
+        width=int(values["width"]),
+        height=int(values["height"]),
+        steps=int(values["steps"]),
+        guidance_scale=float(values["guidance_scale"]),
+        scheduler=str(values["scheduler"]),
+        min_size=int(extra_limits.get("min_size", max(32, native // 2))),
+        max_size=int(extra_limits.get("max_size", native * 2)),
+        example_prompts=examples,
+    )

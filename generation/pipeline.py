@@ -1,0 +1,304 @@
+"""Stable Diffusion inference for the worker: load once, keep warm, run jobs with progress and cancel.
+
+No Django here: plain arguments in, PIL images out. The web process never imports this module (it
+costs ~5 s and ~450 MB to import diffusers); it reads model facts from `modelinfo` instead.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from .modelinfo import SCHEDULERS, describe_model, model_kind
+
+log = logging.getLogger("generation.pipeline")
+
+PROFILES = ("full", "medium", "low", "cpu")
+GIB = 1024**3
+
+
+class GenerationError(Exception):
+    """A failure with a message a person can read (shown on the job page as is)."""
+
+
+# --- memory profiles ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Which diffusers memory features a profile turns on, after dropping what the device can't do."""
+
+    profile: str
+    device: str  # "cuda" | "cpu"
+    half_precision: bool = False  # fp16 weights (SDPA is torch 2's default attention everywhere)
+    attention_slicing: bool = False
+    vae_slicing: bool = False
+    vae_tiling: bool = False
+    model_cpu_offload: bool = False
+    sequential_cpu_offload: bool = False
+    skipped: tuple[str, ...] = field(default_factory=tuple)
+
+
+_WANTS = {
+    "full": {"half_precision": True},
+    "medium": {"half_precision": True, "attention_slicing": True, "vae_slicing": True, "model_cpu_offload": True},
+    "low": {
+        "half_precision": True,
+        "attention_slicing": True,
+        "vae_slicing": True,
+        "vae_tiling": True,
+        "sequential_cpu_offload": True,
+    },
+    # float32 on the CPU: fp16 matmuls are slow or missing there; VAE slicing bounds peak memory of batches.
+    "cpu": {"vae_slicing": True},
+}
+_NEEDS_ACCELERATOR = ("half_precision", "model_cpu_offload", "sequential_cpu_offload")
+
+
+def resolve_profile(requested: str, *, cuda_available: bool, free_vram_bytes: int = 0) -> str:
+    """Turn `auto` into a concrete profile by free VRAM (SD 1.5 at 512 px needs ~3.5 GB in fp16
+    without offload); anything else passes through after validation."""
+    if requested not in (*PROFILES, "auto"):
+        raise GenerationError(f"Unknown memory profile {requested!r}; use one of auto, {', '.join(PROFILES)}.")
+    if requested != "auto":
+        return requested
+    if not cuda_available:
+        return "cpu"
+    if free_vram_bytes >= 8 * GIB:
+        return "full"
+    if free_vram_bytes >= 5 * GIB:
+        return "medium"
+    return "low"
+
+
+def plan_memory(profile: str, *, cuda_available: bool) -> MemoryPlan:
+    """Map a profile to the features to switch on; on a machine without CUDA, keep what runs on the
+    CPU (slicing, tiling) and list what was skipped so the worker can log it."""
+    wants = dict(_WANTS[profile])
+    skipped: list[str] = []
+    if not cuda_available:
+        for feature in _NEEDS_ACCELERATOR:
+            if wants.pop(feature, False):
+                skipped.append(feature)
+    return MemoryPlan(profile=profile, device="cuda" if cuda_available else "cpu", skipped=tuple(skipped), **wants)
+
+
+def lower_profile(profile: str) -> str | None:
+    order = ("full", "medium", "low")
+    return order[order.index(profile) + 1] if profile in order[:-1] else None
+
+
+# --- loading -----------------------------------------------------------------------------------
+def _load(source: str, plan: MemoryPlan, single_file_config: str | None):
+    from diffusers import StableDiffusionPipeline
+
+    dtype = torch.float16 if plan.half_precision else torch.float32
+    kind = model_kind(source)
+    common = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    if kind == "folder":
+        pipe = StableDiffusionPipeline.from_pretrained(source, local_files_only=True, **common)
+    elif kind == "single_file":
+        if not single_file_config or not Path(single_file_config).is_dir():
+            raise GenerationError(
+                f"{source} is a single checkpoint file; set IMAGESITE_MODEL_CONFIG to a local diffusers "
+                "folder with its configs (nothing is downloaded)."
+            )
+        pipe = StableDiffusionPipeline.from_single_file(
+            source, config=single_file_config, local_files_only=True, **common
+        )
+    else:  # a hub id: only works for users who are online
+        pipe = StableDiffusionPipeline.from_pretrained(source, **common)
+    pipe.set_progress_bar_config(disable=True)
+    _apply_plan(pipe, plan)
+    return pipe
+
+
+def _apply_plan(pipe, plan: MemoryPlan) -> None:
+    for feature in plan.skipped:
+        log.info("memory profile %s: %s needs a GPU, skipped on this machine", plan.profile, feature)
+    if plan.sequential_cpu_offload:
+        pipe.enable_sequential_cpu_offload()
+    elif plan.model_cpu_offload:
+        pipe.enable_model_cpu_offload()
+    else:
+        pipe.to(plan.device)
+    if plan.attention_slicing:
+        pipe.enable_attention_slicing()
+    if plan.vae_slicing:
+        pipe.vae.enable_slicing()
+    if plan.vae_tiling:
+        pipe.vae.enable_tiling()
+
+
+# --- running -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RenderSettings:
+    prompt: str
+    negative_prompt: str
+    seed: int  # image i uses seed + i, as AUTOMATIC1111 does
+    steps: int
+    guidance_scale: float
+    width: int
+    height: int
+    scheduler: str  # a key of modelinfo.SCHEDULERS
+    num_images: int = 1
+
+    @property
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.num_images)]
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+class Renderer:
+    """One base pipeline, loaded once per worker process and reused for every job."""
+
+    def __init__(self, source: str, requested_profile: str = "auto", single_file_config: str | None = None):
+        self.source = source
+        self.single_file_config = single_file_config
+        cuda = torch.cuda.is_available()
+        free = torch.cuda.mem_get_info()[0] if cuda else 0
+        self.profile = resolve_profile(requested_profile, cuda_available=cuda, free_vram_bytes=free)
+        self.info = describe_model(source)
+        started = time.perf_counter()
+        self.pipe = _load(source, plan_memory(self.profile, cuda_available=cuda), single_file_config)
+        self.base_scheduler_config = dict(self.pipe.scheduler.config)
+        self.lock = threading.Lock()
+        log.info("loaded %s with profile %s in %.1f s", source, self.profile, time.perf_counter() - started)
+
+    def _set_scheduler(self, key: str) -> None:
+        import diffusers
+
+        if key not in SCHEDULERS:
+            raise GenerationError(f"Unknown scheduler {key!r}.")
+        choice = SCHEDULERS[key]
+        cls = getattr(diffusers, choice.class_name)
+        self.pipe.scheduler = cls.from_config(self.base_scheduler_config, **dict(choice.options))
+
+    def _reload(self, profile: str) -> None:
+        del self.pipe
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.profile = profile
+        self.pipe = _load(self.source, plan_memory(profile, cuda_available=torch.cuda.is_available()), self.single_file_config)
+
+    def _call_pipe(self, s: RenderSettings, on_step: ProgressCallback | None) -> list[Image.Image]:
+        device = "cpu"  # seeds drawn on the CPU give the same noise on every machine
+        generators = [torch.Generator(device).manual_seed(seed) for seed in s.seeds]
+
+        def step_end(pipe, step: int, timestep, kwargs: dict) -> dict:
+            if on_step is not None:
+                on_step(step + 1, pipe.num_timesteps)  # may raise to cancel at this step
+            return kwargs
+
+        result = self.pipe(
+            prompt=s.prompt,
+            negative_prompt=s.negative_prompt or None,
+            num_inference_steps=s.steps,
+            guidance_scale=s.guidance_scale,
+            width=s.width,
+            height=s.height,
+            num_images_per_prompt=s.num_images,
+            generator=generators,
+            callback_on_step_end=step_end,
+        )
+        return list(result.images)
+
+    def render(self, s: RenderSettings, on_step: ProgressCallback | None = None, lora_path: Path | None = None) -> list[Image.Image]:
+        """Run one job: returns `num_images` RGB PIL images of `width`×`height` px.
+
+        `on_step(step, total)` is called after every denoising step; an exception it raises (cancel)
+        propagates out and nothing is returned. A CUDA out-of-memory error frees the cache and retries
+        once a profile lower; a second one becomes a GenerationError naming size and profile."""
+        with self.lock:
+            self._set_scheduler(s.scheduler)
+            if lora_path is not None:
+                self.pipe.load_lora_weights(str(lora_path), adapter_name="subject")
+            try:
+                return self._render_with_oom_retry(s, on_step)
+            finally:
+                if lora_path is not None:
+                    # Detach so the subject never reaches the next job, whoever's it is.
+                    self.pipe.unload_lora_weights()
+
+    def _render_with_oom_retry(self, s: RenderSettings, on_step: ProgressCallback | None) -> list[Image.Image]:
+        try:
+            return self._call_pipe(s, on_step)
+        except torch.cuda.OutOfMemoryError:
+            tried = self.profile
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            lower = lower_profile(tried)
+            if lower is None:
+                raise GenerationError(_oom_message(s, tried)) from None
+            log.warning("out of GPU memory at %sx%s with profile %s; retrying with %s", s.width, s.height, tried, lower)
+            self._reload(lower)
+            self._set_scheduler(s.scheduler)
+            try:
+                return self._call_pipe(s, on_step)
+            except torch.cuda.OutOfMemoryError:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                raise GenerationError(_oom_message(s, lower)) from None
+
+
+def _oom_message(s: RenderSettings, profile: str) -> str:
+    return (
+        f"Out of GPU memory making {s.num_images} image(s) at {s.width}×{s.height} with the "
+        f"'{profile}' memory profile. Try a smaller size, fewer images, or IMAGESITE_VRAM=low."
+    )
+
+
+_renderer: Renderer | None = None
+_renderer_lock = threading.Lock()
+
+
+def get_renderer(source: str, requested_profile: str = "auto", single_file_config: str | None = None) -> Renderer:
+    """The worker's warm renderer; built on first use and rebuilt only if the model setting changes."""
+    global _renderer
+    with _renderer_lock:
+        if _renderer is None or _renderer.source != source:
+            _renderer = None  # drop the old weights before loading new ones
+            _renderer = Renderer(source, requested_profile, single_file_config)
+        return _renderer
+
+
+# --- PNG with AUTOMATIC1111 parameters ---------------------------------------------------------
+def a1111_parameters(s: RenderSettings, seed: int, model_name: str) -> str:
+    """The `parameters` text other tools (AUTOMATIC1111, ComfyUI, civitai) read back."""
+    lines = [s.prompt]
+    if s.negative_prompt:
+        lines.append(f"Negative prompt: {s.negative_prompt}")
+    label = SCHEDULERS[s.scheduler].label
+    lines.append(
+        f"Steps: {s.steps}, Sampler: {label}, CFG scale: {s.guidance_scale:g}, Seed: {seed}, "
+        f"Size: {s.width}x{s.height}, Model: {model_name}"
+    )
+    return "\n".join(lines)
+
+
+def encode_png(image: Image.Image, parameters: str) -> bytes:
+    import io
+
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def encode_thumbnail(image: Image.Image, max_side: int = 256) -> bytes:
+    """A small PNG for gallery grids; tiny images are kept as they are (pages upscale them crisply)."""
+    import io
+
+    thumb = image.copy()
+    thumb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    thumb.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()

@@ -1,0 +1,35 @@
+"""Validation rules for generation settings. Forms and API serializers both call these, so each rule
+lives in one place (STYLE.md habit 4). Each raises django's ValidationError with a readable message."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+
+from .modelinfo import ModelInfo, describe_model
+
+MAX_PROMPT_CHARS = 2000
+STEPS_RANGE = (1, 150)
+GUIDANCE_RANGE = (0.0, 30.0)
+NUM_IMAGES_RANGE = (1, 4)
+
+
+def current_model() -> ModelInfo:
+    return describe_model(settings.IMAGESITE_MODEL)
+
+
+def validate_size(value: int, info: ModelInfo | None = None) -> int:
+    info = info or current_model()
+    if value % 8:
+        raise ValidationError(f"Must be a multiple of 8 (got {value}).")
+    if not info.min_size <= value <= info.max_size:
+        raise ValidationError(f"Must be between {info.min_size} and {info.max_size} pixels for {info.name}.")
+    return value
+
+
+def validate_prompt(value: str) -> str:
+    value = value.strip()
+    if not value:
+        raise ValidationError("Describe the image you want.")
+    if len(value) > MAX_PROMPT_CHARS:
+        raise ValidationError(f"Keep the prompt under {MAX_PROMPT_CHARS} characters.")
+    return value

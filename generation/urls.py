@@ -1,0 +1,15 @@
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("", views.generate, name="generation-new"),
+    path("generations/<int:pk>/", views.generation_detail, name="generation-detail"),
+    path("generations/<int:pk>/cancel/", views.generation_cancel, name="generation-cancel"),
+    path("generations/<int:pk>/delete/", views.generation_delete, name="generation-delete"),
+    path("gallery/", views.gallery, name="gallery"),
+    path("images/<int:pk>/", views.image_detail, name="image-detail"),
+    path("images/<int:pk>/file.png", views.image_file, name="image-file"),
+    path("images/<int:pk>/thumb.png", views.image_thumbnail, name="image-thumbnail"),
+    path("images/<int:pk>/delete/", views.image_delete, name="image-delete"),
+]

@@ -1,0 +1,205 @@
+"""imagesite settings: one file, driven by environment variables.
+
+Every default is the embedded set-up (SQLite, django-q2's ORM broker, local private media, the shipped
+demo model), so a fresh clone runs with nothing set. DESIGN.md lists the variables.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+DEBUG = env_bool("DJANGO_DEBUG", True)
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-only-insecure-key-change-me-in-production")
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_htmx",
+    "django_q",
+    "imagesite.apps.ImagesiteConfig",
+    "generation.apps.GenerationConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "imagesite.urls"
+WSGI_APPLICATION = "imagesite.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------------
+SQLITE_PATH = Path(env_str("IMAGESITE_SQLITE_PATH", str(BASE_DIR / "db.sqlite3")))
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{SQLITE_PATH}"), conn_max_age=0
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Web and worker share the file: WAL lets readers run beside the one writer, IMMEDIATE
+    # transactions take the write lock up front (no deadlock-on-upgrade), and the busy timeout
+    # makes a writer wait instead of failing with "database is locked".
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+    }
+    # Tests run a real qcluster subprocess, which must see the test database: keep it in a file.
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "build" / "test-db.sqlite3")}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "generation-new"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- Files ----------------------------------------------------------------------------------------
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+# Private files (images, photos, checkpoints) are never served from a public URL: only
+# ownership-checked views read them. MEDIA_URL is deliberately not routed anywhere.
+MEDIA_ROOT = Path(env_str("IMAGESITE_MEDIA_ROOT", str(BASE_DIR / "media")))
+MEDIA_URL = "/private-media-is-not-served/"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
+# Behind nginx, set to the internal location prefix (e.g. "/protected/") to hand file bodies to
+# nginx with X-Accel-Redirect after the ownership check.
+IMAGESITE_X_ACCEL_REDIRECT = env_str("IMAGESITE_X_ACCEL_REDIRECT", "")
+
+# --- Models and jobs ------------------------------------------------------------------------------
+IMAGESITE_MODEL = env_str("IMAGESITE_MODEL", str(BASE_DIR / "generation" / "demo_model"))
+IMAGESITE_VRAM = env_str("IMAGESITE_VRAM", "auto")
+# A running job whose heartbeat is older than this is presumed dead (worker killed) and reaped.
+IMAGESITE_STALE_AFTER_S = env_int("IMAGESITE_STALE_AFTER_S", 90)
+IMAGESITE_MAX_ATTEMPTS = env_int("IMAGESITE_MAX_ATTEMPTS", 2)
+IMAGESITE_HEARTBEAT_S = env_int("IMAGESITE_HEARTBEAT_S", 10)
+
+GENERATION_TIMEOUT_S = env_int("IMAGESITE_GENERATION_TIMEOUT_S", 1800)
+TRAINING_TIMEOUT_S = env_int("IMAGESITE_TRAINING_TIMEOUT_S", 6 * 3600)
+
+Q_CLUSTER = {
+    "name": "imagesite",
+    # One worker: one GPU runs one pipeline at a time. Add machines to scale out.
+    "workers": env_int("IMAGESITE_WORKERS", 1),
+    "timeout": GENERATION_TIMEOUT_S,
+    # retry must exceed timeout, or a slow task is handed out twice.
+    "retry": GENERATION_TIMEOUT_S + 300,
+    "max_attempts": IMAGESITE_MAX_ATTEMPTS,
+    "poll": 0.1,
+    "catch_up": False,
+    "ack_failures": True,
+    "save_limit": 250,
+    "recycle": 1000,
+    "label": "Task queue",
+    "ALT_CLUSTERS": {
+        # Training runs are long: their own cluster (Q_CLUSTER_NAME=training manage.py qcluster)
+        # so they never hold up generations.
+        "training": {
+            "timeout": TRAINING_TIMEOUT_S,
+            "retry": TRAINING_TIMEOUT_S + 600,
+            "workers": 1,
+        },
+    },
+}
+REDIS_URL = os.environ.get("REDIS_URL")
+if REDIS_URL:
+    Q_CLUSTER["redis"] = REDIS_URL
+else:
+    Q_CLUSTER["orm"] = "default"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "imagesite": {"handlers": ["console"], "level": "INFO"},
+        "generation": {"handlers": ["console"], "level": "INFO"},
+        "training": {"handlers": ["console"], "level": "INFO"},
+    },
+}
+
+if not DEBUG:
+    SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)
+    CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)
+
+# A single .ckpt/.safetensors needs a local diffusers folder with the matching configs (nothing is
+# downloaded); the shipped one holds Stable Diffusion 1.x's configs and CLIP tokenizer.
+IMAGESITE_MODEL_CONFIG = env_str("IMAGESITE_MODEL_CONFIG", str(BASE_DIR / "generation" / "sd15_config"))
