@@ -1,0 +1,34 @@
+# Two commands for a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test install migrate bench clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+migrate: install
+	$(PY) manage.py migrate --noinput
+
+# Web on http://127.0.0.1:8000 plus the generation worker and the training worker; Ctrl-C stops all.
+run: migrate
+	@echo ""
+	@echo "  imagesite is starting on http://127.0.0.1:8000  (Ctrl-C stops web and workers)"
+	@echo ""
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
+
+test: install
+	$(PY) -m pytest
+
+bench: install
+	$(PY) bench/worker_overhead.py
+
+clean:
+	rm -rf $(VENV) build
