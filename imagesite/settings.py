@@ -101,8 +101,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 30,
     }
-    # Tests run a real qcluster subprocess, which must see the test database: keep it in a file.
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "build" / "test-db.sqlite3")}
+    # Tests run a real qcluster subprocess, which must see the test database: keep it in a file
+    # (one per test run, so parallel runs never share it).
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "build" / f"test-db-{os.getpid()}.sqlite3")}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -203,3 +204,7 @@ if not DEBUG:
 # A single .ckpt/.safetensors needs a local diffusers folder with the matching configs (nothing is
 # downloaded); the shipped one holds Stable Diffusion 1.x's configs and CLIP tokenizer.
 IMAGESITE_MODEL_CONFIG = env_str("IMAGESITE_MODEL_CONFIG", str(BASE_DIR / "generation" / "sd15_config"))
+
+# In development whitenoise serves static files straight from the finders (no collectstatic).
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG

@@ -15,6 +15,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct-horse-battery-staple"
 
 
+def pytest_configure(config) -> None:
+    (ROOT / "build").mkdir(exist_ok=True)  # the SQLite test database lives there
+
+
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("media")
