@@ -1,0 +1,193 @@
+"""DreamBooth training on the project's own tiny demo model: a few real steps, no fakes.
+
+Plain pytest, no database. Runs are a handful of steps at 64 px with one CPU thread each, so the
+whole file takes well under a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from training.dreambooth import (
+    LORA_WEIGHT_NAME,
+    TrainingCanceled,
+    TrainingOptions,
+    TrainingProgress,
+    check_options,
+    class_prompt_for,
+    default_options_for,
+    instance_prompts_for,
+    model_resolution,
+    train_dreambooth,
+)
+
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "generation" / "demo_model"
+COLOURS = ["red", "blue", "green"]
+
+
+def _checkered(background: str) -> Image.Image:
+    img = Image.new("RGB", (64, 64), background)
+    draw = ImageDraw.Draw(img)
+    for i in range(4):
+        for j in range(4):
+            colour = "yellow" if (i + j) % 2 else "purple"
+            draw.rectangle([12 + 10 * i, 12 + 10 * j, 21 + 10 * i, 21 + 10 * j], fill=colour)
+    return img
+
+
+PHOTOS = [_checkered(c) for c in COLOURS]
+CAPTIONS = [f"a sks square on a {c} background" for c in COLOURS]
+
+
+def _quick(**overrides: object) -> TrainingOptions:
+    """A few steps of the demo model's defaults, small enough for a unit test."""
+    base = dict(
+        steps=4, batch_size=1, learning_rate=1e-2, num_class_images=2, class_inference_steps=2,
+        validation_inference_steps=2, cpu_threads=1,
+    )
+    return default_options_for(DEMO_MODEL, **{**base, **overrides})
+
+
+def _train(tmp: Path, options: TrainingOptions, **kwargs: object):
+    return train_dreambooth(
+        base_model=DEMO_MODEL, instance_images=PHOTOS, instance_prompts=CAPTIONS, token="sks",
+        class_noun="square", options=options, output_dir=tmp / "out", **kwargs,
+    )
+
+
+def _render(pipe, prompt: str = "a sks square on a red background") -> np.ndarray:
+    return pipe(
+        prompt, num_inference_steps=4, generator=torch.Generator("cpu").manual_seed(7), output_type="np",
+    ).images[0]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory: pytest.TempPathFactory):
+    """One short LoRA run with prior preservation and validation images, shared by the tests below."""
+    tmp = tmp_path_factory.mktemp("lora")
+    reports: list[TrainingProgress] = []
+    options = _quick(prior_preservation=True, validation_every=2, validation_prompts=("a sks square on a red background",))
+    result = _train(tmp, options, progress=reports.append, class_images_dir=tmp / "class")
+    return tmp, result, reports
+
+
+@pytest.fixture(scope="module")
+def demo_pipe():
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(DEMO_MODEL, local_files_only=True, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_default_options_fit_the_demo_model() -> None:
+    options = default_options_for(DEMO_MODEL)
+    assert model_resolution(DEMO_MODEL) == options.resolution == 64
+    assert options.method == "lora" and options.prior_preservation
+    check_options(options)
+
+
+def test_bad_options_are_refused_with_a_reason() -> None:
+    with pytest.raises(ValueError, match="steps"):
+        check_options(TrainingOptions(steps=0))
+    with pytest.raises(ValueError, match="mixed_precision"):
+        check_options(TrainingOptions(mixed_precision="fp8"))  # type: ignore[arg-type]
+
+
+def test_prompts_fall_back_and_class_prompts_drop_the_token() -> None:
+    assert instance_prompts_for(2, ["a sks dog on grass", ""], "sks", "dog") == [
+        "a sks dog on grass",
+        "a photo of sks dog",
+    ]
+    assert class_prompt_for("a sks shape on a red background", "sks", "shape") == "a shape on a red background"
+    assert class_prompt_for("a photo of sks dog", "sks", "dog") == "a photo of a dog"
+
+
+def test_lora_run_reports_every_step_and_validation_images(lora_run) -> None:
+    _, result, reports = lora_run
+    training = [r for r in reports if r.phase == "training"]
+    assert [r.step for r in training] == [1, 2, 3, 4]
+    assert all(r.total == 4 and r.loss is not None and np.isfinite(r.loss) for r in training)
+    with_images = [r for r in training if r.validation_images]
+    assert [r.step for r in with_images] == [2, 4]
+    assert with_images[0].validation_images[0].size == (64, 64)
+    assert [r.step for r in reports if r.phase == "class_images"][-1] == 2
+    assert result.seconds_per_step > 0 and np.isfinite(result.final_loss)
+
+
+def test_class_images_are_cached_with_their_prompts(lora_run) -> None:
+    tmp, result, _ = lora_run
+    assert result.class_images_generated == 2
+    assert sorted(p.name for p in (tmp / "class").iterdir()) == [
+        "class_00000.png", "class_00000.txt", "class_00001.png", "class_00001.txt",
+    ]
+    # Each class prompt is its instance caption without the token.
+    assert (tmp / "class" / "class_00001.txt").read_text() == "a square on a blue background"
+
+
+def test_lora_file_loads_changes_the_output_and_unloads_exactly(lora_run, demo_pipe) -> None:
+    tmp, result, _ = lora_run
+    assert result.checkpoint_path == tmp / "out" / LORA_WEIGHT_NAME
+    assert [p.name for p in (tmp / "out").iterdir()] == [LORA_WEIGHT_NAME]  # no staging leftovers
+    assert result.size_bytes == result.checkpoint_path.stat().st_size > 0
+
+    base = _render(demo_pipe)
+    demo_pipe.load_lora_weights(str(result.checkpoint_path), adapter_name="subject")
+    try:
+        with_lora = _render(demo_pipe)
+    finally:
+        demo_pipe.unload_lora_weights()
+    after = _render(demo_pipe)
+    assert np.abs(with_lora - base).max() > 1e-3
+    assert np.array_equal(after, base)
+
+
+def test_cancel_raises_and_writes_nothing(tmp_path: Path) -> None:
+    steps_seen: list[int] = []
+    with pytest.raises(TrainingCanceled):
+        _train(
+            tmp_path, _quick(prior_preservation=False, steps=50),
+            progress=lambda p: steps_seen.append(p.step), should_cancel=lambda: len(steps_seen) >= 2,
+        )
+    assert steps_seen == [1, 2]
+    assert not (tmp_path / "out").exists()
+
+
+def test_text_encoder_lora_is_saved_and_loads(tmp_path: Path, demo_pipe) -> None:
+    from safetensors import safe_open
+
+    result = _train(tmp_path, _quick(prior_preservation=False, steps=2, train_text_encoder=True))
+    with safe_open(str(result.checkpoint_path), "pt") as f:
+        keys = list(f.keys())
+    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    demo_pipe.load_lora_weights(str(result.checkpoint_path), adapter_name="subject_te")
+    demo_pipe.unload_lora_weights()
+
+
+def test_full_fine_tune_writes_unet_weights_that_load(tmp_path: Path) -> None:
+    from diffusers import UNet2DConditionModel
+
+    result = _train(tmp_path, _quick(method="full", prior_preservation=False, steps=2, learning_rate=1e-4))
+    assert result.checkpoint_path == tmp_path / "out"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["unet"]
+    tuned = UNet2DConditionModel.from_pretrained(tmp_path / "out" / "unet")
+    base = UNet2DConditionModel.from_pretrained(DEMO_MODEL / "unet")
+    changed = [
+        name for (name, a), (_, b) in zip(tuned.state_dict().items(), base.state_dict().items())
+        if not torch.equal(a, b)
+    ]
+    assert changed, "two steps of full fine-tuning changed no weight"
+    assert result.size_bytes == sum(p.stat().st_size for p in (tmp_path / "out" / "unet").iterdir())
+
+
+def test_rerun_into_the_same_folder_replaces_the_unet(tmp_path: Path) -> None:
+    options = _quick(method="full", prior_preservation=False, steps=1, learning_rate=1e-4)
+    _train(tmp_path, options)
+    _train(tmp_path, replace(options, seed=1))
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["unet"]

@@ -1,0 +1,735 @@
+"""DreamBooth training over plain arguments: no Django, a progress callback and a cancel check.
+
+The method (Ruiz et al. 2022) as diffusers' examples/dreambooth scripts implement it, written for
+this project:
+
+1. Load the base Stable Diffusion pipeline; build a DDPM noise schedule from its scheduler config
+   (so v-prediction and the zero-terminal-SNR betas of the demo model carry over).
+2. Optionally generate class images with the base model (prior preservation), cached on disk.
+3. Encode the instance (and class) images once with the frozen VAE, and the prompts once with the
+   text encoder when it stays frozen: each step then costs only the UNet.
+4. Train: noise-prediction loss on the instance images, plus `prior_loss_weight` × the same loss on
+   class images. LoRA (peft, on the UNet attention projections) or the whole UNet.
+5. Write the checkpoint at the very end, through a temporary name, so a cancel or a crash never
+   leaves a half-written file.
+
+Devices: float32 on the CPU. On a GPU: fp16/bf16 autocast, gradient checkpointing and
+bitsandbytes' 8-bit AdamW when asked for (and installed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+logger = logging.getLogger(__name__)
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+UNET_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_ENCODER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
+# Models whose native size is at most this are "tiny" (the demo model): other defaults apply.
+_TINY_RESOLUTION = 128
+
+
+class TrainingCanceled(Exception):
+    """Raised when `should_cancel()` returned True; nothing was written to the output folder."""
+
+
+@dataclass(frozen=True)
+class TrainingOptions:
+    """Everything a training run can be asked for. `default_options_for(model)` fills it sensibly.
+
+    Learning rates are per optimizer step; `resolution` is in pixels (square); `validation_every`
+    is in steps (0: no validation images).
+    """
+
+    method: Literal["lora", "full"] = "lora"
+    steps: int = 800
+    learning_rate: float = 1e-4
+    lora_rank: int = 4
+    lora_alpha: float | None = None  # None: equal to the rank (scale 1)
+    train_text_encoder: bool = False
+    text_encoder_learning_rate: float | None = None  # None: same as `learning_rate`
+    batch_size: int = 1
+    prior_preservation: bool = True
+    num_class_images: int = 100
+    prior_loss_weight: float = 1.0
+    class_prompt: str | None = None  # None: each caption without the token, or "a photo of a <class>"
+    class_inference_steps: int = 25
+    gradient_checkpointing: bool = False
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    use_8bit_adam: bool = False
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    validation_every: int = 0
+    validation_prompts: tuple[str, ...] = ()
+    validation_inference_steps: int = 20
+    resolution: int = 512
+    device: str | None = None  # None: "cuda" when available, else "cpu"
+    # CPU threads for torch during the run (None: leave torch's setting). On a shared 2-core box
+    # one thread is ~10x faster than two fighting another busy process for the cores.
+    cpu_threads: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """One report to the progress callback.
+
+    `phase` is "class_images" (generating prior-preservation images: step = images done) or
+    "training" (step = optimizer steps done). `loss` is the step's total loss (mean squared error in
+    the model's prediction space); `validation_images` are RGB PIL images at the model's resolution,
+    one per validation prompt, only on validation steps.
+    """
+
+    phase: Literal["class_images", "training"]
+    step: int
+    total: int
+    loss: float | None = None
+    seconds_per_step: float | None = None
+    eta_seconds: float | None = None
+    validation_images: list[Image.Image] | None = None
+    validation_prompts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What a finished run wrote and how it went.
+
+    `checkpoint_path` is the LoRA `.safetensors` file (method "lora") or the folder holding `unet/`
+    (and `text_encoder/` when trained) in diffusers layout (method "full"). `size_bytes` sums `files`.
+    """
+
+    method: str
+    checkpoint_path: Path
+    files: list[Path]
+    size_bytes: int
+    steps: int
+    final_loss: float
+    seconds_per_step: float
+    seconds_total: float
+    class_images_generated: int
+    options: TrainingOptions = field(repr=False)
+
+
+ProgressCallback = Callable[[TrainingProgress], None]
+
+
+# --- options -----------------------------------------------------------------------------------
+
+
+def model_resolution(base_model: str | Path) -> int:
+    """Native image size in pixels of a diffusers folder: unet sample_size × VAE downscale factor.
+
+    Falls back to 512 (SD 1.x) for anything that is not a readable diffusers folder.
+    """
+    folder = Path(base_model)
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text())
+        vae = json.loads((folder / "vae" / "config.json").read_text())
+        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 512
+
+
+def default_options_for(base_model: str | Path, **overrides: Any) -> TrainingOptions:
+    """Defaults that fit the base model, with `overrides` applied (any TrainingOptions field).
+
+    Tiny models (the 64 px demo) take a high learning rate, a rank-8 LoRA and 1000 steps: about
+    3-4 minutes on 2 CPU cores with prior preservation. SD-sized models get the usual DreamBooth-LoRA
+    recipe (rank 4, 1e-4, 800 steps, 100 class images) and, on a GPU, fp16 with gradient
+    checkpointing and 8-bit Adam when bitsandbytes is installed.
+    """
+    resolution = model_resolution(base_model)
+    if resolution <= _TINY_RESOLUTION:
+        options = TrainingOptions(
+            steps=1000, learning_rate=1e-3, lora_rank=8, batch_size=4,
+            num_class_images=40, class_inference_steps=20, resolution=resolution,
+        )
+    else:
+        cuda = torch.cuda.is_available()
+        options = TrainingOptions(
+            steps=800, learning_rate=1e-4, lora_rank=4, batch_size=1, num_class_images=100,
+            resolution=resolution, gradient_checkpointing=cuda,
+            mixed_precision="fp16" if cuda else "no", use_8bit_adam=cuda and _bitsandbytes_installed(),
+        )
+    return replace(options, **overrides)
+
+
+def check_options(options: TrainingOptions) -> None:
+    """Raise a concise ValueError for options no run could use."""
+    if options.method not in ("lora", "full"):
+        raise ValueError(f"method must be 'lora' or 'full', not {options.method!r}")
+    if options.steps < 1:
+        raise ValueError("steps must be at least 1")
+    if not options.learning_rate > 0:
+        raise ValueError("learning_rate must be positive")
+    if options.method == "lora" and options.lora_rank < 1:
+        raise ValueError("lora_rank must be at least 1")
+    if options.batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    if options.prior_preservation and options.num_class_images < 1:
+        raise ValueError("prior preservation needs num_class_images of at least 1")
+    if options.mixed_precision not in ("no", "fp16", "bf16"):
+        raise ValueError("mixed_precision must be 'no', 'fp16' or 'bf16'")
+    if options.resolution < 8 or options.resolution % 8:
+        raise ValueError("resolution must be a positive multiple of 8")
+    if options.validation_every < 0:
+        raise ValueError("validation_every must be 0 (off) or a number of steps")
+
+
+def _bitsandbytes_installed() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:  # ImportError, or a CUDA-less build that fails on import
+        return False
+    return True
+
+
+# --- prompts -----------------------------------------------------------------------------------
+
+
+def instance_prompts_for(n_photos: int, captions: Sequence[str | None] | None, token: str, class_noun: str) -> list[str]:
+    """One prompt per photo: its caption when given, else "a photo of <token> <class>"."""
+    fallback = f"a photo of {token} {class_noun}"
+    captions = list(captions or [])
+    return [(captions[i] or "").strip() or fallback if i < len(captions) else fallback for i in range(n_photos)]
+
+
+def class_prompt_for(instance_prompt: str, token: str, class_noun: str) -> str:
+    """The class prompt paired with an instance prompt: the same caption without the token.
+
+    "a sks shape on a red background" -> "a shape on a red background"; a caption that is only
+    the fallback gives DreamBooth's "a photo of a <class>".
+    """
+    if instance_prompt == f"a photo of {token} {class_noun}":
+        return f"a photo of a {class_noun}"
+    without = re.sub(rf"\s*\b{re.escape(token)}\b\s*", " ", instance_prompt).strip()
+    return re.sub(r"\s+", " ", without) or f"a photo of a {class_noun}"
+
+
+# --- data --------------------------------------------------------------------------------------
+
+
+def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
+    """RGB PIL image -> float32 tensor (3, resolution, resolution) in [-1, 1] on the CPU.
+
+    The shorter side is resized to `resolution` (Lanczos), then the centre is cropped.
+    """
+    image = image.convert("RGB")
+    scale = resolution / min(image.size)
+    size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
+    image = image.resize(size, Image.Resampling.LANCZOS)
+    left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+    image = image.crop((left, top, left + resolution, top + resolution))
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+@torch.no_grad()
+def _encode_images(vae: Any, images: Sequence[Image.Image], resolution: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode images once with the frozen VAE: latent mean and std, each (N, 4, res/f, res/f), float32 on `device`."""
+    means, stds = [], []
+    for start in range(0, len(images), 8):
+        pixels = torch.stack([image_to_tensor(im, resolution) for im in images[start:start + 8]])
+        dist = vae.encode(pixels.to(device, dtype)).latent_dist
+        means.append(dist.mean.float())
+        stds.append(dist.std.float())
+    return torch.cat(means), torch.cat(stds)
+
+
+def _sample_latents(vae: Any, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Draw latents from the cached VAE posterior and scale them as the UNet expects: (B, 4, h, w) float32."""
+    noise = torch.randn(mean.shape, generator=generator).to(mean.device)
+    latents = mean + std * noise
+    shift = getattr(vae.config, "shift_factor", None)
+    if shift is not None:
+        latents = latents - shift
+    return latents * vae.config.scaling_factor
+
+
+def _tokenize(tokenizer: Any, prompts: Sequence[str], device: torch.device) -> torch.Tensor:
+    """Prompt strings -> token ids (N, model_max_length) on `device`, padded and truncated."""
+    return tokenizer(
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
+        truncation=True, return_tensors="pt",
+    ).input_ids.to(device)
+
+
+class _Batches:
+    """Endless shuffled batches of indices into N items (each epoch a new permutation)."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self._queue: list[int] = []
+
+    def next(self) -> list[int]:
+        while len(self._queue) < self.batch_size:
+            self._queue += torch.randperm(self.n, generator=self.generator).tolist()
+        batch, self._queue = self._queue[: self.batch_size], self._queue[self.batch_size:]
+        return batch
+
+
+# --- class images ------------------------------------------------------------------------------
+
+
+def _load_class_images(folder: Path | None, default_prompt: str) -> list[tuple[Image.Image, str]]:
+    """Class images already in `folder` (`*.png`), each with the prompt in its `.txt` sidecar."""
+    if folder is None or not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.glob("class_*.png")):
+        caption = path.with_suffix(".txt")
+        prompt = caption.read_text().strip() if caption.exists() else default_prompt
+        with Image.open(path) as im:
+            found.append((im.convert("RGB"), prompt))
+    return found
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _generate_class_images(
+    pipe: Any, prompts: Sequence[str], *, start_index: int, options: TrainingOptions, folder: Path | None,
+    progress: ProgressCallback, should_cancel: Callable[[], bool], done_before: int, total: int,
+) -> list[tuple[Image.Image, str]]:
+    """Generate one base-model image per prompt (batches of 4) and cache each as PNG + .txt in `folder`.
+
+    Images are RGB PIL at the pipeline's default size. Generation is seeded per image
+    (options.seed + index), so a rerun makes the same images. Cancel is checked between batches.
+    """
+    import io
+
+    made: list[tuple[Image.Image, str]] = []
+    for start in range(0, len(prompts), 4):
+        if should_cancel():
+            raise TrainingCanceled()
+        chunk = list(prompts[start:start + 4])
+        indices = [start_index + start + i for i in range(len(chunk))]
+        generators = [torch.Generator("cpu").manual_seed(options.seed * 100_003 + i) for i in indices]
+        images = pipe(
+            chunk, num_inference_steps=options.class_inference_steps, generator=generators,
+            height=options.resolution, width=options.resolution,
+        ).images
+        for index, image, prompt in zip(indices, images, chunk):
+            made.append((image, prompt))
+            if folder is not None:
+                folder.mkdir(parents=True, exist_ok=True)
+                buf = io.BytesIO()
+                image.save(buf, "PNG")
+                _write_atomically(folder / f"class_{index:05d}.txt", prompt.encode())
+                _write_atomically(folder / f"class_{index:05d}.png", buf.getvalue())
+        progress(TrainingProgress(phase="class_images", step=done_before + len(made), total=total))
+    return made
+
+
+# --- models ------------------------------------------------------------------------------------
+
+
+def _load_pipeline(base_model: Any) -> Any:
+    """A fresh float32 StableDiffusionPipeline on the CPU from a diffusers folder or a hub id.
+
+    An already-loaded pipeline is used as is: it must be a private copy (its UNet gets trained),
+    never the warm generation pipeline. Single-file checkpoints: load them with
+    `from_single_file(..., config=...)` and pass the pipeline.
+    """
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    if isinstance(base_model, DiffusionPipeline):
+        return base_model
+    path = Path(base_model)
+    common: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False, "torch_dtype": torch.float32}
+    if path.is_dir():
+        pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, **common)
+    elif path.suffix.lower() in (".ckpt", ".safetensors"):
+        raise ValueError(
+            f"{path.name} is a single checkpoint file: load it with from_single_file and a local "
+            "config folder, and pass the pipeline"
+        )
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(str(base_model), **common)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _move(model: Any, device: torch.device, dtype: torch.dtype) -> None:
+    """Move a model to `device`, casting only when its dtype differs (diffusers warns on every cast)."""
+    if model.dtype != dtype:
+        model.to(device, dtype)
+    else:
+        model.to(device)
+
+
+def _make_optimizer(params: list[dict[str, Any]], options: TrainingOptions, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, 8-bit (bitsandbytes) when asked for on a GPU and installed; logs why when it is not."""
+    if options.use_8bit_adam:
+        if device.type != "cuda":
+            logger.info("8-bit Adam needs a CUDA GPU; using torch AdamW on %s", device.type)
+        else:
+            try:
+                import bitsandbytes as bnb
+
+                return bnb.optim.AdamW8bit(params, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+            except Exception as exc:  # ImportError or a broken CUDA build
+                logger.warning("8-bit Adam asked for but bitsandbytes is unusable (%s); using torch AdamW", exc)
+    return torch.optim.AdamW(params, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+
+
+def _lora_state_dicts(unet: Any, text_encoder: Any | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+    """The LoRA weights in diffusers' key layout (what `save_lora_weights` and `load_lora_weights` use), float32 on the CPU."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    def export(model: Any) -> dict[str, torch.Tensor]:
+        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+        return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+
+    return export(unet), (export(text_encoder) if text_encoder is not None else None)
+
+
+def _save_checkpoint(
+    output_dir: Path, *, method: str, unet: Any, text_encoder: Any, train_text_encoder: bool
+) -> tuple[Path, list[Path]]:
+    """Write the result under a temporary folder in `output_dir`, then move it into place.
+
+    Returns the checkpoint path and every file written.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = output_dir / f".staging-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        if method == "lora":
+            unet_layers, text_layers = _lora_state_dicts(unet, text_encoder if train_text_encoder else None)
+            StableDiffusionPipeline.save_lora_weights(
+                staging, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_layers,
+                safe_serialization=True,
+                unet_lora_adapter_metadata=_peft_metadata(unet),
+                text_encoder_lora_adapter_metadata=_peft_metadata(text_encoder) if train_text_encoder else None,
+            )
+            target = output_dir / LORA_WEIGHT_NAME
+            os.replace(staging / LORA_WEIGHT_NAME, target)
+            return target, [target]
+        parts = [("unet", unet)] + ([("text_encoder", text_encoder)] if train_text_encoder else [])
+        written: list[Path] = []
+        for name, model in parts:
+            model.to(torch.float32).save_pretrained(staging / name, safe_serialization=True)
+            target = output_dir / name
+            if target.exists():  # a rerun into the same folder: swap, then drop the old one
+                old = output_dir / f".old-{name}-{uuid.uuid4().hex}"
+                os.replace(target, old)
+                os.replace(staging / name, target)
+                shutil.rmtree(old)
+            else:
+                os.replace(staging / name, target)
+            written += sorted(p for p in target.rglob("*") if p.is_file())
+        return output_dir, written
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _peft_metadata(model: Any) -> dict[str, Any] | None:
+    """The adapter's LoraConfig as a JSON-able dict (rank, alpha, targets) stored in the file."""
+    config = getattr(model, "peft_config", {}).get("default")
+    if config is None:
+        return None
+    return json.loads(json.dumps(config.to_dict(), default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def train_dreambooth(
+    *,
+    base_model: str | Path | Any,
+    instance_images: Sequence[Image.Image],
+    token: str,
+    class_noun: str,
+    options: TrainingOptions,
+    output_dir: Path,
+    instance_prompts: Sequence[str | None] | None = None,
+    progress: ProgressCallback | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    class_images_dir: Path | None = None,
+) -> TrainingResult:
+    """Train a subject into the base model and write the checkpoint to `output_dir`.
+
+    `base_model` is a diffusers folder, a hub id, or a private, freshly loaded
+    StableDiffusionPipeline. `instance_images` are the subject's RGB photos (any size: resized and
+    centre-cropped to `options.resolution`); `instance_prompts` one caption per photo
+    ("a sks shape on a red background"), falling back to "a photo of <token> <class_noun>".
+    `progress` is called after every step (and every batch of class images); `should_cancel` is
+    polled before every step and raises TrainingCanceled when it returns True. Class images for prior
+    preservation are read from, and topped up into, `class_images_dir` (None: kept in memory only).
+
+    Returns a TrainingResult. Writes only `pytorch_lora_weights.safetensors` (LoRA) or `unet/`
+    (+ `text_encoder/`) (full) into `output_dir`, all at the end.
+    """
+    check_options(options)
+    if not instance_images:
+        raise ValueError("at least one instance image is needed")
+    threads_before = torch.get_num_threads()
+    if options.cpu_threads:
+        torch.set_num_threads(options.cpu_threads)
+    try:
+        return _train(
+            base_model=base_model, instance_images=instance_images, token=token, class_noun=class_noun,
+            options=options, output_dir=Path(output_dir), instance_prompts=instance_prompts,
+            report=progress or (lambda p: None), cancel=should_cancel or (lambda: False),
+            class_images_dir=class_images_dir,
+        )
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _train(
+    *, base_model: Any, instance_images: Sequence[Image.Image], token: str, class_noun: str,
+    options: TrainingOptions, output_dir: Path, instance_prompts: Sequence[str | None] | None,
+    report: ProgressCallback, cancel: Callable[[], bool], class_images_dir: Path | None,
+) -> TrainingResult:
+    """The body of `train_dreambooth` (same contract), run with the thread setting in place."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    started = time.perf_counter()
+    torch.manual_seed(options.seed)  # LoRA init and dropout; data randomness has its own generator
+    generator = torch.Generator("cpu").manual_seed(options.seed)
+
+    device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(options.mixed_precision, torch.float32)
+    if device.type != "cuda" and weight_dtype != torch.float32:
+        logger.info("mixed precision %s needs a CUDA GPU; training in float32", options.mixed_precision)
+        weight_dtype = torch.float32
+
+    # 1. Base model and the DDPM schedule it was trained with.
+    pipe = _load_pipeline(base_model)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    prediction_type = noise_scheduler.config.prediction_type
+    vae, unet, text_encoder, tokenizer = pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
+    pipe.to(device)
+
+    prompts = instance_prompts_for(len(instance_images), instance_prompts, token, class_noun)
+
+    # 2. Class images for prior preservation, generated by the untouched base model.
+    class_items: list[tuple[Image.Image, str]] = []
+    generated = 0
+    if options.prior_preservation:
+        default_class = options.class_prompt or f"a photo of a {class_noun}"
+        class_items = _load_class_images(class_images_dir, default_class)[: options.num_class_images]
+        missing = options.num_class_images - len(class_items)
+        if missing > 0:
+            if options.class_prompt:
+                wanted = [options.class_prompt] * missing
+            else:
+                pairs = [class_prompt_for(p, token, class_noun) for p in prompts]
+                wanted = [pairs[(len(class_items) + i) % len(pairs)] for i in range(missing)]
+            report(TrainingProgress(phase="class_images", step=len(class_items), total=options.num_class_images))
+            class_items += _generate_class_images(
+                pipe, wanted, start_index=len(class_items), options=options, folder=class_images_dir,
+                progress=report, should_cancel=cancel, done_before=len(class_items),
+                total=options.num_class_images,
+            )
+            generated = missing
+
+    # 3. Freeze what does not train; cache latents (and text states if the encoder is frozen).
+    vae.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    unet.requires_grad_(False)
+    _move(vae, device, weight_dtype)
+    inst_mean, inst_std = _encode_images(vae, instance_images, options.resolution, device, weight_dtype)
+    inst_ids = _tokenize(tokenizer, prompts, device)
+    if class_items:
+        class_mean, class_std = _encode_images(vae, [im for im, _ in class_items], options.resolution, device, weight_dtype)
+        class_ids = _tokenize(tokenizer, [p for _, p in class_items], device)
+    train_te = options.train_text_encoder
+    if not train_te:
+        _move(text_encoder, device, weight_dtype)
+        with torch.no_grad():
+            inst_states = text_encoder(inst_ids)[0]
+            class_states = text_encoder(class_ids)[0] if class_items else None
+
+    params = _prepare_trainable(unet, text_encoder, options, device, weight_dtype)
+    optimizer = _make_optimizer(params, options, device)
+    trainable = [p for group in params for p in group["params"]]
+    autocast = (
+        torch.autocast("cuda", dtype=weight_dtype) if device.type == "cuda" and weight_dtype != torch.float32
+        else contextlib.nullcontext()
+    )
+    scaler = torch.amp.GradScaler("cuda") if weight_dtype == torch.float16 else None
+    validation_pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=pipe.scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    validation_pipe.set_progress_bar_config(disable=True)
+
+    # 4. The loop: one optimizer step per iteration.
+    inst_batches = _Batches(len(instance_images), options.batch_size, generator)
+    class_batches = _Batches(len(class_items), options.batch_size, generator) if class_items else None
+    unet.train()
+    if train_te:
+        text_encoder.train()
+    train_seconds, loss_value, loss_ema = 0.0, float("nan"), None
+    for step in range(1, options.steps + 1):
+        if cancel():
+            raise TrainingCanceled()
+        step_start = time.perf_counter()
+        idx = inst_batches.next()
+        latents = _sample_latents(vae, inst_mean[idx], inst_std[idx], generator)
+        ids = inst_ids[idx]
+        states = None if train_te else inst_states[idx]
+        if class_batches is not None:
+            cidx = class_batches.next()
+            latents = torch.cat([latents, _sample_latents(vae, class_mean[cidx], class_std[cidx], generator)])
+            ids = torch.cat([ids, class_ids[cidx]])
+            states = None if train_te else torch.cat([states, class_states[cidx]])
+
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(device)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        if prediction_type == "epsilon":
+            target = noise
+        elif prediction_type == "v_prediction":
+            target = noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            raise ValueError(f"prediction type {prediction_type!r} is not supported for training")
+
+        with autocast:
+            if train_te:
+                states = text_encoder(ids)[0]
+            pred = unet(noisy.to(weight_dtype), timesteps, states.to(weight_dtype)).sample
+        loss = _dreambooth_loss(pred.float(), target.float(), class_batches is not None, options.prior_loss_weight)
+
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if options.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, options.max_grad_norm)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(
+                f"the loss became {loss_value} at step {step}; try a lower learning rate"
+                + (" or bf16 instead of fp16" if weight_dtype == torch.float16 else "")
+            )
+        loss_ema = loss_value if loss_ema is None else 0.95 * loss_ema + 0.05 * loss_value
+        train_seconds += time.perf_counter() - step_start
+        per_step = train_seconds / step
+
+        images = None
+        if options.validation_every and options.validation_prompts and (step % options.validation_every == 0 or step == options.steps):
+            images = _validation_images(validation_pipe, unet, text_encoder, train_te, options, autocast)
+        report(TrainingProgress(
+            phase="training", step=step, total=options.steps, loss=loss_value, seconds_per_step=per_step,
+            eta_seconds=per_step * (options.steps - step), validation_images=images,
+            validation_prompts=options.validation_prompts if images else (),
+        ))
+
+    # 5. Write the checkpoint, all at once.
+    unet.eval()
+    text_encoder.eval()
+    checkpoint, files = _save_checkpoint(
+        Path(output_dir), method=options.method, unet=unet, text_encoder=text_encoder, train_text_encoder=train_te,
+    )
+    return TrainingResult(
+        method=options.method, checkpoint_path=checkpoint, files=files,
+        size_bytes=sum(f.stat().st_size for f in files), steps=options.steps,
+        final_loss=float(loss_ema if loss_ema is not None else loss_value), seconds_per_step=train_seconds / options.steps,
+        seconds_total=time.perf_counter() - started, class_images_generated=generated, options=options,
+    )
+
+
+def _dreambooth_loss(pred: torch.Tensor, target: torch.Tensor, with_prior: bool, prior_weight: float) -> torch.Tensor:
+    """MSE between prediction and target, (B, C, h, w) float32 each; with prior preservation the
+    batch is [instance; class] halves and the class half's MSE is added times `prior_weight`."""
+    if not with_prior:
+        return F.mse_loss(pred, target)
+    pred_inst, pred_class = pred.chunk(2)
+    target_inst, target_class = target.chunk(2)
+    return F.mse_loss(pred_inst, target_inst) + prior_weight * F.mse_loss(pred_class, target_class)
+
+
+def _prepare_trainable(unet: Any, text_encoder: Any, options: TrainingOptions, device: torch.device, weight_dtype: torch.dtype) -> list[dict[str, Any]]:
+    """Attach LoRA adapters or unfreeze the UNet (and text encoder); return optimizer param groups.
+
+    Trainable weights are float32 on `device` even under mixed precision (frozen base weights of a
+    LoRA run are cast to `weight_dtype`), so the optimizer never steps in half precision.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    alpha = options.lora_alpha or options.lora_rank
+    te_lr = options.text_encoder_learning_rate or options.learning_rate
+    if options.method == "lora":
+        _move(unet, device, weight_dtype)
+        unet.add_adapter(LoraConfig(
+            r=options.lora_rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=UNET_TARGET_MODULES,
+        ))
+        if options.train_text_encoder:
+            _move(text_encoder, device, weight_dtype)
+            # peft directly: transformers 5's `add_adapter` insists on a newer peft than we pin.
+            inject_adapter_in_model(LoraConfig(
+                r=options.lora_rank, lora_alpha=alpha, init_lora_weights="gaussian",
+                target_modules=TEXT_ENCODER_TARGET_MODULES,
+            ), text_encoder)
+    else:
+        _move(unet, device, torch.float32)
+        unet.requires_grad_(True)
+        if options.train_text_encoder:
+            _move(text_encoder, device, torch.float32)
+            text_encoder.requires_grad_(True)
+    models = [unet] + ([text_encoder] if options.train_text_encoder else [])
+    for model in models:
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    if options.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if options.train_text_encoder:
+            text_encoder.gradient_checkpointing_enable()
+    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": options.learning_rate}]
+    if options.train_text_encoder:
+        groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad], "lr": te_lr})
+    return groups
+
+
+def _validation_images(pipe: Any, unet: Any, text_encoder: Any, train_te: bool, options: TrainingOptions, autocast: Any) -> list[Image.Image]:
+    """Sample one image per validation prompt with the weights as they are now (fixed seed, so
+    images are comparable across steps): RGB PIL at `options.resolution`."""
+    unet.eval()
+    text_encoder.eval()
+    try:
+        with autocast, torch.no_grad():
+            return list(pipe(
+                list(options.validation_prompts), num_inference_steps=options.validation_inference_steps,
+                generator=torch.Generator("cpu").manual_seed(options.seed),
+                height=options.resolution, width=options.resolution,
+            ).images)
+    finally:
+        unet.train()
+        if train_te:
+            text_encoder.train()
