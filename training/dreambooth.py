@@ -20,6 +20,7 @@ bitsandbytes' 8-bit AdamW when asked for (and installed).
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -49,6 +50,10 @@ _TINY_RESOLUTION = 128
 
 class TrainingCanceled(Exception):
     """Raised when `should_cancel()` returned True; nothing was written to the output folder."""
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on, with a message a person can act on (shown as the job's error)."""
 
 
 @dataclass(frozen=True)
@@ -497,8 +502,17 @@ def train_dreambooth(
             report=progress or (lambda p: None), cancel=should_cancel or (lambda: False),
             class_images_dir=class_images_dir,
         )
+    except torch.cuda.OutOfMemoryError:
+        raise TrainingError(
+            f"The GPU ran out of memory training at {options.resolution} px with batch size "
+            f"{options.batch_size}; try gradient checkpointing, fp16, 8-bit Adam, LoRA instead of a "
+            "full fine-tune, or a smaller batch."
+        ) from None
     finally:
         torch.set_num_threads(threads_before)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _train(
@@ -609,7 +623,7 @@ def _train(
         elif prediction_type == "v_prediction":
             target = noise_scheduler.get_velocity(latents, noise, timesteps)
         else:
-            raise ValueError(f"prediction type {prediction_type!r} is not supported for training")
+            raise TrainingError(f"This model's prediction type {prediction_type!r} is not supported for training.")
 
         with autocast:
             if train_te:
@@ -633,9 +647,9 @@ def _train(
 
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
-            raise FloatingPointError(
-                f"the loss became {loss_value} at step {step}; try a lower learning rate"
-                + (" or bf16 instead of fp16" if weight_dtype == torch.float16 else "")
+            raise TrainingError(
+                f"Training diverged (the loss became {loss_value} at step {step}); try a lower learning rate"
+                + (" or bf16 instead of fp16" if weight_dtype == torch.float16 else "") + "."
             )
         loss_ema = loss_value if loss_ema is None else 0.95 * loss_ema + 0.05 * loss_value
         train_seconds += time.perf_counter() - step_start

@@ -1,0 +1,254 @@
+"""DreamBooth on the demo model: does a subject it never saw get learnt, without losing the base?
+
+    .venv/bin/python bench/dreambooth_bench.py [--model generation/demo_model] [--steps N] [--seeds 4]
+
+The subject is a square with a 4×4 yellow/purple checkerboard, a pattern the demo model's data
+never has (its shapes are one colour). Five "photos" are drawn with Pillow on five backgrounds and
+captioned "a sks square on a <colour> background". The default training run (default_options_for)
+is timed; before and after it the model is asked for "a sks square on a <colour> background"
+(the five photo backgrounds and orange, which no photo has) and every image is checked:
+
+- likeness: the checkered subject is detected: both checker colours cover ≥ 20% of the central
+  24×24 px, and yellow/purple alternate along rows AND columns there (a two-colour split or stripes
+  do not count). Goal ≥ 70% after training.
+- histogram similarity: intersection of the central region's palette histogram with the photos'.
+
+Base fidelity (prior not destroyed): bench/demo_fidelity.py's check (foreground, background, shape)
+on the held-out combinations and on every "a <fg> square on a <bg> background" (the subject's
+class), for the base model, with the LoRA attached, and after detaching it. Goal: attached within
+5 points of the base; detached identical to the base, pixel for pixel.
+
+Also printed: seconds per training step, peak RSS, checkpoint size, attach/detach seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.demo_fidelity import generate, measure_colours, score, train_shape_classifier  # noqa: E402
+from generation.demo.data import COLOUR_NAMES, COLOURS, HELD_OUT, caption  # noqa: E402
+from training.dreambooth import TrainingProgress, default_options_for, train_dreambooth  # noqa: E402
+
+TOKEN, CLASS = "sks", "square"
+CHECKER = ("yellow", "purple")
+PHOTO_BACKGROUNDS = ["red", "blue", "green", "white", "black"]
+TEST_BACKGROUNDS = PHOTO_BACKGROUNDS + ["orange"]
+PALETTE = np.array([COLOURS[c] for c in COLOUR_NAMES], dtype=np.float32)
+Y, P = COLOUR_NAMES.index(CHECKER[0]), COLOUR_NAMES.index(CHECKER[1])
+
+
+def draw_subject(background: str, rng: np.random.Generator) -> Image.Image:
+    """One 64×64 "photo": the checkered square, jittered in size, position and rotation."""
+    s = 4  # supersampled, then box-filtered down, like the demo data
+    radius = float(rng.uniform(20, 26))
+    cx, cy = 32 + rng.uniform(-3, 3), 32 + rng.uniform(-3, 3)
+    angle = math.radians(float(rng.uniform(-10, 10)))
+    ca, sa = math.cos(angle), math.sin(angle)
+    img = Image.new("RGB", (64 * s, 64 * s), COLOURS[background])
+    pen = ImageDraw.Draw(img)
+    h = radius * 0.82
+    cell = 2 * h / 4
+    for i in range(4):
+        for j in range(4):
+            x0, y0 = -h + i * cell, -h + j * cell
+            corners = [(x0, y0), (x0 + cell, y0), (x0 + cell, y0 + cell), (x0, y0 + cell)]
+            pts = [((cx + x * ca - y * sa) * s, (cy + x * sa + y * ca) * s) for x, y in corners]
+            pen.polygon(pts, fill=COLOURS[CHECKER[(i + j) % 2]])
+    return img.resize((64, 64), Image.Resampling.BOX)
+
+
+def _labels(img: np.ndarray) -> np.ndarray:
+    """Nearest palette index of every pixel of a uint8 (H, W, 3) image."""
+    d = ((img[..., None, :].astype(np.float32) - PALETTE) ** 2).sum(-1)
+    return d.argmin(-1)
+
+
+def _centre(img: np.ndarray) -> np.ndarray:
+    return img[20:44, 20:44]
+
+
+def _alternations(lines: np.ndarray) -> float:
+    """Mean number of yellow<->purple changes per line, other colours skipped."""
+    changes = []
+    for line in lines:
+        kept = line[(line == Y) | (line == P)]
+        changes.append(int((kept[1:] != kept[:-1]).sum()) if len(kept) > 1 else 0)
+    return float(np.mean(changes))
+
+
+def subject_found(img: np.ndarray) -> tuple[bool, bool]:
+    """(both checker colours present, checkered) for one uint8 (64, 64, 3) image."""
+    lab = _labels(_centre(img))
+    both = (lab == Y).mean() >= 0.2 and (lab == P).mean() >= 0.2
+    checkered = both and _alternations(lab) >= 0.8 and _alternations(lab.T) >= 0.8
+    return bool(both), bool(checkered)
+
+
+def _histogram(img: np.ndarray) -> np.ndarray:
+    return np.bincount(_labels(_centre(img)).ravel(), minlength=len(PALETTE)) / 24 / 24
+
+
+class PeakRss:
+    """Samples this process's RSS every 50 ms while in the `with` block; `.mb` is the peak seen."""
+
+    def __enter__(self) -> "PeakRss":
+        import psutil
+
+        self._proc, self._stop, self.mb = psutil.Process(), threading.Event(), 0.0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.mb = max(self.mb, self._proc.memory_info().rss / 2**20)
+            self._stop.wait(0.05)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def likeness(pipe, photos: list[np.ndarray], seeds: int, guidance: float, steps: int) -> dict[str, float]:
+    """Rates over "a sks square on a <bg> background" for every test background × `seeds`."""
+    backgrounds = [bg for bg in TEST_BACKGROUNDS for _ in range(seeds)]
+    prompts = [f"a {TOKEN} {CLASS} on a {bg} background" for bg in backgrounds]
+    images, _ = generate(pipe, prompts, [2000 + i for i in range(len(prompts))], steps, guidance)
+    reference = np.mean([_histogram(p) for p in photos], axis=0)
+    found = [subject_found(im) for im in images]
+    bg_ok = [measure_colours(im)[1] == COLOUR_NAMES.index(bg) for im, bg in zip(images, backgrounds)]
+    return {
+        "checkered": float(np.mean([c for _, c in found])),
+        "both colours": float(np.mean([b for b, _ in found])),
+        "histogram": float(np.mean([np.minimum(_histogram(im), reference).sum() for im in images])),
+        "background": float(np.mean(bg_ok)),
+        "images": images,  # type: ignore[dict-item]
+    }
+
+
+def fidelity(pipe, net, seeds: int, guidance: float, steps: int) -> tuple[dict[str, float], dict[str, float], np.ndarray]:
+    """demo_fidelity's rates on the held-out combinations and on all coloured squares."""
+    held = [c for c in sorted(HELD_OUT) for _ in range(seeds)]
+    squares = [("square", fg, bg) for fg in COLOUR_NAMES for bg in COLOUR_NAMES if fg != bg][::3]
+    squares = [c for c in squares for _ in range(seeds)]
+    combos = held + squares
+    images, _ = generate(pipe, [caption(*c) for c in combos], [3000 + i for i in range(len(combos))], steps, guidance)
+    return score(net, images[: len(held)], held), score(net, images[len(held):], squares), images
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", type=Path, default=ROOT / "generation" / "demo_model")
+    p.add_argument("--steps", type=int, default=None, help="override the default number of training steps")
+    p.add_argument("--seeds", type=int, default=4, help="images per likeness prompt")
+    p.add_argument("--fidelity-seeds", type=int, default=2)
+    p.add_argument("--no-prior", action="store_true", help="train without prior preservation")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--rank", type=int, default=None)
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the whole bench")
+    p.add_argument("--sheet", type=Path, default=None, help="save before/after likeness images here")
+    a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+
+    import json
+
+    from diffusers import StableDiffusionPipeline
+
+    defaults = json.loads((a.model / "imagesite.json").read_text())
+    steps, guidance = int(defaults["steps"]), float(defaults["guidance_scale"])
+    rng = np.random.default_rng(0)
+    photos = [draw_subject(bg, rng) for bg in PHOTO_BACKGROUNDS]
+    photo_arrays = [np.asarray(im) for im in photos]
+    captions = [f"a {TOKEN} {CLASS} on a {bg} background" for bg in PHOTO_BACKGROUNDS]
+    print(f"photos: detector finds the checkered subject in {np.mean([subject_found(x)[1] for x in photo_arrays]):.0%} of them")
+
+    net, acc = train_shape_classifier()
+    print(f"shape classifier (bench/demo_fidelity.py): {acc:.1%} on fresh synthetic masks")
+
+    pipe = StableDiffusionPipeline.from_pretrained(a.model, local_files_only=True, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    before = likeness(pipe, photo_arrays, a.seeds, guidance, steps)
+    base_held, base_sq, base_images = fidelity(pipe, net, a.fidelity_seeds, guidance, steps)
+
+    overrides: dict[str, object] = {}
+    if a.steps:
+        overrides["steps"] = a.steps
+    if a.no_prior:
+        overrides["prior_preservation"] = False
+    if a.lr:
+        overrides["learning_rate"] = a.lr
+    if a.rank:
+        overrides["lora_rank"] = a.rank
+    if a.batch:
+        overrides["batch_size"] = a.batch
+    options = default_options_for(a.model, **overrides)
+    print(f"options: {options}")
+
+    def report(p: TrainingProgress) -> None:
+        if p.phase == "training" and (p.step % 100 == 0 or p.step == p.total):
+            print(f"  step {p.step}/{p.total} loss {p.loss:.4f} {p.seconds_per_step:.3f} s/step", flush=True)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        with PeakRss() as rss:
+            result = train_dreambooth(
+                base_model=a.model, instance_images=photos, instance_prompts=captions, token=TOKEN,
+                class_noun=CLASS, options=options, output_dir=Path(tmp) / "out", progress=report,
+                class_images_dir=Path(tmp) / "class",
+            )
+        wall = time.perf_counter() - t
+
+        t = time.perf_counter()
+        pipe.load_lora_weights(str(result.checkpoint_path), adapter_name="subject")
+        attach_s = time.perf_counter() - t
+        after = likeness(pipe, photo_arrays, a.seeds, guidance, steps)
+        lora_held, lora_sq, _ = fidelity(pipe, net, a.fidelity_seeds, guidance, steps)
+        t = time.perf_counter()
+        pipe.unload_lora_weights()
+        detach_s = time.perf_counter() - t
+        off_held, off_sq, off_images = fidelity(pipe, net, a.fidelity_seeds, guidance, steps)
+
+    if a.sheet:
+        rows = [np.concatenate(list(photo_arrays) + [np.zeros((64, 64, 3), np.uint8)] * (len(before["images"]) - 5), 1),
+                np.concatenate(list(before["images"]), 1), np.concatenate(list(after["images"]), 1)]
+        Image.fromarray(np.concatenate(rows, 0)).save(a.sheet)
+
+    n_like = len(TEST_BACKGROUNDS) * a.seeds
+    print()
+    print(f"model {a.model.name}; {len(photos)} photos; training {options.steps} steps "
+          f"({options.method}, rank {options.lora_rank}, lr {options.learning_rate:g}, batch {options.batch_size}, "
+          f"prior preservation {options.prior_preservation} with {options.num_class_images} class images)")
+    print(f"{'likeness (' + str(n_like) + ' images)':<34}{'before':>10}{'after':>10}")
+    for key in ("checkered", "both colours", "histogram", "background"):
+        print(f"  {key:<32}{before[key]:>10.1%}{after[key]:>10.1%}")
+    print(f"{'base fidelity (all 3 right)':<34}{'base':>10}{'LoRA on':>10}{'LoRA off':>10}")
+    print(f"  {'held-out combinations':<32}{base_held['all']:>10.1%}{lora_held['all']:>10.1%}{off_held['all']:>10.1%}")
+    print(f"  {'coloured squares (the class)':<32}{base_sq['all']:>10.1%}{lora_sq['all']:>10.1%}{off_sq['all']:>10.1%}")
+    print(f"  detached output identical to base: {np.array_equal(off_images, base_images)}")
+    print(f"training: {wall:.0f} s wall ({result.class_images_generated} class images generated), "
+          f"{result.seconds_per_step:.3f} s/step, final loss {result.final_loss:.4f}; peak RSS while training {rss.mb:.0f} MB (whole bench process)")
+    print(f"checkpoint {result.checkpoint_path.name}: {result.size_bytes / 1024:.0f} KB; "
+          f"attach {attach_s:.2f} s, detach {detach_s:.3f} s; torch threads {torch.get_num_threads()}")
+    drop = max(base_held["all"] - lora_held["all"], base_sq["all"] - lora_sq["all"]) * 100
+    print(f"goals: likeness {after['checkered']:.0%} (>= 70%): {'PASS' if after['checkered'] >= 0.7 else 'FAIL'}; "
+          f"fidelity drop {drop:.1f} points (<= 5): {'PASS' if drop <= 5 else 'FAIL'}; "
+          f"default run {wall / 60:.1f} min (<= 10): {'PASS' if wall <= 600 else 'FAIL'}")
+
+
+if __name__ == "__main__":
+    main()
