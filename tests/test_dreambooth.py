@@ -67,6 +67,16 @@ def _render(pipe, prompt: str = "a sks square on a red background") -> np.ndarra
     ).images[0]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_cpu_thread():
+    """One torch thread for this module: tiny models gain nothing from two, and on a busy 2-core
+    machine two threads spinning against another process are several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def lora_run(tmp_path_factory: pytest.TempPathFactory):
     """One short LoRA run with prior preservation and validation images, shared by the tests below."""

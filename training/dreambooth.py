@@ -165,6 +165,9 @@ def default_options_for(base_model: str | Path, **overrides: Any) -> TrainingOpt
         options = TrainingOptions(
             steps=1000, learning_rate=1e-3, lora_rank=8, batch_size=4,
             num_class_images=40, class_inference_steps=20, resolution=resolution,
+            # The embedded set-up runs a generation worker on the same cores; a tiny model gains
+            # little from a second thread and loses ~10x when two processes spin for both cores.
+            cpu_threads=None if torch.cuda.is_available() else 1,
         )
     else:
         cuda = torch.cuda.is_available()
