@@ -83,6 +83,11 @@ def test_svg_is_rejected() -> None:
     assert "not a JPEG, PNG or WebP" in _reason(svg)
 
 
+def test_heic_is_rejected_with_a_hint_to_export_jpeg() -> None:
+    heic_header = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 100
+    assert "export it as JPEG" in _reason(heic_header)
+
+
 def test_gif_is_rejected() -> None:
     buf = io.BytesIO()
     _photo().save(buf, "GIF")

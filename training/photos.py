@@ -109,6 +109,11 @@ def _check_before_decoding(data: bytes) -> tuple[Image.Image, str]:
             f"{MAX_FILE_BYTES // 1024 // 1024} MB."
         )
     fmt = sniff_format(data)
+    if fmt is None and data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+        raise PhotoRejected(
+            "This is a HEIC/AVIF photo (the iPhone default), which is not supported; "
+            "please export it as JPEG and upload that."
+        )
     if fmt is None:
         raise PhotoRejected(
             "This file is not a JPEG, PNG or WebP image (whatever its name says); "
