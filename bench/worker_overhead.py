@@ -1,0 +1,220 @@
+"""A warm job through the worker against the bare pipeline call with the same settings, in one run.
+
+    .venv/bin/python bench/worker_overhead.py [--runs 15] [--warmup 2] [--threads N]
+
+Sets itself up: a throwaway SQLite file and media folder under build/bench/, migrated here, and a real
+`manage.py qcluster` subprocess on them (the ORM broker, as in the embedded set-up). Both sides render
+the demo model's defaults (64x64, 20 steps, DPM++ 2M, 1 image) and are warmed up first; runs alternate
+bare / worker so that a busy machine slows both alike.
+
+- bare: `Renderer(...).render(settings)` in this process, no progress callback.
+- worker: from `create_generation()` (insert + enqueue on commit) until this process sees the row
+  `succeeded`; so it includes pick-up, per-step progress writes, PNG encoding and file writes.
+- pick-up: the row's `created_at → started_at` (django-q2's own task record says `started` at enqueue
+  time, not at pick-up, so it cannot tell).
+
+Goals (issue 2): worker/bare median ratio ≤ 1.10; pick-up p95 ≤ 0.3 s.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / "build" / "bench"
+RATIO_GOAL = 1.10
+PICKUP_P95_GOAL_S = 0.3
+
+
+def _environment(threads: int | None) -> dict[str, str]:
+    """The settings both this process and the worker run with: a throwaway DB and media folder."""
+    env = {
+        "DJANGO_SETTINGS_MODULE": "imagesite.settings",
+        "IMAGESITE_SQLITE_PATH": str(WORK / "bench.sqlite3"),
+        "IMAGESITE_MEDIA_ROOT": str(WORK / "media"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def _fresh_database() -> None:
+    if WORK.exists():
+        shutil.rmtree(WORK)
+    (WORK / "media").mkdir(parents=True)
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+class Worker:
+    """`manage.py qcluster` in its own process group, logging to build/bench/qcluster.log."""
+
+    def __init__(self) -> None:
+        self.log_path = WORK / "qcluster.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "qcluster"],
+            cwd=ROOT,
+            env=os.environ.copy(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while "running" not in self.log_path.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                sys.exit(f"qcluster did not start:\n{self.log_path.read_text(errors='replace')}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.log.close()
+
+
+def _job_settings(info) -> dict:
+    return {
+        "prompt": info.example_prompts[0] if info.example_prompts else "a red circle on a blue background",
+        "negative_prompt": "",
+        "steps": info.steps,
+        "guidance_scale": info.guidance_scale,
+        "width": info.width,
+        "height": info.height,
+        "scheduler": info.scheduler,
+        "num_images": 1,
+    }
+
+
+def _run_bare(renderer, job: dict, seed: int) -> float:
+    from generation.pipeline import RenderSettings
+
+    started = time.perf_counter()
+    renderer.render(RenderSettings(seed=seed, **job))
+    return time.perf_counter() - started
+
+
+def _run_worker(owner, job: dict, seed: int, timeout_s: float = 600) -> tuple[float, float, float]:
+    """Seconds from enqueue until the row says succeeded, the row's pick-up latency, and the task's
+    own time on the row (started → finished: render, progress writes, PNG encoding, files)."""
+    from generation.models import Generation
+    from generation.services import create_generation
+    from imagesite.jobs import JobStatus
+
+    started = time.perf_counter()
+    generation = create_generation(owner=owner, seed=seed, **job)
+    rows = Generation.objects.filter(pk=generation.pk)
+    while (status := rows.values_list("status", flat=True).get()) in (JobStatus.QUEUED, JobStatus.RUNNING):
+        if time.perf_counter() - started > timeout_s:
+            sys.exit(f"generation {generation.pk} still {status} after {timeout_s} s")
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    generation.refresh_from_db()
+    if status != JobStatus.SUCCEEDED:
+        sys.exit(f"generation {generation.pk} ended {status}: {generation.error}")
+    pickup = (generation.started_at - generation.created_at).total_seconds()
+    return elapsed, pickup, (generation.finished_at - generation.started_at).total_seconds()
+
+
+def _p95(values: list[float]) -> float:
+    return statistics.quantiles(values, n=20, method="inclusive")[18] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=15, help="measured repetitions of each side")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured repetitions of each side first")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads on both sides (default: torch's)")
+    args = parser.parse_args()
+
+    os.environ.pop("DATABASE_URL", None)  # throwaway SQLite and the ORM broker, whatever the shell says
+    os.environ.pop("REDIS_URL", None)
+    os.environ.update(_environment(args.threads))
+    sys.path.insert(0, str(ROOT))
+    import django
+
+    django.setup()
+    logging.getLogger("django-q").setLevel(logging.WARNING)  # no "Enqueued" line per job
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+
+    from generation.modelinfo import describe_model
+    from diffusers.utils import logging as diffusers_logging
+
+    from generation.pipeline import Renderer
+
+    diffusers_logging.disable_progress_bar()
+
+    _fresh_database()
+    owner = get_user_model().objects.create_user("bench")
+    info = describe_model(settings.IMAGESITE_MODEL)
+    job = _job_settings(info)
+    print(f"model {info.name}: {job['width']}x{job['height']}, {job['steps']} steps, {job['scheduler']}, 1 image; "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    renderer = Renderer(settings.IMAGESITE_MODEL, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG)
+    worker = Worker()
+    try:
+        bare: list[float] = []
+        through_worker: list[float] = []
+        pickups: list[float] = []
+        in_task: list[float] = []
+        for i in range(args.warmup + args.runs):
+            seed = 1000 + i
+            b = _run_bare(renderer, job, seed)
+            w, p, t = _run_worker(owner, job, seed)
+            measured = i >= args.warmup
+            if measured:
+                bare.append(b)
+                through_worker.append(w)
+                pickups.append(p)
+                in_task.append(t)
+            print(f"  {'run' if measured else 'warm-up'} {i + 1:>2}: bare {b:6.3f} s   worker {w:6.3f} s (pick-up {p:5.3f} s, task {t:6.3f} s)", flush=True)
+    finally:
+        worker.stop()
+
+    bare_median = statistics.median(bare)
+    worker_median = statistics.median(through_worker)
+    ratio = worker_median / bare_median
+    pickup_p50, pickup_p95 = statistics.median(pickups), _p95(pickups)
+    rows = [
+        ("bare Renderer.render, median", f"{bare_median:.3f} s", ""),
+        ("worker job, enqueue → succeeded, median", f"{worker_median:.3f} s", ""),
+        ("  of which the task, started → finished, median", f"{statistics.median(in_task):.3f} s", ""),
+        ("ratio worker / bare", f"{ratio:.3f}", _verdict(ratio <= RATIO_GOAL, f"≤ {RATIO_GOAL:.2f}")),
+        ("pick-up created → started, p50", f"{pickup_p50:.3f} s", ""),
+        ("pick-up created → started, p95", f"{pickup_p95:.3f} s", _verdict(pickup_p95 <= PICKUP_P95_GOAL_S, f"≤ {PICKUP_P95_GOAL_S} s")),
+    ]
+    print(f"\n{args.runs} runs after {args.warmup} warm-up; load average {os.getloadavg()[0]:.2f}")
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'measure'.ljust(width)} | value   | goal |")
+    print(f"| {'-' * width} | ------- | ---- |")
+    for name, value, goal in rows:
+        print(f"| {name.ljust(width)} | {value:<7} | {goal} |")
+
+
+def _verdict(ok: bool, goal: str) -> str:
+    return f"{goal} {'ok' if ok else 'MISSED'}"
+
+
+if __name__ == "__main__":
+    main()
