@@ -201,3 +201,31 @@ def test_rerun_into_the_same_folder_replaces_the_unet(tmp_path: Path) -> None:
     _train(tmp_path, options)
     _train(tmp_path, replace(options, seed=1))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["unet"]
+
+
+def test_epsilon_models_train_on_the_noise_and_v_models_on_the_velocity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # SD 1.5 predicts epsilon, the demo model v: the same code must pick the right target.
+    import json
+    import shutil
+
+    from diffusers import DDPMScheduler
+
+    calls: list[int] = []
+    real = DDPMScheduler.get_velocity
+    monkeypatch.setattr(DDPMScheduler, "get_velocity", lambda self, *a: calls.append(1) or real(self, *a))
+
+    _train(tmp_path / "v", _quick(prior_preservation=False, steps=1))
+    assert calls == [1]
+
+    eps_model = tmp_path / "eps_model"
+    shutil.copytree(DEMO_MODEL, eps_model)
+    config_path = eps_model / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config["prediction_type"] = "epsilon"
+    config_path.write_text(json.dumps(config))
+    train_dreambooth(
+        base_model=eps_model, instance_images=PHOTOS, instance_prompts=CAPTIONS, token="sks",
+        class_noun="square", options=_quick(prior_preservation=False, steps=1), output_dir=tmp_path / "eps",
+    )
+    assert calls == [1]
+    assert (tmp_path / "eps" / LORA_WEIGHT_NAME).exists()
