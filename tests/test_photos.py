@@ -171,6 +171,16 @@ def test_exif_gps_and_camera_data_are_dropped() -> None:
         assert b"SpyCam" not in out and b"Exif" not in out
 
 
+def test_colour_profile_is_applied_and_not_kept() -> None:
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    data = _jpeg(_photo(), icc_profile=srgb)
+    prepared = check_and_prepare(data, resolution=RES)
+    for out in (prepared.image_bytes, prepared.crop_bytes):
+        assert "icc_profile" not in Image.open(io.BytesIO(out)).info
+
+
 def test_exif_orientation_is_applied() -> None:
     # Stored 120×60: left half red, right half blue. Orientation 6 means "rotate 90° clockwise
     # to display", so the upright photo is 60×120 with red on top.

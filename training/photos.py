@@ -164,7 +164,8 @@ def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
         try:
             src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
             dst = ImageCms.createProfile("sRGB")
-            return ImageCms.profileToProfile(img.convert("RGB"), src, dst, outputMode="RGB")
+            base = img if img.mode in ("RGB", "CMYK") else img.convert("RGB")
+            return ImageCms.profileToProfile(base, src, dst, outputMode="RGB")
         except Exception:
             pass  # an odd profile is not worth rejecting the photo for
     return img.convert("RGB")
