@@ -94,7 +94,7 @@ class Worker:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(20)
+                self.proc.wait(3)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
@@ -123,27 +123,58 @@ def _database_url(db: dict) -> str:
     return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST'] or 'localhost'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
+class Workers:
+    """Owns the qcluster subprocesses of a test session. Only one cluster runs at a time, so a test
+    that needs a worker with other settings (or one to kill) gets the only one on the broker."""
+
+    def __init__(self, env: dict[str, str], folder: Path):
+        self.env, self.folder = env, folder
+        self.shared: Worker | None = None
+        self.count = 0
+
+    def start(self, **extra_env: str) -> Worker:
+        self.count += 1
+        return Worker({**self.env, **extra_env}, self.folder / f"qcluster-{self.count}.log")
+
+    def ensure_shared(self) -> Worker:
+        if self.shared is None or self.shared.proc.poll() is not None:
+            self.shared = self.start()
+        return self.shared
+
+    def stop_shared(self) -> None:
+        if self.shared is not None:
+            self.shared.stop()
+            self.shared = None
+
+
+@pytest.fixture(scope="session")
+def workers(worker_env, tmp_path_factory):
+    manager = Workers(worker_env, tmp_path_factory.mktemp("workers"))
+    yield manager
+    manager.stop_shared()
+
+
 @pytest.fixture
-def spawn_worker(worker_env, tmp_path):
-    """Start a qcluster with extra environment; stopped at the end of the test."""
+def worker(workers) -> Worker:
+    """A warm worker shared by the end-to-end tests (the pipeline stays loaded between jobs)."""
+    return workers.ensure_shared()
+
+
+@pytest.fixture
+def spawn_worker(workers):
+    """Start a qcluster of this test's own (with extra environment), after stopping the shared one;
+    each is stopped at the end of the test."""
+    workers.stop_shared()
     started: list[Worker] = []
 
     def spawn(**extra_env: str) -> Worker:
-        w = Worker({**worker_env, **extra_env}, tmp_path / f"qcluster-{len(started)}.log")
+        w = workers.start(**extra_env)
         started.append(w)
         return w
 
     yield spawn
     for w in started:
         w.stop()
-
-
-@pytest.fixture(scope="session")
-def worker(worker_env, tmp_path_factory):
-    """One warm worker shared by the end-to-end tests (the pipeline stays loaded between jobs)."""
-    w = Worker(worker_env, tmp_path_factory.mktemp("worker") / "qcluster.log")
-    yield w
-    w.stop()
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.1, message: str = "condition"):
@@ -163,5 +194,8 @@ def wait_for_status(job, statuses, timeout: float = 90):
         job.refresh_from_db()
         return job.status in statuses
 
-    wait_for(done, timeout, message=f"{type(job).__name__} {job.pk} to reach {statuses} (is {job.status})")
+    try:
+        wait_for(done, timeout, message=f"{type(job).__name__} {job.pk} to reach {statuses}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; it is {job.status} {job.error!r}") from None
     return job

@@ -1,0 +1,150 @@
+"""The pipeline on the shipped demo model: determinism, seeds, memory profiles, OOM fallback, PNG chunk."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from django.conf import settings
+from PIL import Image
+
+from generation.pipeline import (
+    GenerationError,
+    Renderer,
+    RenderSettings,
+    a1111_parameters,
+    encode_png,
+    plan_memory,
+    resolve_profile,
+)
+
+
+@pytest.fixture(scope="module")
+def renderer() -> Renderer:
+    return Renderer(settings.IMAGESITE_MODEL, "cpu")
+
+
+def fast(**overrides) -> RenderSettings:
+    values = dict(prompt="a red circle on a blue background", negative_prompt="", seed=11, steps=4,
+                  guidance_scale=7.5, width=64, height=64, scheduler="dpmpp_2m", num_images=1)
+    values.update(overrides)
+    return RenderSettings(**values)
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def test_same_seed_and_settings_give_identical_pixels(renderer):
+    a = renderer.render(fast())[0]
+    b = renderer.render(fast())[0]
+    assert a.size == (64, 64)
+    assert np.array_equal(pixels(a), pixels(b))
+
+
+def test_different_seeds_differ(renderer):
+    a = renderer.render(fast(seed=1))[0]
+    b = renderer.render(fast(seed=2))[0]
+    assert np.abs(pixels(a) - pixels(b)).mean() > 1.0
+
+
+def test_batch_images_use_consecutive_seeds(renderer):
+    batch = renderer.render(fast(seed=20, num_images=2))
+    alone = renderer.render(fast(seed=21))[0]
+    assert len(batch) == 2
+    # Image 1 of a batch is the seed+1 image (batched maths may differ in the last bits).
+    assert np.abs(pixels(batch[1]) - pixels(alone)).max() <= 2
+
+
+@pytest.mark.parametrize("scheduler", ["dpmpp_2m", "euler_a", "euler", "ddim", "pndm"])
+def test_every_scheduler_runs_and_reports_each_step(renderer, scheduler):
+    seen = []
+    images = renderer.render(fast(scheduler=scheduler, steps=5), on_step=lambda step, total: seen.append((step, total)))
+    assert images[0].size == (64, 64)
+    assert seen[-1][0] == seen[-1][1] and [s for s, _ in seen] == list(range(1, len(seen) + 1))
+
+
+def test_an_exception_in_the_progress_callback_stops_the_run(renderer):
+    class Stop(Exception):
+        pass
+
+    def cancel_at_two(step, total):
+        if step == 2:
+            raise Stop()
+
+    with pytest.raises(Stop):
+        renderer.render(fast(steps=10), on_step=cancel_at_two)
+    # the pipeline is still usable afterwards
+    assert renderer.render(fast())[0].size == (64, 64)
+
+
+def test_other_sizes_within_limits(renderer):
+    assert renderer.render(fast(width=96, height=48))[0].size == (96, 48)
+
+
+def test_profiles_on_a_machine_without_gpu():
+    assert resolve_profile("auto", cuda_available=False) == "cpu"
+    assert resolve_profile("auto", cuda_available=True, free_vram_bytes=12 * 2**30) == "full"
+    assert resolve_profile("auto", cuda_available=True, free_vram_bytes=6 * 2**30) == "medium"
+    assert resolve_profile("auto", cuda_available=True, free_vram_bytes=3 * 2**30) == "low"
+    low = plan_memory("low", cuda_available=False)
+    # what needs an accelerator is skipped and listed; slicing and tiling still run on the CPU
+    assert set(low.skipped) == {"half_precision", "sequential_cpu_offload"}
+    assert low.attention_slicing and low.vae_slicing and low.vae_tiling and low.device == "cpu"
+    medium_gpu = plan_memory("medium", cuda_available=True)
+    assert medium_gpu.half_precision and medium_gpu.model_cpu_offload and not medium_gpu.skipped
+    assert not plan_memory("cpu", cuda_available=False).half_precision
+    with pytest.raises(GenerationError, match="Unknown memory profile"):
+        resolve_profile("huge", cuda_available=False)
+
+
+def test_low_profile_on_cpu_still_generates():
+    r = Renderer(settings.IMAGESITE_MODEL, "low")
+    assert r.profile == "low"
+    assert r.render(fast())[0].size == (64, 64)
+
+
+def _oom():
+    return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+def test_out_of_memory_retries_once_a_profile_lower(monkeypatch):
+    # A GPU cannot exist here: the OOM is injected, the retry and reload are real.
+    r = Renderer(settings.IMAGESITE_MODEL, "full")
+    real_call = Renderer._call_pipe
+    calls = []
+
+    def flaky(self, s, on_step):
+        calls.append(self.profile)
+        if len(calls) == 1:
+            raise _oom()
+        return real_call(self, s, on_step)
+
+    monkeypatch.setattr(Renderer, "_call_pipe", flaky)
+    images = r.render(fast())
+    assert calls == ["full", "medium"] and r.profile == "medium" and images[0].size == (64, 64)
+
+
+def test_out_of_memory_twice_fails_naming_size_and_profile(monkeypatch):
+    r = Renderer(settings.IMAGESITE_MODEL, "medium")
+
+    def always(self, s, on_step):
+        raise _oom()
+
+    monkeypatch.setattr(Renderer, "_call_pipe", always)
+    with pytest.raises(GenerationError) as excinfo:
+        r.render(fast(width=96, height=64, num_images=2))
+    message = str(excinfo.value)
+    assert "96×64" in message and "'low'" in message and "2 image" in message
+
+
+def test_png_carries_a1111_parameters():
+    s = fast(negative_prompt="blurry", seed=99)
+    text = a1111_parameters(s, 100, "demo")
+    assert text == (
+        "a red circle on a blue background\nNegative prompt: blurry\n"
+        "Steps: 4, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 100, Size: 64x64, Model: demo"
+    )
+    png = encode_png(Image.new("RGB", (8, 8)), text)
+    assert Image.open(io.BytesIO(png)).text["parameters"] == text
