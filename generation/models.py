@@ -30,6 +30,7 @@ class Generation(Job):
     scheduler = models.CharField(max_length=32, choices=SCHEDULER_CHOICES)
     num_images = models.PositiveSmallIntegerField(default=1)
     model_name = models.CharField(max_length=200, blank=True)
+    webhook_url = models.URLField(blank=True, help_text="POSTed a signed JSON payload when the job ends.")
 
     objects = JobQuerySet.as_manager()
 

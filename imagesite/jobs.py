@@ -15,6 +15,7 @@ from typing import Iterator
 from django.apps import apps
 from django.conf import settings
 from django.db import close_old_connections, connection, models, transaction
+from django.dispatch import Signal
 from django.utils import timezone
 
 log = logging.getLogger("imagesite.jobs")
@@ -29,6 +30,11 @@ class JobStatus(models.TextChoices):
 
 
 ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINISHED_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED)
+
+# Sent once per job, after the commit that moved it to succeeded, failed or canceled
+# (sender: the model class, job: the instance). Webhooks listen to it.
+job_finished = Signal()
 
 
 class JobCanceled(Exception):
@@ -91,6 +97,8 @@ class Job(models.Model):
         if updated:
             for name, value in fields.items():
                 setattr(self, name, value)
+            if fields.get("status") in FINISHED_STATUSES:
+                transaction.on_commit(lambda: job_finished.send(sender=type(self), job=self))
         return bool(updated)
 
     # --- state changes -------------------------------------------------------------------------

@@ -25,7 +25,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "demo_model"
 
 def build(out: Path, *, seed: int = 0, vae_steps: int = 3000, unet_steps: int = 4000,
           minutes: float | None = None, untrained: bool = False, bpe_file: str | None = None,
-          checkpoint_every: int = 500, threads: int | None = None,
+          checkpoint_every: int = 500, threads: int | None = None, dataset_size: int = 16000,
           log: Callable[[str], None] = print) -> dict:
     """Build the demo model into ``out`` (a diffusers folder) and return a summary dict.
 
@@ -47,7 +47,7 @@ def build(out: Path, *, seed: int = 0, vae_steps: int = 3000, unet_steps: int = 
 
         vae_minutes = None if minutes is None else 0.15 * minutes
         summary["vae"] = train_vae(vae, steps=vae_steps, seed=seed, minutes=vae_minutes, log=log)
-        latents, captions = encode_dataset(vae, seed=seed + 1, log=log)
+        latents, captions = encode_dataset(vae, n=dataset_size, seed=seed + 1, log=log)
         unet_minutes = None if minutes is None else max(1.0, minutes - (time.monotonic() - t0) / 60)
 
         def checkpoint(step: int, ema_unet, ema_text) -> None:
@@ -77,6 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--minutes", type=float, default=None,
                         help="cap on the build's wall time (then not step-exact deterministic)")
     parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--dataset-size", type=int, default=16000, help="images encoded for the UNet")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--bpe-file", default=None, help="path to bpe_simple_vocab_16e6.txt.gz")
     parser.add_argument("--untrained", action="store_true", help="save seeded random weights only")
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     a = parser.parse_args(argv)
     build(a.out, seed=a.seed, vae_steps=a.vae_steps, unet_steps=a.unet_steps, minutes=a.minutes,
           untrained=a.untrained, bpe_file=a.bpe_file, checkpoint_every=a.checkpoint_every,
-          threads=a.threads)
+          threads=a.threads, dataset_size=a.dataset_size)
 
 
 if __name__ == "__main__":

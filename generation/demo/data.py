@@ -38,8 +38,13 @@ Combo = tuple[str, str, str]  # (shape, foreground colour, background colour)
 
 
 def caption(shape: str, fg: str, bg: str) -> str:
-    """The training caption of one combination, e.g. ``"a red star on a blue background"``."""
-    return f"a {fg} {shape} on a {bg} background"
+    """The training caption of one combination, e.g. ``"a red star on an orange background"``."""
+    return f"{_article(fg)} {fg} {shape} on {_article(bg)} {bg} background"
+
+
+def _article(word: str) -> str:
+    """ "an" before a vowel (only "orange" among the colours), else "a"."""
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def _held_out() -> frozenset[Combo]:
