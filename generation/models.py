@@ -31,8 +31,17 @@ class Generation(Job):
     num_images = models.PositiveSmallIntegerField(default=1)
     model_name = models.CharField(max_length=200, blank=True)
     webhook_url = models.URLField(blank=True, help_text="POSTed a signed JSON payload when the job ends.")
+    # The subject's name stays when the subject is deleted, so its images can say so.
+    subject = models.ForeignKey("training.Subject", null=True, blank=True, on_delete=models.SET_NULL, related_name="generations")
+    subject_name = models.CharField(max_length=60, blank=True)
+    # Images drawn during training as validation samples (they land in the gallery too).
+    training_run = models.ForeignKey("training.TrainingRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="validation_generations")
 
     objects = JobQuerySet.as_manager()
+
+    @property
+    def subject_deleted(self) -> bool:
+        return bool(self.subject_name) and self.subject_id is None
 
     class Meta:
         ordering = ["-created_at", "-pk"]

@@ -53,6 +53,7 @@ INSTALLED_APPS = [
     "django_q",
     "imagesite.apps.ImagesiteConfig",
     "generation.apps.GenerationConfig",
+    "training.apps.TrainingConfig",
 ]
 
 MIDDLEWARE = [

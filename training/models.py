@@ -1,0 +1,128 @@
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+from imagesite.jobs import Job, JobQuerySet, JobStatus
+
+
+class SubjectQuerySet(models.QuerySet):
+    def for_user(self, user) -> "SubjectQuerySet":
+        return self.filter(owner=user)
+
+    def ready(self) -> "SubjectQuerySet":
+        """Subjects with a finished training run, i.e. usable in prompts."""
+        return self.filter(runs__status=JobStatus.SUCCEEDED).distinct()
+
+
+class Subject(models.Model):
+    """A user's own concept (a person, a pet, an object), learnt from their photos."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="subjects")
+    name = models.CharField(max_length=60)
+    token = models.CharField(max_length=32, help_text="The rare word that stands for the subject in prompts.")
+    class_noun = models.CharField(max_length=40, help_text='What it is: "person", "dog", "shape".')
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = SubjectQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["owner", "token"], name="subject_token_unique_per_user"),
+            models.UniqueConstraint(fields=["owner", "name"], name="subject_name_unique_per_user"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.token} {self.class_noun})"
+
+    def get_absolute_url(self) -> str:
+        return reverse("subject-detail", args=[self.pk])
+
+    @property
+    def prompt_example(self) -> str:
+        return f"a photo of {self.token} {self.class_noun}"
+
+    def latest_run(self) -> "TrainingRun | None":
+        return self.runs.order_by("-created_at", "-pk").first()
+
+    def trained_run(self) -> "TrainingRun | None":
+        """The newest run that produced a checkpoint (what generation uses)."""
+        return self.runs.filter(status=JobStatus.SUCCEEDED).order_by("-finished_at", "-pk").first()
+
+    def is_training(self) -> bool:
+        return self.runs.active().exists()
+
+    def files_prefix(self) -> str:
+        """Storage folder for this subject's derived files (class images, run outputs)."""
+        return f"subjects/{self.owner_id}/{self.pk}"
+
+
+def _photo_path(instance: "SubjectPhoto", filename: str) -> str:
+    return f"photos/{instance.subject.owner_id}/{uuid.uuid4().hex}.jpg"
+
+
+def _crop_path(instance: "SubjectPhoto", filename: str) -> str:
+    return f"photos/{instance.subject.owner_id}/{uuid.uuid4().hex}-crop.png"
+
+
+class SubjectPhoto(models.Model):
+    """An uploaded photo, stored only after it was checked, decoded and re-encoded without metadata."""
+
+    subject = models.ForeignKey(Subject, on_delete=models.CASCADE, related_name="photos")
+    image = models.FileField(upload_to=_photo_path, max_length=255)
+    crop = models.FileField(upload_to=_crop_path, max_length=255)
+    face_found = models.BooleanField(default=False)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    original_name = models.CharField(max_length=255, blank=True, help_text="Shown to the owner only; never used as a path.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "pk"]
+
+
+class TrainingMethod(models.TextChoices):
+    LORA = "lora", "LoRA"
+    FULL = "full", "Full fine-tune"
+
+
+class TrainingRun(Job):
+    """One DreamBooth run of a subject, on its own django-q2 cluster ("training")."""
+
+    task_path = "training.tasks.run_training"
+    cluster = "training"
+
+    subject = models.ForeignKey(Subject, on_delete=models.CASCADE, related_name="runs")
+    method = models.CharField(max_length=8, choices=TrainingMethod.choices, default=TrainingMethod.LORA)
+    options = models.JSONField(default=dict, help_text="TrainingOptions overrides chosen by the user.")
+    phase = models.CharField(max_length=16, blank=True)  # "class_images" | "training"
+    loss = models.FloatField(null=True, blank=True)
+    seconds_per_step = models.FloatField(null=True, blank=True)
+    checkpoint = models.CharField(max_length=255, blank=True, help_text="Storage name of the LoRA file or UNet folder.")
+    checkpoint_size = models.BigIntegerField(default=0)
+    files_dir = models.CharField(max_length=255, blank=True, help_text="Storage folder of this run's outputs.")
+    webhook_url = models.URLField(blank=True, help_text="POSTed a signed JSON payload when the job ends.")
+
+    objects = JobQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"{self.subject} run {self.pk} ({self.status})"
+
+    @property
+    def owner(self):
+        return self.subject.owner
+
+    @property
+    def owner_id(self) -> int:
+        return self.subject.owner_id
+
+    def get_absolute_url(self) -> str:
+        return reverse("training-run-detail", args=[self.pk])
+
