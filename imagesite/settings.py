@@ -209,3 +209,57 @@ IMAGESITE_MODEL_CONFIG = env_str("IMAGESITE_MODEL_CONFIG", str(BASE_DIR / "gener
 # In development whitenoise serves static files straight from the finders (no collectstatic).
 WHITENOISE_USE_FINDERS = DEBUG
 WHITENOISE_AUTOREFRESH = DEBUG
+
+# --- REST API (api/): tokens, limits, webhooks, OpenAPI ---------------------------------------------
+INSTALLED_APPS += ["rest_framework", "drf_spectacular", "drf_spectacular_sidecar", "api.apps.ApiConfig"]
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "api.authentication.ApiTokenAuthentication",
+        # The browser's session, with DRF's CSRF check on unsafe methods.
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "api.pagination.Pagination",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": [
+        "rest_framework.parsers.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "imagesite API",
+    "DESCRIPTION": (
+        "Generate images, train subjects and fetch results from scripts. Authenticate with "
+        "`Authorization: Bearer <token>` (make a token on the account page) or the browser session. "
+        "Errors always have the shape `{status, code, detail, errors}`, where `errors` maps field "
+        "names to messages."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",  # served from our static files: the docs work offline
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {"JobStatusEnum": "imagesite.jobs.JobStatus.choices"},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "api.schema.add_error_responses",
+    ],
+}
+# Site-wide defaults; staff override them per user in the admin (api.UserLimits).
+IMAGESITE_API_LIMITS = {
+    "generations_per_hour": env_int("IMAGESITE_LIMIT_GENERATIONS_PER_HOUR", 120),
+    "uploads_per_hour": env_int("IMAGESITE_LIMIT_UPLOADS_PER_HOUR", 200),
+    "trainings_per_day": env_int("IMAGESITE_LIMIT_TRAININGS_PER_DAY", 10),
+    "max_queued_jobs": env_int("IMAGESITE_LIMIT_MAX_QUEUED_JOBS", 10),
+}
+# Webhooks never go to loopback, private or link-local addresses unless this is on (tests turn it on
+# for a receiver on 127.0.0.1): otherwise a user could make the server call into its own network.
+IMAGESITE_WEBHOOK_ALLOW_PRIVATE = env_bool("IMAGESITE_WEBHOOK_ALLOW_PRIVATE", False)
+IMAGESITE_WEBHOOK_TIMEOUT_S = env_int("IMAGESITE_WEBHOOK_TIMEOUT_S", 10)
+# Seconds to wait before each retry; one attempt more than retries in all.
+IMAGESITE_WEBHOOK_BACKOFF_S = [int(s) for s in env_list("IMAGESITE_WEBHOOK_BACKOFF_S", ["30", "120", "600", "3600", "14400"])]

@@ -10,6 +10,8 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
     path("accounts/password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
+    path("accounts/api/", include("api.page_urls")),
     path("admin/", admin.site.urls),
+    path("api/", include("api.urls")),
     path("", include("generation.urls")),
 ]

@@ -1,0 +1,305 @@
+"""API views for generations, images, the model, the user and their webhooks. Every queryset is the
+request user's own rows, so another user's ids are 404 (never 403: no existence oracle)."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.apps import apps
+from django.db.models import QuerySet
+from django.http import Http404
+from django.urls import reverse
+from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import generics, mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from generation import rules
+from generation.models import GeneratedImage, Generation
+from generation.modelinfo import SCHEDULERS
+from generation.services import create_generation
+from generation.views import private_file_response
+from imagesite.jobs import JobStatus
+
+from . import serializers as s
+from .models import WebhookDelivery, WebhookSettings, limits_for
+from .throttles import GenerationRateThrottle, QueuedJobsThrottle, active_job_count
+
+
+class FileRenderer(BaseRenderer):
+    """Lets clients ask downloads for their file type; errors still come back as JSON."""
+
+    media_type = "*/*"
+    format = "file"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None) -> bytes:
+        return JSONRenderer().render(data)
+
+
+MAX_ID = 2**63 - 1  # larger ids cannot exist, and SQLite raises OverflowError on them
+
+
+def parse_id(value: str) -> int | None:
+    return int(value) if value.isdigit() and int(value) <= MAX_ID else None
+
+
+class OwnedViewSetMixin:
+    """Ids are digits only in URLs (router regex); one too large for the database is simply absent."""
+
+    lookup_value_regex = "[0-9]+"
+
+    def get_object(self):
+        if parse_id(self.kwargs[self.lookup_url_kwarg or self.lookup_field]) is None:
+            raise Http404
+        return super().get_object()
+
+    def is_schema_request(self) -> bool:
+        # drf-spectacular inspects views with an anonymous fake request.
+        return getattr(self, "swagger_fake_view", False)
+
+
+STATUS_PARAM = OpenApiParameter("status", str, enum=[c for c, _ in JobStatus.choices], description="Only jobs in this status.")
+SEARCH_PARAM = OpenApiParameter("search", str, description="Words the prompt contains.")
+
+
+def filter_status(queryset: QuerySet, request: Request) -> QuerySet:
+    value = request.query_params.get("status")
+    if value is None:
+        return queryset
+    if value not in JobStatus.values:
+        raise serializers.ValidationError({"status": [f"Choose one of {', '.join(JobStatus.values)}."]})
+    return queryset.filter(status=value)
+
+
+def search_prompt(queryset: QuerySet, request: Request, field: str = "prompt") -> QuerySet:
+    text = request.query_params.get("search", "").strip()
+    return queryset.filter(**{f"{field}__icontains": text}) if text else queryset
+
+
+# --- generations -----------------------------------------------------------------------------------
+@extend_schema_view(
+    list=extend_schema(summary="List your generations, newest first", parameters=[STATUS_PARAM, SEARCH_PARAM]),
+    retrieve=extend_schema(summary="A generation: status, progress and its images when done"),
+    destroy=extend_schema(summary="Delete a generation and its images (cancels it if it is still running)"),
+)
+class GenerationViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
+    serializer_class = s.GenerationSerializer
+
+    def get_queryset(self) -> QuerySet[Generation]:
+        if self.is_schema_request():
+            return Generation.objects.none()
+        queryset = Generation.objects.for_user(self.request.user).prefetch_related("images")
+        if self.action == "list":
+            queryset = search_prompt(filter_status(queryset, self.request), self.request)
+        return queryset.order_by("-created_at", "-pk")
+
+    def get_throttles(self):
+        if self.action == "create":
+            return [QueuedJobsThrottle(), GenerationRateThrottle()]
+        return super().get_throttles()
+
+    @extend_schema(
+        summary="Queue a generation",
+        description="Returns 202 with the queued job; poll its `url` until `status` is succeeded, failed or canceled.",
+        request=s.GenerationCreateSerializer,
+        responses={202: s.GenerationSerializer},
+        examples=[
+            OpenApiExample("A prompt with the model's defaults", value={"prompt": "a red circle on a blue background"}, request_only=True),
+            OpenApiExample(
+                "Every setting",
+                value={"prompt": "a red circle on a blue background", "negative_prompt": "blurry", "seed": 42, "steps": 20,
+                       "guidance_scale": 7.5, "width": 64, "height": 64, "scheduler": "dpmpp_2m", "num_images": 2,
+                       "webhook_url": "https://example.com/hooks/imagesite"},
+                request_only=True,
+            ),
+        ],
+    )
+    def create(self, request: Request) -> Response:
+        serializer = s.GenerationCreateSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        generation = self.perform_create(serializer)
+        data = s.GenerationSerializer(generation, context=self.get_serializer_context()).data
+        return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["url"]})
+
+    def perform_create(self, serializer) -> Generation:
+        return create_generation(owner=self.request.user, **serializer.validated_data)
+
+    def perform_destroy(self, instance: Generation) -> None:
+        instance.cancel()  # a running worker sees the row canceled or gone and removes its files
+        instance.delete()
+
+    @extend_schema(summary="Cancel a queued or running generation", request=None, responses={200: s.GenerationSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        generation = self.get_object()
+        generation.cancel()  # no-op once it has ended; the response shows the status either way
+        generation.refresh_from_db()
+        return Response(self.get_serializer(generation).data)
+
+
+# --- images ------------------------------------------------------------------------------------------
+FILE_RESPONSE = {(200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY, description="The PNG, with its settings in a `parameters` text chunk.")}
+
+
+@extend_schema_view(
+    list=extend_schema(
+        summary="List your images, newest first",
+        parameters=[SEARCH_PARAM, OpenApiParameter("favourite", bool, description="Only favourites (true) or only the others (false)."),
+                    OpenApiParameter("generation", int, description="Only this generation's images.")],
+    ),
+    retrieve=extend_schema(summary="An image with its settings and seed"),
+    destroy=extend_schema(summary="Delete an image and its file"),
+)
+class ImageViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
+    serializer_class = s.ImageSerializer
+
+    def get_queryset(self) -> QuerySet[GeneratedImage]:
+        if self.is_schema_request():
+            return GeneratedImage.objects.none()
+        queryset = GeneratedImage.objects.for_user(self.request.user).select_related("generation")
+        if self.action == "list":
+            queryset = self._filter(search_prompt(queryset, self.request, "generation__prompt"))
+        return queryset.order_by("-created_at", "-pk")
+
+    def _filter(self, queryset: QuerySet) -> QuerySet:
+        params = self.request.query_params
+        if "favourite" in params:
+            value = params["favourite"].lower()
+            if value not in ("true", "false", "1", "0"):
+                raise serializers.ValidationError({"favourite": ["Use true or false."]})
+            queryset = queryset.filter(favourite=value in ("true", "1"))
+        if "generation" in params:
+            generation_id = parse_id(params["generation"])
+            if generation_id is None:
+                raise serializers.ValidationError({"generation": ["A generation id."]})
+            queryset = queryset.filter(generation_id=generation_id)
+        return queryset
+
+    @extend_schema(summary="Download the PNG", responses=FILE_RESPONSE)
+    @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, FileRenderer])
+    def download(self, request: Request, pk: str | None = None):
+        image = self.get_object()
+        return private_file_response(image.file, download_name=image.download_name())
+
+    @extend_schema(summary="The thumbnail PNG", responses=FILE_RESPONSE)
+    @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, FileRenderer])
+    def thumbnail(self, request: Request, pk: str | None = None):
+        return private_file_response(self.get_object().thumbnail)
+
+    @extend_schema(summary="Mark as favourite (POST) or not (DELETE)", request=None, responses={200: s.ImageSerializer})
+    @action(detail=True, methods=["post", "delete"])
+    def favourite(self, request: Request, pk: str | None = None) -> Response:
+        image = self.get_object()
+        image.favourite = request.method == "POST"
+        image.save(update_fields=["favourite"])
+        return Response(self.get_serializer(image).data)
+
+
+# --- the model -----------------------------------------------------------------------------------
+def model_description() -> dict:
+    info = rules.current_model()
+    return {
+        "name": info.name,
+        "kind": info.kind,
+        "native_size": info.native_size,
+        "defaults": {"width": info.width, "height": info.height, "steps": info.steps, "guidance_scale": info.guidance_scale, "scheduler": info.scheduler},
+        "limits": {
+            "min_size": info.min_size, "max_size": info.max_size, "size_multiple_of": 8,
+            "steps": list(rules.STEPS_RANGE), "guidance_scale": list(rules.GUIDANCE_RANGE),
+            "num_images": list(rules.NUM_IMAGES_RANGE), "max_prompt_chars": rules.MAX_PROMPT_CHARS,
+        },
+        "schedulers": [{"id": key, "label": choice.label} for key, choice in SCHEDULERS.items()],
+        "example_prompts": list(info.example_prompts),
+    }
+
+
+class ModelsView(APIView):
+    @extend_schema(summary="What the server generates with: the model, its native size, defaults and limits", responses=s.ModelInfoSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        return Response(s.ModelInfoSerializer([model_description()], many=True).data)
+
+
+# --- me ------------------------------------------------------------------------------------------
+def _count(label: str, **filters) -> int:
+    try:
+        return apps.get_model(label).objects.filter(**filters).count()
+    except LookupError:
+        return 0
+
+
+def usage_for(user) -> dict[str, int]:
+    now = timezone.now()
+    hour, day = now - timedelta(hours=1), now - timedelta(days=1)
+    return {
+        "active_jobs": active_job_count(user),
+        "generations_last_hour": Generation.objects.for_user(user).filter(created_at__gte=hour).count(),
+        "photos_uploaded_last_hour": _count("training.SubjectPhoto", subject__owner=user, created_at__gte=hour),
+        "trainings_last_day": _count("training.TrainingRun", subject__owner=user, created_at__gte=day),
+        "generations_total": Generation.objects.for_user(user).count(),
+        "images_total": GeneratedImage.objects.for_user(user).count(),
+        "subjects_total": _count("training.Subject", owner=user),
+    }
+
+
+class MeView(generics.RetrieveUpdateAPIView):
+    """The signed-in user: usage against limits, and the default webhook URL."""
+
+    serializer_class = s.MeSerializer
+    http_method_names = ["get", "patch", "head", "options"]
+
+    def get_object(self) -> dict:
+        user = self.request.user
+        return {
+            "id": user.pk,
+            "username": user.get_username(),
+            "usage": usage_for(user),
+            "limits": limits_for(user),
+            "default_webhook_url": WebhookSettings.for_user(user).default_url,
+            "webhook_deliveries_url": self.request.build_absolute_uri(reverse("api-webhook-delivery-list")),
+        }
+
+    @extend_schema(summary="Your usage and limits")
+    def get(self, request: Request, *args, **kwargs) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    @extend_schema(summary="Set your default webhook URL", examples=[OpenApiExample("Set", value={"default_webhook_url": "https://example.com/hooks"}, request_only=True)])
+    def patch(self, request: Request, *args, **kwargs) -> Response:
+        serializer = self.get_serializer(data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        if "default_webhook_url" in serializer.validated_data:
+            hooks = WebhookSettings.for_user(request.user)
+            hooks.default_url = serializer.validated_data["default_webhook_url"]
+            hooks.save(update_fields=["default_url"])
+        return Response(self.get_serializer(self.get_object()).data)
+
+
+class WebhookSecretView(APIView):
+    """The key that signs your webhooks. POST makes a new one (the old one stops at once)."""
+
+    def _answer(self, secret: str) -> Response:
+        return Response(s.WebhookSecretSerializer({"secret": secret}).data)
+
+    @extend_schema(summary="Your webhook signing secret", responses=s.WebhookSecretSerializer)
+    def get(self, request: Request) -> Response:
+        return self._answer(WebhookSettings.for_user(request.user).secret)
+
+    @extend_schema(summary="Rotate your webhook signing secret", request=None, responses=s.WebhookSecretSerializer)
+    def post(self, request: Request) -> Response:
+        return self._answer(WebhookSettings.for_user(request.user).rotate_secret())
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Webhook deliveries, newest first, with every attempt"),
+    retrieve=extend_schema(summary="One webhook delivery and its attempts"),
+)
+class WebhookDeliveryViewSet(OwnedViewSetMixin, viewsets.ReadOnlyModelViewSet):
+    serializer_class = s.WebhookDeliverySerializer
+
+    def get_queryset(self) -> QuerySet[WebhookDelivery]:
+        if self.is_schema_request():
+            return WebhookDelivery.objects.none()
+        return WebhookDelivery.objects.for_user(self.request.user).order_by("-created_at", "-pk")

@@ -1,0 +1,186 @@
+"""Signed webhooks: when a job ends, POST a JSON payload to the job's webhook URL (or the owner's
+default), signed with the owner's secret, retried with backoff, every attempt recorded.
+
+Signature (Stripe-like, so receivers can reject replays):
+    X-Imagesite-Timestamp: <unix seconds>
+    X-Imagesite-Signature: sha256=<hex HMAC-SHA256(secret, "<timestamp>." + raw body)>
+Receivers recompute the HMAC over the raw body and refuse timestamps older than a few minutes.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import time
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import requests
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.dispatch import receiver
+from django.utils import timezone
+
+from imagesite.jobs import job_finished
+
+from .models import DeliveryStatus, WebhookDelivery, WebhookSettings
+
+log = logging.getLogger("imagesite.webhooks")
+
+SIGNATURE_HEADER = "X-Imagesite-Signature"
+TIMESTAMP_HEADER = "X-Imagesite-Timestamp"
+EVENT_HEADER = "X-Imagesite-Event"
+DELIVERY_HEADER = "X-Imagesite-Delivery"
+
+
+# --- the URL rule (serializers and pages both call it) ------------------------------------------------
+def _blocked_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+def resolve_host(host: str, port: int) -> list[str]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, ValueError):
+        return []
+    return sorted({info[4][0] for info in infos})
+
+
+def check_webhook_url(url: str) -> str:
+    """Raise ValidationError unless `url` is http(s) and every address its host resolves to is public
+    (loopback, private, link-local and reserved are refused unless IMAGESITE_WEBHOOK_ALLOW_PRIVATE)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ValidationError("Enter a valid http(s) URL.")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValidationError("Webhook URLs must start with http:// or https:// and name a host.")
+    if parts.username or parts.password:
+        raise ValidationError("Put no credentials in the webhook URL; check the signature instead.")
+    addresses = resolve_host(parts.hostname, port)
+    if not addresses:
+        raise ValidationError(f"The host {parts.hostname} does not resolve.")
+    if not settings.IMAGESITE_WEBHOOK_ALLOW_PRIVATE and any(_blocked_address(a) for a in addresses):
+        raise ValidationError("Webhook URLs may not point at loopback, private or link-local addresses.")
+    return url
+
+
+# --- signing ---------------------------------------------------------------------------------------
+def sign(secret: str, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def verify(secret: str, timestamp: str, body: bytes, signature: str, tolerance_s: int = 300) -> bool:
+    """What a receiver does; kept here for tests and for users' reference."""
+    try:
+        ts = int(timestamp)
+    except ValueError:
+        return False
+    if abs(time.time() - ts) > tolerance_s:
+        return False
+    return hmac.compare_digest(sign(secret, ts, body), signature)
+
+
+# --- queueing on job end -----------------------------------------------------------------------------
+def job_payload(job) -> dict:
+    from .serializers import webhook_job_data  # late: serializers import models of other apps
+
+    kind = job._meta.model_name
+    return {"event": f"{kind}.{job.status}", "created_at": timezone.now().isoformat(), "data": webhook_job_data(job)}
+
+
+@receiver(job_finished)
+def queue_webhook(sender, job, **kwargs) -> WebhookDelivery | None:
+    url = getattr(job, "webhook_url", "") or WebhookSettings.objects.filter(user_id=job.owner_id).values_list("default_url", flat=True).first()
+    if not url:
+        return None
+    payload = job_payload(job)
+    with transaction.atomic():
+        delivery = WebhookDelivery.objects.create(owner_id=job.owner_id, event=payload["event"], url=url, payload=payload)
+        transaction.on_commit(lambda: _enqueue(delivery.pk))
+    return delivery
+
+
+def _enqueue(delivery_id: int) -> None:
+    from django_q.tasks import async_task
+
+    # Always on the generation cluster: a training worker must not hold webhooks behind a long run.
+    async_task("api.webhooks.deliver", delivery_id, cluster=settings.Q_CLUSTER["name"], task_name=f"webhook-{delivery_id}")
+
+
+def _schedule_retry(delivery: WebhookDelivery) -> None:
+    from django_q.models import Schedule
+    from django_q.tasks import schedule
+
+    schedule(
+        "api.webhooks.deliver",
+        delivery.pk,
+        schedule_type=Schedule.ONCE,
+        next_run=delivery.next_attempt_at,
+        name=f"webhook-{delivery.pk}-retry-{delivery.attempts}",
+    )
+
+
+# --- the task ------------------------------------------------------------------------------------
+def deliver(delivery_id: int) -> str:
+    """One attempt: POST, record it, then succeed, schedule the next try with backoff, or give up."""
+    delivery = WebhookDelivery.objects.filter(pk=delivery_id, status=DeliveryStatus.PENDING).select_related("owner").first()
+    if delivery is None:
+        return "nothing to do"
+    secret = WebhookSettings.for_user(delivery.owner).secret
+    body = json.dumps(delivery.payload, separators=(",", ":"), sort_keys=True).encode()
+    started = time.monotonic()
+    status_code, error, permanent = None, "", False
+    try:
+        check_webhook_url(delivery.url)  # again: DNS can change between saving and sending
+    except ValidationError as exc:
+        error, permanent = exc.messages[0], True
+    else:
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "imagesite-webhooks/1",
+            SIGNATURE_HEADER: sign(secret, timestamp, body),
+            TIMESTAMP_HEADER: str(timestamp),
+            EVENT_HEADER: delivery.event,
+            DELIVERY_HEADER: str(delivery.pk),
+        }
+        try:
+            # No redirects: a redirect could point at an address check_webhook_url refuses.
+            response = requests.post(delivery.url, data=body, headers=headers, timeout=settings.IMAGESITE_WEBHOOK_TIMEOUT_S, allow_redirects=False)
+            status_code = response.status_code
+            if not 200 <= status_code < 300:
+                error = f"HTTP {status_code}"
+        except requests.RequestException as exc:
+            error = f"{type(exc).__name__}: {str(exc)[:200]}"
+    return _record_attempt(delivery, status_code, error, permanent, started)
+
+
+def _record_attempt(delivery: WebhookDelivery, status_code: int | None, error: str, permanent: bool, started: float) -> str:
+    now = timezone.now()
+    delivery.attempts += 1
+    delivery.attempt_log = [
+        *delivery.attempt_log,
+        {"at": now.isoformat(), "status_code": status_code, "error": error, "duration_ms": round(1000 * (time.monotonic() - started))},
+    ]
+    backoff = settings.IMAGESITE_WEBHOOK_BACKOFF_S
+    if not error:
+        delivery.status, delivery.delivered_at, delivery.next_attempt_at = DeliveryStatus.SUCCEEDED, now, None
+    elif permanent or delivery.attempts > len(backoff):
+        delivery.status, delivery.next_attempt_at = DeliveryStatus.FAILED, None
+    else:
+        delivery.next_attempt_at = now + timedelta(seconds=backoff[delivery.attempts - 1])
+    delivery.save(update_fields=["attempts", "attempt_log", "status", "delivered_at", "next_attempt_at"])
+    if delivery.status == DeliveryStatus.PENDING:
+        _schedule_retry(delivery)
+        return f"retry at {delivery.next_attempt_at.isoformat()}"
+    return delivery.status
