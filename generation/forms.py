@@ -18,10 +18,15 @@ class GenerateForm(forms.Form):
     height = forms.IntegerField(widget=forms.NumberInput(attrs={"step": 8}))
     scheduler = forms.ChoiceField(choices=SCHEDULER_CHOICES)
     num_images = forms.IntegerField(min_value=rules.NUM_IMAGES_RANGE[0], max_value=rules.NUM_IMAGES_RANGE[1], label="Images")
+    subject = forms.ModelChoiceField(queryset=None, required=False, empty_label="(none)", help_text="One of your trained subjects; put its token in the prompt.")
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, owner, **kwargs):
+        from training.models import Subject
+
         self.model_info = rules.current_model()
         super().__init__(*args, **kwargs)
+        # Only the user's own trained subjects: another user's id is "not one of the choices".
+        self.fields["subject"].queryset = Subject.objects.for_user(owner).ready()
         info = self.model_info
         defaults = {
             "steps": info.steps,
@@ -38,6 +43,16 @@ class GenerateForm(forms.Form):
 
     def clean_prompt(self) -> str:
         return rules.validate_prompt(self.cleaned_data["prompt"])
+
+    def clean(self):
+        data = super().clean()
+        subject, prompt = data.get("subject"), data.get("prompt")
+        if subject and prompt:
+            try:
+                rules.validate_subject_in_prompt(prompt, subject.token)
+            except forms.ValidationError as exc:
+                self.add_error("prompt", exc)
+        return data
 
     def clean_width(self) -> int:
         return rules.validate_size(self.cleaned_data["width"], self.model_info)

@@ -73,7 +73,7 @@ class Generation(Job):
 
     def form_initial(self) -> dict:
         """The settings as generate-form values ("generate again with these settings")."""
-        fields = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler", "num_images")
+        fields = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler", "num_images", "subject")
         return {name: getattr(self, name) for name in fields}
 
 

@@ -156,6 +156,18 @@ class RenderSettings:
 ProgressCallback = Callable[[int, int], None]
 
 
+@dataclass(frozen=True)
+class Adapter:
+    """A subject's trained weights to apply for one job."""
+
+    kind: str  # "lora": a LoRA .safetensors file; "full": a folder holding a fine-tuned `unet/`
+    path: str
+    key: str  # stable name for the adapter cache (e.g. "run-12")
+
+
+LORA_CACHE_SIZE = 4
+
+
 class Renderer:
     """One base pipeline, loaded once per worker process and reused for every job."""
 
@@ -210,22 +222,51 @@ class Renderer:
         )
         return list(result.images)
 
-    def render(self, s: RenderSettings, on_step: ProgressCallback | None = None, lora_path: Path | None = None) -> list[Image.Image]:
+    def render(self, s: RenderSettings, on_step: ProgressCallback | None = None, adapter: Adapter | None = None) -> list[Image.Image]:
         """Run one job: returns `num_images` RGB PIL images of `width`×`height` px.
 
         `on_step(step, total)` is called after every denoising step; an exception it raises (cancel)
-        propagates out and nothing is returned. A CUDA out-of-memory error frees the cache and retries
-        once a profile lower; a second one becomes a GenerationError naming size and profile."""
+        propagates out and nothing is returned. `adapter` applies a subject for this job only: it is
+        switched off again whatever happens, so it never reaches the next job. A CUDA out-of-memory
+        error frees the cache and retries once a profile lower; a second one becomes a
+        GenerationError naming size and profile."""
         with self.lock:
             self._set_scheduler(s.scheduler)
-            if lora_path is not None:
-                self.pipe.load_lora_weights(str(lora_path), adapter_name="subject")
-            try:
+            if adapter is None:
                 return self._render_with_oom_retry(s, on_step)
-            finally:
-                if lora_path is not None:
-                    # Detach so the subject never reaches the next job, whoever's it is.
-                    self.pipe.unload_lora_weights()
+            if adapter.kind == "lora":
+                self._activate_lora(adapter)
+                try:
+                    return self._render_with_oom_retry(s, on_step)
+                finally:
+                    self.pipe.disable_lora()  # peft bypasses the LoRA layers: exact base output
+            return self._render_with_unet(s, on_step, adapter)
+
+    def _activate_lora(self, adapter: Adapter) -> None:
+        """Load the LoRA once and keep the last few loaded (LRU), switching between them per job."""
+        loaded = self.__dict__.setdefault("_loras", [])
+        if adapter.key in loaded:
+            loaded.remove(adapter.key)
+        else:
+            if len(loaded) >= LORA_CACHE_SIZE:
+                self.pipe.delete_adapters(loaded.pop(0))
+            self.pipe.load_lora_weights(adapter.path, adapter_name=adapter.key)
+        loaded.append(adapter.key)
+        self.pipe.enable_lora()
+        self.pipe.set_adapters([adapter.key])
+
+    def _render_with_unet(self, s: RenderSettings, on_step: ProgressCallback | None, adapter: Adapter) -> list[Image.Image]:
+        """A full fine-tune: swap in its UNet for this job and put the base one back afterwards."""
+        from diffusers import UNet2DConditionModel
+
+        base_unet = self.pipe.unet
+        tuned = UNet2DConditionModel.from_pretrained(Path(adapter.path) / "unet", dtype=base_unet.dtype).to(base_unet.device)
+        self.pipe.register_modules(unet=tuned)
+        try:
+            return self._render_with_oom_retry(s, on_step)
+        finally:
+            self.pipe.register_modules(unet=base_unet)
+            del tuned
 
     def _render_with_oom_retry(self, s: RenderSettings, on_step: ProgressCallback | None) -> list[Image.Image]:
         try:
@@ -291,6 +332,14 @@ def encode_png(image: Image.Image, parameters: str) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
+
+
+def encode_for_gallery(images: list[Image.Image], s: RenderSettings, model_name: str) -> list[tuple[bytes, bytes]]:
+    """(PNG with parameters, thumbnail PNG) for each image of a job; image i has seed s.seed + i."""
+    return [
+        (encode_png(image, a1111_parameters(s, seed, model_name)), encode_thumbnail(image))
+        for image, seed in zip(images, s.seeds)
+    ]
 
 
 def encode_thumbnail(image: Image.Image, max_side: int = 256) -> bytes:

@@ -33,3 +33,10 @@ def validate_prompt(value: str) -> str:
     if len(value) > MAX_PROMPT_CHARS:
         raise ValidationError(f"Keep the prompt under {MAX_PROMPT_CHARS} characters.")
     return value
+
+
+def validate_subject_in_prompt(prompt: str, token: str) -> None:
+    import re
+
+    if not re.search(rf"\b{re.escape(token)}\b", prompt, flags=re.IGNORECASE):
+        raise ValidationError(f"Put the subject's token “{token}” in the prompt, e.g. “a photo of {token} …”.")

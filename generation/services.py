@@ -2,23 +2,55 @@
 from __future__ import annotations
 
 import secrets
+from typing import Callable
 
+from django.core.files.base import ContentFile
 from django.db import transaction
 
-from .models import MAX_SEED, Generation
+from imagesite.jobs import JobCanceled
+
+from .models import MAX_SEED, GeneratedImage, Generation
 from .rules import current_model
 
 
-def create_generation(*, owner, prompt: str, seed: int | None = None, **settings) -> Generation:
+def create_generation(*, owner, prompt: str, seed: int | None = None, subject=None, **settings) -> Generation:
     """Create the row and queue its task in one transaction; a blank seed becomes a random one, and
-    the seed used is recorded."""
+    the seed used is recorded. `subject` must be one of the owner's trained subjects (the form and
+    serializer check)."""
+    model_name = current_model().name
     with transaction.atomic():
         generation = Generation.objects.create(
             owner=owner,
             prompt=prompt,
             seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
-            model_name=current_model().name,
+            model_name=f"{model_name} + {subject.name}" if subject else model_name,
+            subject=subject,
+            subject_name=subject.name if subject else "",
             **settings,
         )
         generation.enqueue()
     return generation
+
+
+def store_images(generation: Generation, pngs: list[tuple[bytes, bytes]], seeds: list[int], *, finish: Callable[[], bool]) -> None:
+    """Write (png, thumbnail) files first, then the rows and `finish()` (the job's end state) in one
+    transaction. If `finish` says the job moved on (canceled, deleted) or anything fails, the files
+    written are removed again: no orphans."""
+    written: list = []
+    try:
+        rows = []
+        for index, ((png, thumb), seed) in enumerate(zip(pngs, seeds)):
+            row = GeneratedImage(generation=generation, index=index, seed=seed, width=generation.width, height=generation.height)
+            row.file.save("image.png", ContentFile(png), save=False)
+            written.append(row.file)
+            row.thumbnail.save("thumb.png", ContentFile(thumb), save=False)
+            written.append(row.thumbnail)
+            rows.append(row)
+        with transaction.atomic():
+            GeneratedImage.objects.bulk_create(rows)
+            if not finish():
+                raise JobCanceled()
+    except BaseException:
+        for field_file in written:
+            field_file.storage.delete(field_file.name)
+        raise

@@ -5,12 +5,11 @@ import logging
 import time
 
 from django.conf import settings
-from django.core.files.base import ContentFile
-from django.db import transaction
 
 from imagesite.jobs import JobCanceled, JobStatus, heartbeat
 
-from .models import GeneratedImage, Generation
+from .models import Generation
+from .services import store_images
 
 log = logging.getLogger("generation.tasks")
 
@@ -42,18 +41,16 @@ def run_generation(generation_id: int) -> str:
         if job.status == JobStatus.QUEUED:  # attempts used up by earlier, killed workers
             job.fail(f"Gave up after {job.attempts} attempts: the worker kept stopping during this job.")
         return f"not run: {job.status}"
-    from .pipeline import GenerationError, encode_png, encode_thumbnail, a1111_parameters, get_renderer
+    from .pipeline import GenerationError, encode_for_gallery, get_renderer
 
     try:
         with heartbeat(job):
             renderer = get_renderer(settings.IMAGESITE_MODEL, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG)
             render_settings = job.render_settings()
-            images = renderer.render(render_settings, on_step=ProgressReporter(job))
-            pngs = [
-                (encode_png(image, a1111_parameters(render_settings, seed, renderer.info.name)), encode_thumbnail(image))
-                for image, seed in zip(images, render_settings.seeds)
-            ]
-            _store_images(job, pngs, render_settings.seeds)
+            adapter = _subject_adapter(job)
+            images = renderer.render(render_settings, on_step=ProgressReporter(job), adapter=adapter)
+            pngs = encode_for_gallery(images, render_settings, renderer.info.name)
+            store_images(job, pngs, render_settings.seeds, finish=job.succeed)
     except JobCanceled:
         return "canceled"
     except GenerationError as exc:
@@ -66,24 +63,16 @@ def run_generation(generation_id: int) -> str:
     return "succeeded"
 
 
-def _store_images(job: Generation, pngs: list[tuple[bytes, bytes]], seeds: list[int]) -> None:
-    """Files first, then rows and the status in one transaction; if the job was canceled or deleted
-    meanwhile, or anything fails, the files written are removed (no orphans)."""
-    written: list = []
-    try:
-        rows = []
-        for index, ((png, thumb), seed) in enumerate(zip(pngs, seeds)):
-            row = GeneratedImage(generation=job, index=index, seed=seed, width=job.width, height=job.height)
-            row.file.save("image.png", ContentFile(png), save=False)
-            written.append(row.file)
-            row.thumbnail.save("thumb.png", ContentFile(thumb), save=False)
-            written.append(row.thumbnail)
-            rows.append(row)
-        with transaction.atomic():
-            GeneratedImage.objects.bulk_create(rows)
-            if not job.succeed():
-                raise JobCanceled()
-    except BaseException:
-        for field_file in written:
-            field_file.storage.delete(field_file.name)
-        raise
+def _subject_adapter(job: Generation):
+    """The subject's trained weights for this job, or None; a subject deleted after the job was
+    queued is a readable failure, not a silent fallback to the base model."""
+    from .pipeline import Adapter, GenerationError
+
+    if not job.subject_name:
+        return None
+    run = job.subject.trained_run() if job.subject_id else None
+    if run is None or not run.checkpoint:
+        raise GenerationError(f"The subject “{job.subject_name}” was deleted or has no trained checkpoint any more.")
+    from django.core.files.storage import default_storage
+
+    return Adapter(kind=run.method, path=default_storage.path(run.checkpoint), key=f"run-{run.pk}")

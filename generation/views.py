@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.http import FileResponse, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -27,18 +28,29 @@ def _get_image_for_user(request: HttpRequest, pk: int) -> GeneratedImage:
 @require_http_methods(["GET", "POST"])
 def generate(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
-        form = GenerateForm(request.POST)
+        form = GenerateForm(request.POST, owner=request.user)
         if form.is_valid():
             generation = create_generation(owner=request.user, **form.cleaned_data)
             return redirect(generation)
     else:
-        initial = {}
-        if "again" in request.GET:  # "generate again with these settings"
-            source = Generation.objects.for_user(request.user).filter(pk=request.GET.get("again")).first()
-            initial = source.form_initial() if source else {}
-        form = GenerateForm(initial=initial)
+        form = GenerateForm(initial=_initial_from_query(request), owner=request.user)
     recent = Generation.objects.for_user(request.user).prefetch_related("images")[:6]
-    return render(request, "generation/generate.html", {"form": form, "model": form.model_info, "recent": recent})
+    subjects = form.fields["subject"].queryset
+    return render(request, "generation/generate.html", {"form": form, "model": form.model_info, "recent": recent, "subjects": subjects})
+
+
+def _initial_from_query(request: HttpRequest) -> dict:
+    """?again=<generation> fills the form with its settings; ?subject=<subject> preselects a subject
+    and starts the prompt with its token. Only the user's own rows count."""
+    from training.models import Subject
+
+    if request.GET.get("again", "").isdigit():
+        source = Generation.objects.for_user(request.user).filter(pk=request.GET["again"]).first()
+        return source.form_initial() if source else {}
+    if request.GET.get("subject", "").isdigit():
+        subject = Subject.objects.for_user(request.user).filter(pk=request.GET["subject"]).first()
+        return {"subject": subject, "prompt": f"{subject.prompt_example} "} if subject else {}
+    return {}
 
 
 @login_required
@@ -84,17 +96,17 @@ def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "generation/image_detail.html", {"image": image, "generation": image.generation})
 
 
-def private_file_response(field_file, *, download_name: str | None = None, content_type: str = "image/png") -> HttpResponse:
-    """Serve a private file after the caller checked ownership: through nginx (X-Accel-Redirect)
-    when configured, else streamed by Django."""
+def private_file_response(file, *, download_name: str | None = None, content_type: str = "image/png") -> HttpResponse:
+    """Serve a private file (a FieldFile, or a storage name) after the caller checked ownership:
+    through nginx (X-Accel-Redirect) when configured, else streamed by Django."""
+    name = file if isinstance(file, str) else file.name
     disposition = f'attachment; filename="{download_name}"' if download_name else "inline"
     if settings.IMAGESITE_X_ACCEL_REDIRECT:
         response = HttpResponse(content_type=content_type)
-        response["X-Accel-Redirect"] = settings.IMAGESITE_X_ACCEL_REDIRECT + field_file.name
-        response["Content-Disposition"] = disposition
+        response["X-Accel-Redirect"] = settings.IMAGESITE_X_ACCEL_REDIRECT + name
     else:
-        response = FileResponse(field_file.open("rb"), content_type=content_type)
-        response["Content-Disposition"] = disposition
+        response = FileResponse(default_storage.open(name, "rb"), content_type=content_type)
+    response["Content-Disposition"] = disposition
     response["Cache-Control"] = "private, max-age=3600"
     response["X-Content-Type-Options"] = "nosniff"
     return response

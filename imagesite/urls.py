@@ -13,5 +13,6 @@ urlpatterns = [
     path("accounts/api/", include("api.page_urls")),
     path("admin/", admin.site.urls),
     path("api/", include("api.urls")),
+    path("", include("training.urls")),
     path("", include("generation.urls")),
 ]

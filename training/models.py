@@ -79,6 +79,7 @@ class SubjectPhoto(models.Model):
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     original_name = models.CharField(max_length=255, blank=True, help_text="Shown to the owner only; never used as a path.")
+    caption = models.CharField(max_length=200, blank=True, help_text='Describes the photo with the token, e.g. "a sks dog on a beach".')
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -41,7 +41,8 @@ def train_unet(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenize
 
     ``latents``: scaled VAE latents, float32 (N, 4, 16, 16), CPU; ``captions``: N strings.
     AdamW (``lr``, 100 warm-up steps, cosine to 10%), plain v-prediction MSE, gradient clip 1.
-    Stops after ``steps`` or ``minutes`` of wall time. Calls ``checkpoint_fn(step, ema_unet,
+    Stops after ``steps`` or ``minutes`` of wall time, whichever first; the learning rate decays
+    with that progress. Calls ``checkpoint_fn(step, ema_unet,
     ema_text)`` every ``checkpoint_every`` steps. Returns {"steps", "final_loss"}.
     """
     torch.manual_seed(seed)
@@ -56,15 +57,19 @@ def train_unet(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenize
 
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    # Progress in 0..1 drives the cosine decay: by steps, or by wall time when ``minutes`` is set
+    # (then the schedule still anneals fully however fast the machine is, at the cost of exactness).
+    progress = {"p": 0.0}
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+        opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress["p"]))))
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
     for m in (ema_unet, ema_text):
         m.requires_grad_(False)
     unet.train()
     text_encoder.train()
 
-    deadline = None if minutes is None else time.monotonic() + 60 * minutes
+    start = time.monotonic()
+    budget_s = None if minutes is None else 60 * minutes
     bar = tqdm(range(steps), desc="UNet+text", unit="step", mininterval=10)
     running, step = None, 0
     for step in bar:
@@ -84,6 +89,8 @@ def train_unet(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenize
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        progress["p"] = min(1.0, max((step + 1) / steps,
+                                     0.0 if budget_s is None else (time.monotonic() - start) / budget_s))
         sched.step()
         decay = min(ema_decay, (1 + step) / (10 + step))
         _ema_update(ema_unet, unet, decay)
@@ -93,7 +100,7 @@ def train_unet(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenize
             bar.set_postfix(loss=f"{running:.4f}", lr=f"{sched.get_last_lr()[0]:.1e}")
         if checkpoint_fn and checkpoint_every and (step + 1) % checkpoint_every == 0:
             checkpoint_fn(step + 1, ema_unet, ema_text)
-        if deadline is not None and time.monotonic() > deadline:
+        if progress["p"] >= 1.0:
             break
     unet.load_state_dict(ema_unet.state_dict())
     text_encoder.load_state_dict(ema_text.state_dict())

@@ -38,20 +38,23 @@ def train_vae(vae: AutoencoderKL, *, steps: int = 3000, seed: int = 0, batch_siz
     The first 80% of steps see random 32x32 crops (4x cheaper; the VAE is convolutional apart from
     its mid-block attention), the rest full 64x64 images at half the batch.
     Loss: L1 + MSE on pixels in -1..1 plus a tiny KL term; AdamW with cosine decay to 5% of ``lr``.
-    Stops after ``steps`` or ``minutes`` of wall time, whichever first. Returns {"steps", "psnr_db"}.
+    Stops after ``steps`` or ``minutes`` of wall time, whichever first; the learning rate and
+    the switch to full-size images follow that progress. Returns {"steps", "psnr_db"}.
     """
     torch.manual_seed(seed)
     held_images, _ = make_dataset(256, seed=seed + 1000)
     held = to_tensor(held_images)
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    progress = {"p": 0.0}  # 0..1 by steps, or by wall time when ``minutes`` is set
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    deadline = None if minutes is None else time.monotonic() + 60 * minutes
+        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress["p"])))
+    start = time.monotonic()
+    budget_s = None if minutes is None else 60 * minutes
     vae.train()
     bar = tqdm(range(steps), desc="VAE", unit="step", mininterval=5)
     step = 0
     for step in bar:
-        full = step >= 0.8 * steps
+        full = progress["p"] >= 0.8
         images, _ = make_dataset(batch_size // 2 if full else batch_size, seed=seed * 1_000_003 + step)
         x = to_tensor(images)
         if not full:
@@ -64,10 +67,12 @@ def train_vae(vae: AutoencoderKL, *, steps: int = 3000, seed: int = 0, batch_siz
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         opt.step()
+        progress["p"] = min(1.0, max((step + 1) / steps,
+                                     0.0 if budget_s is None else (time.monotonic() - start) / budget_s))
         sched.step()
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        if deadline is not None and time.monotonic() > deadline:
+        if progress["p"] >= 1.0:
             break
     vae.eval()
     score = psnr(vae, held)

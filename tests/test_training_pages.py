@@ -1,0 +1,209 @@
+"""Subject pages: create, upload (per-file reasons), start training; privacy on every page."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.urls import reverse
+from django_q.models import OrmQ
+from PIL import Image
+
+from generation.models import Generation
+from imagesite.jobs import JobStatus
+from training.models import Subject, SubjectPhoto, TrainingRun
+
+from .factories import make_image
+
+pytestmark = pytest.mark.django_db
+
+
+def photo_file(name="p.jpg", color=(200, 40, 40), fmt="JPEG", size=(96, 80)) -> SimpleUploadedFile:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format=fmt)
+    return SimpleUploadedFile(name, buffer.getvalue(), content_type="image/jpeg")
+
+
+@pytest.fixture
+def subject(owner):
+    return Subject.objects.create(owner=owner, name="Checkers", token="sks", class_noun="shape")
+
+
+@pytest.fixture
+def subject_with_photos(subject, owner_client):
+    owner_client.post(reverse("subject-photo-upload", args=[subject.pk]), {"photos": [photo_file(f"{i}.jpg", (40 * i, 90, 200)) for i in range(3)]})
+    assert subject.photos.count() == 3
+    return subject
+
+
+def test_create_subject_suggests_a_rare_token(owner_client, owner):
+    form = owner_client.get(reverse("subject-list")).context["form"]
+    assert form["token"].value() == "sks"
+    response = owner_client.post(reverse("subject-list"), {"name": "Rex", "class_noun": "Dog", "token": "sks"})
+    subject = Subject.objects.get()
+    assert response["Location"] == subject.get_absolute_url()
+    assert (subject.owner, subject.class_noun, subject.token) == (owner, "dog", "sks")
+
+
+@pytest.mark.parametrize("token, message", [("dog", "ordinary word"), ("a b", "lowercase"), ("x", "lowercase")])
+def test_bad_tokens_are_refused(owner_client, token, message):
+    response = owner_client.post(reverse("subject-list"), {"name": "Rex", "class_noun": "dog", "token": token})
+    assert message in " ".join(response.context["form"].errors["token"])
+    assert not Subject.objects.exists()
+
+
+def test_token_must_not_clash_with_own_subjects_but_may_with_others(owner_client, owner, other_user, subject):
+    response = owner_client.post(reverse("subject-list"), {"name": "Two", "class_noun": "dog", "token": "sks"})
+    assert "already use" in " ".join(response.context["form"].errors["token"])
+    Subject.objects.create(owner=other_user, name="Theirs", token="ohwx", class_noun="cat")
+    owner_client.post(reverse("subject-list"), {"name": "Mine", "class_noun": "cat", "token": "ohwx"})
+    assert Subject.objects.filter(owner=owner, token="ohwx").exists()
+
+
+def test_upload_keeps_good_files_and_gives_each_bad_one_its_reason(owner_client, subject):
+    files = [
+        photo_file("good1.jpg"),
+        SimpleUploadedFile("notes.jpg", b"just some text, not a photo", content_type="image/jpeg"),
+        photo_file("good2.png", fmt="PNG"),
+        SimpleUploadedFile("empty.jpg", b"", content_type="image/jpeg"),
+    ]
+    response = owner_client.post(reverse("subject-photo-upload", args=[subject.pk]), {"photos": files})
+    assert response.status_code == 200
+    outcome = response.context["upload_result"]
+    assert [p.original_name for p in outcome.accepted] == ["good1.jpg", "good2.png"]
+    assert [name for name, _ in outcome.rejected] == ["notes.jpg", "empty.jpg"]
+    assert all(reason for _, reason in outcome.rejected)
+    assert subject.photos.count() == 2
+    for photo in subject.photos.all():
+        assert photo.image.name.endswith(".jpg") and "good" not in photo.image.name  # our names, not theirs
+        with photo.crop.open("rb") as f:
+            assert Image.open(f).size == (64, 64)
+
+
+def test_crops_are_private(owner, other_client, subject_with_photos):
+    from django.test import Client
+
+    photo = subject_with_photos.photos.first()
+    url = reverse("subject-photo-crop", args=[subject_with_photos.pk, photo.pk])
+    assert other_client.get(url).status_code == 404
+    assert Client().get(url).status_code == 302
+
+
+def test_remove_photo_deletes_its_files(owner_client, subject_with_photos, django_capture_on_commit_callbacks):
+    photo = subject_with_photos.photos.first()
+    paths = [photo.image.path, photo.crop.path]
+    with django_capture_on_commit_callbacks(execute=True):
+        owner_client.post(reverse("subject-photo-delete", args=[subject_with_photos.pk, photo.pk]))
+    assert subject_with_photos.photos.count() == 2
+    assert not any(__import__("os").path.exists(p) for p in paths)
+
+
+def test_training_needs_three_photos(owner_client, subject, django_capture_on_commit_callbacks):
+    owner_client.post(reverse("subject-photo-upload", args=[subject.pk]), {"photos": [photo_file()]})
+    form = owner_client.get(reverse("subject-detail", args=[subject.pk])).context["training_form"]
+    data = {name: field.initial for name, field in form.fields.items() if field.initial is not None}
+    data["method"] = "lora"
+    with django_capture_on_commit_callbacks(execute=True):
+        response = owner_client.post(reverse("subject-train", args=[subject.pk]), data)
+    assert response.status_code == 400 and "at least 3 photos" in response.content.decode()
+    assert not TrainingRun.objects.exists() and OrmQ.objects.count() == 0
+
+
+def test_start_training_queues_on_the_training_cluster(owner_client, subject_with_photos, django_capture_on_commit_callbacks):
+    form = owner_client.get(reverse("subject-detail", args=[subject_with_photos.pk])).context["training_form"]
+    data = {name: field.initial for name, field in form.fields.items() if field.initial not in (None, False)}
+    data.update(method="lora", steps=5)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = owner_client.post(reverse("subject-train", args=[subject_with_photos.pk]), data)
+    run = TrainingRun.objects.get()
+    assert response["Location"] == run.get_absolute_url()
+    assert run.status == JobStatus.QUEUED and run.options["steps"] == 5
+    assert OrmQ.objects.get().key == "training"
+    # photos are locked while it trains
+    photo = subject_with_photos.photos.first()
+    owner_client.post(reverse("subject-photo-delete", args=[subject_with_photos.pk, photo.pk]))
+    assert SubjectPhoto.objects.filter(pk=photo.pk).exists()
+
+
+def test_bad_training_options_get_field_errors(owner_client, subject_with_photos):
+    response = owner_client.post(reverse("subject-train", args=[subject_with_photos.pk]), {"method": "lora", "steps": 0, "learning_rate": 1, "lora_rank": 0})
+    errors = response.context["training_form"].errors
+    assert {"steps", "learning_rate", "lora_rank"} <= set(errors)
+    assert not TrainingRun.objects.exists()
+
+
+def _subject_urls(subject, photo, run):
+    return {
+        "subject-detail": (reverse("subject-detail", args=[subject.pk]), "get"),
+        "subject-photo-upload": (reverse("subject-photo-upload", args=[subject.pk]), "post"),
+        "subject-photo-delete": (reverse("subject-photo-delete", args=[subject.pk, photo.pk]), "post"),
+        "subject-photo-crop": (reverse("subject-photo-crop", args=[subject.pk, photo.pk]), "get"),
+        "subject-train": (reverse("subject-train", args=[subject.pk]), "post"),
+        "subject-delete": (reverse("subject-delete", args=[subject.pk]), "post"),
+        "training-run-detail": (reverse("training-run-detail", args=[run.pk]), "get"),
+        "training-run-cancel": (reverse("training-run-cancel", args=[run.pk]), "post"),
+        "training-run-checkpoint": (reverse("training-run-checkpoint", args=[run.pk]), "get"),
+    }
+
+
+NAMES = ["subject-detail", "subject-photo-upload", "subject-photo-delete", "subject-photo-crop", "subject-train", "subject-delete", "training-run-detail", "training-run-cancel", "training-run-checkpoint"]
+
+
+@pytest.fixture
+def subject_setup(subject_with_photos):
+    run = TrainingRun.objects.create(subject=subject_with_photos, status=JobStatus.SUCCEEDED)
+    return subject_with_photos, subject_with_photos.photos.first(), run
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_other_user_gets_404_on_subject_pages(name, subject_setup, other_client):
+    url, method = _subject_urls(*subject_setup)[name]
+    assert getattr(other_client, method)(url).status_code == 404
+    assert Subject.objects.count() == 1 and SubjectPhoto.objects.count() == 3 and TrainingRun.objects.get().status == JobStatus.SUCCEEDED
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_anonymous_goes_to_login_on_subject_pages(name, subject_setup):
+    from django.test import Client
+
+    url, method = _subject_urls(*subject_setup)[name]
+    assert getattr(Client(), method)(url)["Location"].startswith(reverse("login"))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_wrong_method_on_subject_pages(name, subject_setup, owner_client):
+    url, method = _subject_urls(*subject_setup)[name]
+    assert (owner_client.post if method == "get" else owner_client.get)(url).status_code == 405
+
+
+def test_other_user_cannot_use_the_subject_by_id_in_the_form(subject_setup, other_client, django_capture_on_commit_callbacks):
+    subject = subject_setup[0]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = other_client.post(reverse("generation-new"), {
+            "prompt": "a photo of sks shape", "steps": 4, "guidance_scale": 7.5, "width": 64, "height": 64,
+            "scheduler": "dpmpp_2m", "num_images": 1, "subject": subject.pk,
+        })
+    assert "subject" in response.context["form"].errors
+    assert not Generation.objects.exists()
+
+
+def test_subject_prompt_must_contain_the_token(subject_setup, owner_client):
+    subject = subject_setup[0]
+    response = owner_client.post(reverse("generation-new"), {
+        "prompt": "a red circle", "steps": 4, "guidance_scale": 7.5, "width": 64, "height": 64,
+        "scheduler": "dpmpp_2m", "num_images": 1, "subject": subject.pk,
+    })
+    assert "sks" in " ".join(response.context["form"].errors["prompt"])
+
+
+def test_delete_subject_deletes_files_but_keeps_images_marked(owner, owner_client, subject_setup, media_dir, django_capture_on_commit_callbacks):
+    subject, photo, run = subject_setup
+    image = make_image(owner, subject=subject, subject_name=subject.name)
+    photo_path = photo.image.path
+    with django_capture_on_commit_callbacks(execute=True):
+        owner_client.post(reverse("subject-delete", args=[subject.pk]))
+    assert not Subject.objects.exists() and not SubjectPhoto.objects.exists() and not TrainingRun.objects.exists()
+    assert not __import__("os").path.exists(photo_path)
+    image.generation.refresh_from_db()
+    assert image.generation.subject_deleted
+    assert "subject deleted" in owner_client.get(reverse("image-detail", args=[image.pk])).content.decode()

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+from django import forms
+from django.conf import settings
+
+from . import rules
+from .models import Subject, TrainingMethod
+
+
+class SubjectForm(forms.ModelForm):
+    class Meta:
+        model = Subject
+        fields = ("name", "class_noun", "token")
+
+    def __init__(self, *args, owner, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.owner = owner
+        self.taken = set(Subject.objects.for_user(owner).values_list("token", flat=True))
+        self.fields["token"].initial = rules.suggest_token(self.taken)
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        if Subject.objects.for_user(self.owner).filter(name__iexact=name).exists():
+            raise forms.ValidationError("You already have a subject with this name.")
+        return name
+
+    def clean_token(self) -> str:
+        return rules.validate_token(self.cleaned_data["token"], taken=self.taken)
+
+    def clean_class_noun(self) -> str:
+        return rules.validate_class_noun(self.cleaned_data["class_noun"])
+
+    def save(self, commit: bool = True) -> Subject:
+        self.instance.owner = self.owner
+        return super().save(commit)
+
+
+class MultipleFileInput(forms.ClearableFileInput):
+    allow_multiple_selected = True
+
+
+class MultipleFileField(forms.FileField):
+    """A list of uploaded files, passed on unjudged: training.photos checks each one and gives each
+    bad file its own reason, so one bad file never sinks the good ones."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("widget", MultipleFileInput(attrs={"multiple": True, "accept": "image/jpeg,image/png,image/webp"}))
+        super().__init__(*args, **kwargs)
+
+    def clean(self, data, initial=None):
+        files = [f for f in (data if isinstance(data, (list, tuple)) else [data]) if f]
+        if not files:
+            raise forms.ValidationError("Choose at least one photo.", code="required")
+        return files
+
+
+class PhotoUploadForm(forms.Form):
+    """Several photos in one go."""
+
+    photos = MultipleFileField()
+
+
+class TrainingForm(forms.Form):
+    """Start a run: the defaults fit the base model; the rest are the advanced options."""
+
+    method = forms.ChoiceField(choices=TrainingMethod.choices, initial=TrainingMethod.LORA)
+    steps = forms.IntegerField(min_value=rules.STEPS_RANGE[0], max_value=rules.STEPS_RANGE[1])
+    learning_rate = forms.FloatField(min_value=rules.LEARNING_RATE_RANGE[0], max_value=rules.LEARNING_RATE_RANGE[1])
+    lora_rank = forms.IntegerField(min_value=rules.RANK_RANGE[0], max_value=rules.RANK_RANGE[1], label="LoRA rank")
+    train_text_encoder = forms.BooleanField(required=False, help_text="Also adapt the text encoder (slower; stronger likeness).")
+    prior_preservation = forms.BooleanField(required=False, help_text="Keeps what the class looks like in general.")
+    num_class_images = forms.IntegerField(min_value=rules.CLASS_IMAGES_RANGE[0], max_value=rules.CLASS_IMAGES_RANGE[1], label="Class images")
+    prior_loss_weight = forms.FloatField(min_value=0.0, max_value=10.0)
+    gradient_checkpointing = forms.BooleanField(required=False)
+    mixed_precision = forms.ChoiceField(choices=[("no", "no (float32)"), ("fp16", "fp16 (GPU)"), ("bf16", "bf16 (GPU)")])
+    use_8bit_adam = forms.BooleanField(required=False, label="8-bit Adam (GPU + bitsandbytes)")
+    seed = forms.IntegerField(min_value=0, max_value=2**31 - 1, required=False, help_text="Blank: the default seed.")
+
+    def __init__(self, *args, **kwargs):
+        from .dreambooth import default_options_for  # imports torch: only where the form is built
+
+        super().__init__(*args, **kwargs)
+        self.defaults = default_options_for(settings.IMAGESITE_MODEL)
+        for name, field in self.fields.items():
+            if name != "method" and hasattr(self.defaults, name):
+                field.initial = getattr(self.defaults, name)
+
+    def clean(self):
+        data = super().clean()
+        if data.get("prior_preservation") and not data.get("num_class_images"):
+            self.add_error("num_class_images", "Prior preservation needs at least one class image.")
+        return data
+
+    def options(self) -> dict:
+        """The chosen values that differ from the defaults (what the run stores)."""
+        return {name: value for name, value in self.cleaned_data.items() if name != "method" and value is not None}

@@ -1,0 +1,82 @@
+"""Subjects: work that spans rows, files and the queue."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.db import transaction
+
+from generation.modelinfo import describe_model, model_kind
+
+from .models import Subject, SubjectPhoto, TrainingMethod, TrainingRun
+from .photos import MAX_FILE_BYTES, MIN_PHOTOS, prepare_many
+
+
+@dataclass
+class PhotoUploadOutcome:
+    accepted: list[SubjectPhoto]
+    rejected: list[tuple[str, str]]  # (file name as sent, reason)
+
+
+def create_subject(*, owner, name: str, token: str, class_noun: str) -> Subject:
+    return Subject.objects.create(owner=owner, name=name, token=token, class_noun=class_noun)
+
+
+def _ensure_photos_editable(subject: Subject) -> None:
+    if subject.is_training():
+        raise ValidationError("Photos can't change while the subject is training; cancel the run first.")
+
+
+def add_photos(*, subject: Subject, files) -> PhotoUploadOutcome:
+    """Check each uploaded file (Django UploadedFile objects) on its own: the good ones are cleaned,
+    cropped and stored (files first, then the row; a failure removes that photo's files), each bad
+    one comes back with its reason."""
+    _ensure_photos_editable(subject)
+    resolution = describe_model(settings.IMAGESITE_MODEL).native_size
+    # A file over the limit is refused from its declared size, without reading it into memory.
+    too_big = [(f.name, f"The file is larger than {MAX_FILE_BYTES // 2**20} MB.") for f in files if f.size > MAX_FILE_BYTES]
+    readable = [(f.name, f.read()) for f in files if f.size <= MAX_FILE_BYTES]
+    result = prepare_many(readable, resolution=resolution, already_stored=subject.photos.count())
+    accepted: list[SubjectPhoto] = []
+    for name, prepared in result.accepted:
+        photo = SubjectPhoto(
+            subject=subject, face_found=prepared.face_found, width=prepared.width, height=prepared.height,
+            original_name=(name or "")[:255],
+        )
+        written = []
+        try:
+            photo.image.save("photo.jpg", ContentFile(prepared.image_bytes), save=False)
+            written.append(photo.image)
+            photo.crop.save("crop.png", ContentFile(prepared.crop_bytes), save=False)
+            written.append(photo.crop)
+            photo.save()
+        except BaseException:
+            for field_file in written:
+                field_file.storage.delete(field_file.name)
+            raise
+        accepted.append(photo)
+    return PhotoUploadOutcome(accepted=accepted, rejected=too_big + result.rejected)
+
+
+def remove_photo(*, photo: SubjectPhoto) -> None:
+    _ensure_photos_editable(photo.subject)
+    photo.delete()
+
+
+def start_training(*, subject: Subject, method: str = TrainingMethod.LORA, options: dict | None = None, webhook_url: str = "") -> TrainingRun:
+    """Queue a DreamBooth run on the training cluster, after checking the subject can train."""
+    if model_kind(settings.IMAGESITE_MODEL) != "folder":
+        raise ValidationError("Training needs the base model as a diffusers folder (IMAGESITE_MODEL).")
+    with transaction.atomic():
+        # Lock out a concurrent second start for the same subject.
+        Subject.objects.select_for_update().filter(pk=subject.pk).first()
+        if subject.is_training():
+            raise ValidationError("This subject is already training.")
+        count = subject.photos.count()
+        if count < MIN_PHOTOS:
+            raise ValidationError(f"Upload at least {MIN_PHOTOS} photos first (there {'is' if count == 1 else 'are'} {count}).")
+        run = TrainingRun.objects.create(subject=subject, method=method, options=dict(options or {}), webhook_url=webhook_url)
+        run.enqueue()
+    return run

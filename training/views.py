@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from generation.views import private_file_response
+
+from . import services
+from .forms import PhotoUploadForm, SubjectForm, TrainingForm
+from .models import Subject, SubjectPhoto, TrainingRun
+
+
+def _get_subject_for_user(request: HttpRequest, pk: int) -> Subject:
+    return get_object_or_404(Subject.objects.for_user(request.user), pk=pk)
+
+
+def _get_photo_for_user(request: HttpRequest, subject_pk: int, pk: int) -> SubjectPhoto:
+    return get_object_or_404(SubjectPhoto.objects.filter(subject__owner=request.user, subject_id=subject_pk), pk=pk)
+
+
+def _get_run_for_user(request: HttpRequest, pk: int) -> TrainingRun:
+    return get_object_or_404(TrainingRun.objects.filter(subject__owner=request.user).select_related("subject"), pk=pk)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def subject_list(request: HttpRequest) -> HttpResponse:
+    form = SubjectForm(request.POST or None, owner=request.user)
+    if request.method == "POST" and form.is_valid():
+        subject = form.save()
+        messages.info(request, f"Created {subject.name}. Now upload 3-30 photos of it.")
+        return redirect(subject)
+    subjects = Subject.objects.for_user(request.user).prefetch_related("photos", "runs")
+    return render(request, "training/subjects.html", {"form": form, "subjects": subjects})
+
+
+def _subject_page(request: HttpRequest, subject: Subject, *, upload_form=None, training_form=None, upload_result=None, status: int = 200) -> HttpResponse:
+    context = {
+        "subject": subject,
+        "photos": subject.photos.all(),
+        "runs": subject.runs.all()[:10],
+        "latest_run": subject.latest_run(),
+        "upload_form": upload_form or PhotoUploadForm(),
+        "training_form": training_form or TrainingForm(),
+        "upload_result": upload_result,
+        "is_training": subject.is_training(),
+    }
+    return render(request, "training/subject_detail.html", context, status=status)
+
+
+@login_required
+@require_GET
+def subject_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    return _subject_page(request, _get_subject_for_user(request, pk))
+
+
+@login_required
+@require_POST
+def photo_upload(request: HttpRequest, pk: int) -> HttpResponse:
+    subject = _get_subject_for_user(request, pk)
+    form = PhotoUploadForm(request.POST, request.FILES)
+    if not form.is_valid():
+        return _subject_page(request, subject, upload_form=form, status=400)
+    try:
+        outcome = services.add_photos(subject=subject, files=form.cleaned_data["photos"])
+    except ValidationError as exc:
+        form.add_error("photos", exc)
+        return _subject_page(request, subject, upload_form=form, status=400)
+    return _subject_page(request, subject, upload_result=outcome)
+
+
+@login_required
+@require_POST
+def photo_delete(request: HttpRequest, pk: int, photo_pk: int) -> HttpResponse:
+    photo = _get_photo_for_user(request, pk, photo_pk)
+    try:
+        services.remove_photo(photo=photo)
+    except ValidationError as exc:
+        messages.error(request, exc.messages[0])
+    return redirect(photo.subject)
+
+
+@login_required
+@require_GET
+def photo_crop(request: HttpRequest, pk: int, photo_pk: int) -> HttpResponse:
+    return private_file_response(_get_photo_for_user(request, pk, photo_pk).crop)
+
+
+@login_required
+@require_POST
+def training_start(request: HttpRequest, pk: int) -> HttpResponse:
+    subject = _get_subject_for_user(request, pk)
+    form = TrainingForm(request.POST)
+    if not form.is_valid():
+        return _subject_page(request, subject, training_form=form, status=400)
+    try:
+        run = services.start_training(subject=subject, method=form.cleaned_data["method"], options=form.options())
+    except ValidationError as exc:
+        form.add_error(None, exc)
+        return _subject_page(request, subject, training_form=form, status=400)
+    return redirect(run)
+
+
+@login_required
+@require_POST
+def subject_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    subject = _get_subject_for_user(request, pk)
+    for run in subject.runs.active():
+        run.cancel()
+    subject.delete()
+    messages.info(request, f"Deleted {subject.name}, its photos and checkpoints. Images made with it stay in your gallery.")
+    return redirect("subject-list")
+
+
+@login_required
+@require_GET
+def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    run = _get_run_for_user(request, pk)
+    template = "training/_run_status.html" if request.htmx else "training/run_detail.html"
+    validation = run.validation_generations.prefetch_related("images").order_by("created_at")
+    return render(request, template, {"run": run, "subject": run.subject, "validation": validation})
+
+
+@login_required
+@require_POST
+def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
+    run = _get_run_for_user(request, pk)
+    if run.cancel():
+        messages.info(request, "Canceled." if run.started_at is None else "Canceling: it stops at the next step.")
+    return redirect(run)
+
+
+@login_required
+@require_GET
+def run_checkpoint(request: HttpRequest, pk: int) -> HttpResponse:
+    from pathlib import Path
+
+    from django.core.files.storage import default_storage
+    from django.http import Http404
+
+    run = _get_run_for_user(request, pk)
+    if not run.checkpoint:
+        raise Http404("This run has no checkpoint.")
+    name = run.checkpoint if run.method == "lora" else f"{run.checkpoint}/unet/diffusion_pytorch_model.safetensors"
+    if not default_storage.exists(name):
+        raise Http404("The checkpoint file is missing.")
+    download = f"{run.subject.token}-{run.subject.class_noun.replace(' ', '-')}-{run.method}-run{run.pk}{Path(name).suffix}"
+    return private_file_response(name, download_name=download, content_type="application/octet-stream")
