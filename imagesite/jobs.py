@@ -14,7 +14,7 @@ from typing import Iterator
 
 from django.apps import apps
 from django.conf import settings
-from django.db import close_old_connections, connection, models, transaction
+from django.db import connection, models, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -192,7 +192,6 @@ def reap_stale_jobs(stale_after_s: float | None = None) -> dict[str, int]:
 
     django-q2's ORM broker would redeliver such a task again and again (django-q2 #327); the claim()
     guard on attempts makes those redeliveries no-ops once the row has moved on."""
-    close_old_connections()
     stale_after_s = stale_after_s if stale_after_s is not None else settings.IMAGESITE_STALE_AFTER_S
     cutoff = timezone.now() - timedelta(seconds=stale_after_s)
     counts = {"requeued": 0, "failed": 0}

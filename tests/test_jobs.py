@@ -1,0 +1,46 @@
+"""The reaper covers training runs like generations: requeued on their own cluster, or failed."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from django_q.models import OrmQ
+
+from imagesite.jobs import JobStatus, reap_stale_jobs
+from training.models import Subject, TrainingRun
+
+from .factories import make_generation
+
+pytestmark = pytest.mark.django_db
+
+
+def test_stale_training_run_is_requeued_on_the_training_cluster(owner, django_capture_on_commit_callbacks):
+    subject = Subject.objects.create(owner=owner, name="S", token="sks", class_noun="shape")
+    stale = timezone.now() - timedelta(minutes=10)
+    run = TrainingRun.objects.create(subject=subject, status=JobStatus.RUNNING, attempts=1, heartbeat_at=stale)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert reap_stale_jobs() == {"requeued": 1, "failed": 0}
+    run.refresh_from_db()
+    assert run.status == JobStatus.QUEUED and OrmQ.objects.get().key == "training"
+
+
+def test_live_jobs_are_left_alone(owner):
+    generation = make_generation(owner, status=JobStatus.RUNNING, attempts=1, heartbeat_at=timezone.now())
+    assert reap_stale_jobs() == {"requeued": 0, "failed": 0}
+    generation.refresh_from_db()
+    assert generation.status == JobStatus.RUNNING
+
+
+def test_stale_job_out_of_attempts_fails_readably(owner):
+    generation = make_generation(owner, status=JobStatus.RUNNING, attempts=2, heartbeat_at=timezone.now() - timedelta(minutes=5))
+    assert reap_stale_jobs() == {"requeued": 0, "failed": 1}
+    generation.refresh_from_db()
+    assert generation.status == JobStatus.FAILED and "worker stopped" in generation.error
+
+
+def test_eta_and_percent(owner):
+    generation = make_generation(owner, status=JobStatus.RUNNING, progress_step=5, progress_total=20,
+                                 started_at=timezone.now() - timedelta(seconds=10))
+    assert generation.progress_percent == 25
+    assert 25 <= generation.eta_seconds <= 35
