@@ -69,7 +69,7 @@ class GenerationSerializer(serializers.ModelSerializer):
         fields = [
             "id", "url", "cancel_url", "page_url", "status", "progress", "error", "attempts",
             "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler",
-            "num_images", "model_name", "webhook_url", "created_at", "started_at", "finished_at", "images",
+            "num_images", "model_name", "subject", "subject_name", "webhook_url", "created_at", "started_at", "finished_at", "images",
         ]
         read_only_fields = fields
 
@@ -126,12 +126,14 @@ class ImageSerializer(serializers.ModelSerializer):
     guidance_scale = serializers.FloatField(source="generation.guidance_scale", read_only=True)
     scheduler = serializers.CharField(source="generation.scheduler", read_only=True)
     model_name = serializers.CharField(source="generation.model_name", read_only=True)
+    subject = serializers.IntegerField(source="generation.subject_id", read_only=True, allow_null=True, help_text="The subject's id; null when none or deleted.")
+    subject_name = serializers.CharField(source="generation.subject_name", read_only=True, help_text="Kept when the subject is deleted.")
 
     class Meta:
         model = GeneratedImage
         fields = [
             "id", "url", "generation", "generation_url", "index", "seed", "width", "height", "favourite",
-            "prompt", "negative_prompt", "steps", "guidance_scale", "scheduler", "model_name", "created_at",
+            "prompt", "negative_prompt", "steps", "guidance_scale", "scheduler", "model_name", "subject", "subject_name", "created_at",
             "file_url", "thumbnail_url", "favourite_url",
         ]
         read_only_fields = fields

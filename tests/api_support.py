@@ -38,3 +38,44 @@ def assert_error(response, status: int, field: str | None = None) -> dict:
     if field is not None:
         assert field in body["errors"] and body["errors"][field], body
     return body
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that records each POST and answers with the next status code
+    from `codes` (the last one repeats)."""
+
+    def __init__(self, codes: list[int] | None = None):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.codes = list(codes or [200])
+        self.received: list[dict] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.received.append({"headers": dict(self.headers), "body": body})
+                code = receiver.codes.pop(0) if len(receiver.codes) > 1 else receiver.codes[0]
+                self.send_response(code)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver(settings):
+    settings.IMAGESITE_WEBHOOK_ALLOW_PRIVATE = True  # the receiver is on loopback
+    r = Receiver()
+    yield r
+    r.close()
