@@ -36,6 +36,12 @@ class LinkField(serializers.Field):
 LinkField = extend_schema_field(OpenApiTypes.URI)(LinkField)
 
 
+class ImageSizeField(serializers.IntegerField):
+    """Width or height in pixels; the schema states the model's limits (see api/schema.py)."""
+
+    SIZE_MULTIPLE = 8
+
+
 class ProgressSerializer(serializers.Serializer):
     step = serializers.IntegerField(source="progress_step")
     total = serializers.IntegerField(source="progress_total")
@@ -63,6 +69,7 @@ class GenerationSerializer(serializers.ModelSerializer):
     page_url = LinkField("generation-detail")
     progress = ProgressSerializer(source="*", read_only=True)
     images = serializers.SerializerMethodField()
+    webhook_url = serializers.CharField(read_only=True, help_text="Blank when none was given.")
 
     class Meta:
         model = Generation
@@ -87,8 +94,8 @@ class GenerationCreateSerializer(serializers.Serializer):
     seed = serializers.IntegerField(min_value=0, max_value=MAX_SEED, required=False, allow_null=True, default=None, help_text="Omit or null for a random seed; the seed used is returned.")
     steps = serializers.IntegerField(min_value=rules.STEPS_RANGE[0], max_value=rules.STEPS_RANGE[1], required=False)
     guidance_scale = serializers.FloatField(min_value=rules.GUIDANCE_RANGE[0], max_value=rules.GUIDANCE_RANGE[1], required=False)
-    width = serializers.IntegerField(required=False, help_text="A multiple of 8 within the model's limits.")
-    height = serializers.IntegerField(required=False, help_text="A multiple of 8 within the model's limits.")
+    width = ImageSizeField(required=False, help_text="A multiple of 8 within the model's limits.")
+    height = ImageSizeField(required=False, help_text="A multiple of 8 within the model's limits.")
     scheduler = serializers.ChoiceField(choices=SCHEDULER_CHOICES, required=False)
     num_images = serializers.IntegerField(min_value=rules.NUM_IMAGES_RANGE[0], max_value=rules.NUM_IMAGES_RANGE[1], required=False, default=1)
     webhook_url = serializers.CharField(max_length=200, required=False, allow_blank=True, default="", help_text="POSTed a signed JSON payload when the job ends.")

@@ -6,14 +6,15 @@ from datetime import timedelta
 
 from django.apps import apps
 from django.db.models import QuerySet
-from django.http import Http404
+from django.http import Http404, HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -26,18 +27,20 @@ from generation.views import private_file_response
 from imagesite.jobs import JobStatus
 
 from . import serializers as s
+from .errors import error_body
 from .models import WebhookDelivery, WebhookSettings, limits_for
 from .throttles import GenerationRateThrottle, QueuedJobsThrottle, active_job_count
 
 
-class FileRenderer(BaseRenderer):
-    """Lets clients ask downloads for their file type; errors still come back as JSON."""
+class FileNegotiation(BaseContentNegotiation):
+    """Downloads answer any Accept header (image/png, */*...): the file itself bypasses rendering, and
+    an error is still JSON, the one error shape."""
 
-    media_type = "*/*"
-    format = "file"
+    def select_parser(self, request, parsers):
+        return parsers[0]
 
-    def render(self, data, accepted_media_type=None, renderer_context=None) -> bytes:
-        return JSONRenderer().render(data)
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
 
 
 MAX_ID = 2**63 - 1  # larger ids cannot exist, and SQLite raises OverflowError on them
@@ -180,13 +183,13 @@ class ImageViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMode
         return queryset
 
     @extend_schema(summary="Download the PNG", responses=FILE_RESPONSE)
-    @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, FileRenderer])
+    @action(detail=True, methods=["get"], content_negotiation_class=FileNegotiation)
     def download(self, request: Request, pk: str | None = None):
         image = self.get_object()
         return private_file_response(image.file, download_name=image.download_name())
 
     @extend_schema(summary="The thumbnail PNG", responses=FILE_RESPONSE)
-    @action(detail=True, methods=["get"], renderer_classes=[JSONRenderer, FileRenderer])
+    @action(detail=True, methods=["get"], content_negotiation_class=FileNegotiation)
     def thumbnail(self, request: Request, pk: str | None = None):
         return private_file_response(self.get_object().thumbnail)
 
@@ -303,3 +306,9 @@ class WebhookDeliveryViewSet(OwnedViewSetMixin, viewsets.ReadOnlyModelViewSet):
         if self.is_schema_request():
             return WebhookDelivery.objects.none()
         return WebhookDelivery.objects.for_user(self.request.user).order_by("-created_at", "-pk")
+
+
+@csrf_exempt  # nothing to protect, and a CSRF 403 in HTML would hide the 404
+def api_not_found(request: HttpRequest, *args, **kwargs) -> JsonResponse:
+    """Unknown paths under /api/ answer in the API's error shape, not Django's HTML 404 page."""
+    return JsonResponse(error_body(404, "not_found", "Not found."), status=404)
