@@ -1,0 +1,126 @@
+"""Load an original-layout Stable Diffusion file (`.safetensors` / `.ckpt`) offline, with readable errors.
+
+`.ckpt` files are pickles. Notebook checkpoints (DreamBooth, Lightning) pickle more than tensors: a
+`Namespace` of hyper-parameters, callbacks. torch's `weights_only` loader refuses any class it doesn't
+know, and a plain `torch.load` would run whatever the pickle names. We take a third way: every class
+the pickle names is replaced by an inert stand-in (`_Inert`), so the tensors load and no code from the
+file runs. Globals from modules torch blocks outright (os, sys, ...) are a malicious file's
+signature: those are refused. No Django here.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .pipeline import GenerationError
+
+log = logging.getLogger("generation.single_file")
+
+# torch's weights_only unpickler refuses these modules whatever is allowlisted.
+_BLOCKED_MODULES = ("os", "sys", "posix", "nt")
+
+
+class _Inert:
+    """Stands in for any class or function a `.ckpt` pickle names: takes arguments and state, does
+    nothing with them. Keeps what it was given only so a curious caller can look."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _convert_hint(path: Path) -> str:
+    safe = path.with_suffix(".safetensors")
+    return (
+        f"If you trust where the file came from, convert it once with `python manage.py export_single_file "
+        f"{safe} --model {path} --trust-pickle` and use {safe.name} instead."
+    )
+
+
+def inert_globals_for(path: str | os.PathLike) -> list[tuple[type, str]]:
+    """The (stand-in, 'module.name') pairs that let torch's `weights_only` loader read `path`.
+
+    Raises GenerationError when the file cannot be read that way: not a zip-format `torch.save`
+    file (pre-1.6 legacy format), or it names a function from a module torch blocks (a file built to
+    run commands)."""
+    path = Path(path)
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as exc:  # legacy tar/pickle format, TorchScript, a truncated download
+        raise GenerationError(
+            f"{path.name} is not a .ckpt imagesite can read safely ({exc}). {_convert_hint(path)}"
+        ) from exc
+    blocked = [name for name in names if name.split(".", 1)[0] in _BLOCKED_MODULES]
+    if blocked:
+        raise GenerationError(
+            f"{path.name} contains pickled calls to {', '.join(blocked)}; imagesite refuses to load it because "
+            "unpickling could run commands on this machine. Don't use this file unless you know why it does that."
+        )
+    if names:
+        log.info("%s: pickled %s replaced by inert stand-ins (only tensors are used)", path.name, ", ".join(names))
+    return [(_Inert, name) for name in names]
+
+
+def read_ckpt(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[str, torch.Tensor]:
+    """The tensors of a `.ckpt` (its `state_dict`, or the top level when there is none), on the CPU.
+
+    Safe by default (inert stand-ins, as above). `trust_pickle=True` is a plain `torch.load`, which
+    runs the file's pickled code: only for a file the user vouches for, from the command line."""
+    if trust_pickle:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    else:
+        with torch.serialization.safe_globals(inert_globals_for(path)):
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict):
+        raise GenerationError(f"{Path(path).name} holds no state dict of tensors.")
+    return {key: value for key, value in data.items() if isinstance(value, torch.Tensor)}
+
+
+def load_single_file_pipeline(source: str, config: str | None, **kwargs: Any):
+    """`StableDiffusionPipeline.from_single_file` with nothing downloaded and readable failures.
+
+    `config` is a local diffusers folder whose configs describe the file's architecture
+    (generation/sd15_config for SD 1.5 files); `kwargs` go to `from_single_file` (dtype, ...).
+    Every failure a user can fix becomes a GenerationError saying what to do."""
+    from diffusers import StableDiffusionPipeline
+
+    path = Path(source)
+    if not path.is_file():
+        raise GenerationError(f"The model file {source} does not exist.")
+    if not config or not (Path(config) / "model_index.json").is_file():
+        raise GenerationError(
+            f"{path.name} is a single checkpoint file; set IMAGESITE_MODEL_CONFIG to a local diffusers folder "
+            f"with its configs (model_index.json, unet/, vae/, ...; nothing is downloaded). {config or 'None'} is not one."
+        )
+    inert = inert_globals_for(path) if path.suffix.lower() == ".ckpt" else []
+    try:
+        with torch.serialization.safe_globals(inert):
+            return StableDiffusionPipeline.from_single_file(str(path), config=config, local_files_only=True, **kwargs)
+    except (GenerationError, MemoryError, torch.cuda.OutOfMemoryError):
+        raise
+    except Exception as exc:
+        raise GenerationError(_explain(path, config, exc)) from exc
+
+
+def _explain(path: Path, config: str, exc: Exception) -> str:
+    text = str(exc)
+    if "expected shape" in text or "size mismatch" in text:
+        return (
+            f"{path.name} does not match the architecture in {config} ({text.split('. ')[0]}). Single files "
+            "load as Stable Diffusion 1.x by default; for another architecture set IMAGESITE_MODEL_CONFIG to a "
+            "folder with that model's configs."
+        )
+    if "Unable to load weights" in text:
+        hint = _convert_hint(path) if path.suffix.lower() == ".ckpt" else "Download or export it again."
+        return f"{path.name} could not be read as a checkpoint (damaged or incomplete download?). {hint}"
+    if "missing in the checkpoint" in text:
+        return f"{path.name} is not a full Stable Diffusion checkpoint (a LoRA or a single component?): {text.splitlines()[0]}"
+    return f"Could not load {path.name} with the configs in {config}: {text.splitlines()[0] if text else type(exc).__name__}"
