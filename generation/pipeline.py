@@ -102,15 +102,10 @@ def _load(source: str, plan: MemoryPlan, single_file_config: str | None):
     common = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
     if kind == "folder":
         pipe = StableDiffusionPipeline.from_pretrained(source, local_files_only=True, **common)
-    elif kind == "single_file":
-        if not single_file_config or not Path(single_file_config).is_dir():
-            raise GenerationError(
-                f"{source} is a single checkpoint file; set IMAGESITE_MODEL_CONFIG to a local diffusers "
-                "folder with its configs (nothing is downloaded)."
-            )
-        pipe = StableDiffusionPipeline.from_single_file(
-            source, config=single_file_config, local_files_only=True, **common
-        )
+    elif kind == "single_file":  # offline, safe with pickled .ckpt extras, readable errors
+        from .single_file import load_single_file_pipeline
+
+        pipe = load_single_file_pipeline(source, single_file_config, **common)
     else:  # a hub id: only works for users who are online
         pipe = StableDiffusionPipeline.from_pretrained(source, **common)
     pipe.set_progress_bar_config(disable=True)
