@@ -184,22 +184,32 @@ def diffusers_to_original_sd(pipe_or_folder: Any, *, half: bool = False) -> dict
 
 def save_single_file(pipe_or_folder: Any, path: str | os.PathLike, *, half: bool = False) -> Path:
     """Write the model as one original-layout file: `.safetensors` (recommended: loading it runs no
-    code) or `.ckpt` (`torch.save({"state_dict": ...})`, as the LDM scripts wrote). The file is
-    written beside its target and renamed into place, so a failed export leaves no half file."""
+    code) or `.ckpt` (`torch.save({"state_dict": ...})`, as the LDM scripts wrote)."""
+    _check_suffix(path)
+    return write_state_dict(diffusers_to_original_sd(pipe_or_folder, half=half), path)
+
+
+def write_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """Write flat tensors as `.safetensors` or a `.ckpt`. The file is written beside its target and
+    renamed into place, so a failed export leaves no half-written model behind."""
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".safetensors", ".ckpt"):
-        raise ValueError(f"Unknown single-file format {path.suffix!r}; use .safetensors or .ckpt.")
-    state = diffusers_to_original_sd(pipe_or_folder, half=half)
+    suffix = _check_suffix(path)
     partial = path.with_name(path.name + ".partial")
     try:
         if suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            save_file(state, str(partial), metadata={"format": "pt"})
+            save_file({k: v.contiguous() for k, v in state.items()}, str(partial), metadata={"format": "pt"})
         else:
             torch.save({"state_dict": state}, partial)
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def _check_suffix(path: str | os.PathLike) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".safetensors", ".ckpt"):
+        raise ValueError(f"Unknown single-file format {Path(path).suffix!r}; use .safetensors or .ckpt.")
+    return suffix

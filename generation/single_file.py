@@ -84,6 +84,22 @@ def read_ckpt(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[st
     return {key: value for key, value in data.items() if isinstance(value, torch.Tensor)}
 
 
+def resave_single_file(source: str | os.PathLike, dest: str | os.PathLike, *, trust_pickle: bool = False, half: bool = False) -> Path:
+    """Copy the tensors of a single file into another (typically `.ckpt` → `.safetensors`), keys
+    unchanged; pickled extras are dropped. See `read_ckpt` for `trust_pickle`."""
+    from .checkpoint_convert import write_state_dict
+
+    if Path(source).suffix.lower() == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(source), device="cpu")
+    else:
+        state = read_ckpt(source, trust_pickle=trust_pickle)
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    return write_state_dict(state, dest)
+
+
 def load_single_file_pipeline(source: str, config: str | None, **kwargs: Any):
     """`StableDiffusionPipeline.from_single_file` with nothing downloaded and readable failures.
 
