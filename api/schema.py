@@ -20,6 +20,7 @@ ERROR_RESPONSES = {
     "403": "CSRF check failed (session authentication only).",
     "404": "No such object among yours.",
     "405": "Method not allowed.",
+    "415": "Unsupported media type (e.g. JSON where a multipart upload is expected).",
     "429": "A limit was reached; the Retry-After header says when to try again.",
 }
 

@@ -2,6 +2,7 @@
 forms (STYLE.md habit 4); nothing here re-implements them."""
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
@@ -9,7 +10,7 @@ from rest_framework import serializers
 
 from generation import rules
 from generation.models import MAX_SEED, SCHEDULER_CHOICES, GeneratedImage, Generation
-from imagesite.jobs import JobStatus
+from training.models import Subject
 
 from . import webhooks
 from .models import ApiToken, WebhookDelivery
@@ -99,6 +100,17 @@ class GenerationCreateSerializer(serializers.Serializer):
     scheduler = serializers.ChoiceField(choices=SCHEDULER_CHOICES, required=False)
     num_images = serializers.IntegerField(min_value=rules.NUM_IMAGES_RANGE[0], max_value=rules.NUM_IMAGES_RANGE[1], required=False, default=1)
     webhook_url = serializers.CharField(max_length=200, required=False, allow_blank=True, default="", help_text="POSTed a signed JSON payload when the job ends.")
+    subject = serializers.PrimaryKeyRelatedField(
+        queryset=Subject.objects.none(), required=False, allow_null=True, default=None,
+        help_text="One of your trained subjects (its id); put its token in the prompt.",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        if request is not None and request.user.is_authenticated:
+            # Only the user's own trained subjects: another user's id reads as "does not exist".
+            self.fields["subject"].queryset = Subject.objects.for_user(request.user).ready()
 
     def validate_prompt(self, value: str) -> str:
         return rules.validate_prompt(value)
@@ -116,6 +128,11 @@ class GenerationCreateSerializer(serializers.Serializer):
         info = rules.current_model()
         for name in ("steps", "guidance_scale", "width", "height", "scheduler"):
             attrs.setdefault(name, getattr(info, name))
+        if attrs.get("subject"):
+            try:
+                rules.validate_subject_in_prompt(attrs["prompt"], attrs["subject"].token)
+            except DjangoValidationError as exc:
+                raise serializers.ValidationError({"prompt": exc.messages})
         return attrs
 
 

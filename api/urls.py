@@ -2,11 +2,13 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import SimpleRouter
 
-from . import views
+from . import training_views, views
 
 router = SimpleRouter()
 router.register("generations", views.GenerationViewSet, basename="api-generation")
 router.register("images", views.ImageViewSet, basename="api-image")
+router.register("subjects", training_views.SubjectViewSet, basename="api-subject")
+router.register("training-runs", training_views.TrainingRunViewSet, basename="api-training-run")
 router.register("webhook-deliveries", views.WebhookDeliveryViewSet, basename="api-webhook-delivery")
 
 # Mounted at /api/ by imagesite/urls.py.

@@ -51,7 +51,8 @@ def parse_id(value: str) -> int | None:
 
 
 class OwnedViewSetMixin:
-    """Ids are digits only in URLs (router regex); one too large for the database is simply absent."""
+    # Ids are digits only in URLs (router regex); one too large for the database is simply absent.
+    # (A comment, not a docstring: drf-spectacular would show a docstring in every operation.)
 
     lookup_value_regex = "[0-9]+"
 

@@ -15,6 +15,8 @@ from hypothesis import HealthCheck, Phase, settings
 from api.models import ApiToken
 from imagesite.wsgi import application
 
+from training.models import Subject
+
 from .factories import make_generation, make_image
 
 MAX_EXAMPLES = 10
@@ -30,6 +32,7 @@ def auth_headers(db, owner, other_user, settings) -> dict[str, str]:
     make_image(owner)
     make_generation(owner)
     make_image(other_user)
+    Subject.objects.create(owner=owner, name="Checkers", token="sks", class_noun="shape")
     _, key = ApiToken.create_for(owner, "schemathesis")
     # Like Django's test client: the WSGI app must not close the test's connection after a request.
     request_started.disconnect(close_old_connections)

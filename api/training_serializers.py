@@ -1,0 +1,184 @@
+"""Serializers for subjects, their photos and training runs. The rules are training's own: subject
+and training-option validation run through training.forms (which call training.rules), so the pages
+and the API judge input the same way (STYLE.md habit 4)."""
+from __future__ import annotations
+
+from django.urls import reverse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from training import rules as training_rules
+from training.models import Subject, SubjectPhoto, TrainingMethod, TrainingRun
+
+from . import webhooks
+from .serializers import LinkField, ProgressSerializer, absolute
+
+
+def form_errors(form) -> dict[str, list[str]]:
+    """A Django form's errors in the API's field-error shape (`__all__` → non_field_errors)."""
+    return {("non_field_errors" if name == "__all__" else name): list(messages) for name, messages in form.errors.items()}
+
+
+# --- runs -----------------------------------------------------------------------------------------
+class TrainingRunSerializer(serializers.ModelSerializer):
+    """A training run as a job: status, phase (class images, then training), progress and loss."""
+
+    url = LinkField("api-training-run-detail")
+    cancel_url = LinkField("api-training-run-cancel")
+    page_url = LinkField("training-run-detail")
+    subject_url = serializers.SerializerMethodField()
+    progress = ProgressSerializer(source="*", read_only=True)
+    checkpoint_url = serializers.SerializerMethodField()
+    webhook_url = serializers.CharField(read_only=True, help_text="Blank when none was given.")
+
+    class Meta:
+        model = TrainingRun
+        fields = [
+            "id", "url", "cancel_url", "page_url", "subject", "subject_url", "status", "phase", "progress", "loss",
+            "seconds_per_step", "error", "attempts", "method", "options", "checkpoint_size", "checkpoint_url",
+            "webhook_url", "created_at", "started_at", "finished_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_subject_url(self, run: TrainingRun) -> str | None:
+        return absolute(self.context, reverse("api-subject-detail", args=[run.subject_id])) if run.subject_id else None
+
+    @extend_schema_field({"type": "string", "format": "uri", "nullable": True, "description": "The LoRA (.safetensors) or UNet weights, once the run succeeded."})
+    def get_checkpoint_url(self, run: TrainingRun) -> str | None:
+        if not run.checkpoint:
+            return None
+        return absolute(self.context, reverse("api-training-run-checkpoint", args=[run.pk]))
+
+
+class TrainingStartSerializer(serializers.Serializer):
+    """Options of a run. Omitted ones take the defaults that fit the base model."""
+
+    method = serializers.ChoiceField(choices=TrainingMethod.choices, required=False)
+    steps = serializers.IntegerField(min_value=training_rules.STEPS_RANGE[0], max_value=training_rules.STEPS_RANGE[1], required=False)
+    learning_rate = serializers.FloatField(min_value=training_rules.LEARNING_RATE_RANGE[0], max_value=training_rules.LEARNING_RATE_RANGE[1], required=False)
+    lora_rank = serializers.IntegerField(min_value=training_rules.RANK_RANGE[0], max_value=training_rules.RANK_RANGE[1], required=False)
+    train_text_encoder = serializers.BooleanField(required=False)
+    prior_preservation = serializers.BooleanField(required=False)
+    num_class_images = serializers.IntegerField(min_value=training_rules.CLASS_IMAGES_RANGE[0], max_value=training_rules.CLASS_IMAGES_RANGE[1], required=False)
+    prior_loss_weight = serializers.FloatField(min_value=0.0, max_value=10.0, required=False)
+    gradient_checkpointing = serializers.BooleanField(required=False)
+    mixed_precision = serializers.ChoiceField(choices=["no", "fp16", "bf16"], required=False)
+    use_8bit_adam = serializers.BooleanField(required=False)
+    seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, required=False, allow_null=True)
+    webhook_url = serializers.CharField(max_length=200, required=False, allow_blank=True, default="", help_text="POSTed a signed JSON payload when the run ends.")
+
+    def validate_webhook_url(self, value: str) -> str:
+        return webhooks.check_webhook_url(value) if value else value
+
+    def validate(self, attrs: dict) -> dict:
+        from training.forms import TrainingForm  # imports torch (the model's defaults): only when used
+
+        webhook_url = attrs.pop("webhook_url", "")
+        blank = TrainingForm()
+        data = {name: attrs.get(name, getattr(blank.defaults, name, None)) for name in blank.fields}
+        data["method"] = attrs.get("method", TrainingMethod.LORA)
+        form = TrainingForm(data={name: value for name, value in data.items() if value is not None})
+        if not form.is_valid():
+            raise serializers.ValidationError(form_errors(form))
+        return {"method": form.cleaned_data["method"], "options": form.options(), "webhook_url": webhook_url}
+
+
+# --- subjects and photos -------------------------------------------------------------------------
+class SubjectPhotoSerializer(serializers.ModelSerializer):
+    url = serializers.SerializerMethodField()
+    image_url = serializers.SerializerMethodField()
+    crop_url = serializers.SerializerMethodField()
+
+    class Meta:
+        model = SubjectPhoto
+        fields = ["id", "url", "original_name", "width", "height", "face_found", "image_url", "crop_url", "created_at"]
+        read_only_fields = fields
+
+    def _link(self, route: str, photo: SubjectPhoto) -> str:
+        return absolute(self.context, reverse(route, args=[photo.subject_id, photo.pk]))
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_url(self, photo: SubjectPhoto) -> str:
+        return self._link("api-subject-photo", photo)
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_image_url(self, photo: SubjectPhoto) -> str:
+        return self._link("api-subject-photo-image", photo)
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_crop_url(self, photo: SubjectPhoto) -> str:
+        return self._link("api-subject-photo-crop", photo)
+
+
+class PhotoUploadSerializer(serializers.Serializer):
+    """Schema of the multipart upload; the files themselves are judged by training.photos."""
+
+    photos = serializers.ListField(child=serializers.FileField(), help_text="JPEG, PNG or WebP; several at once (repeat the field).")
+
+
+class RejectedPhotoSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    reason = serializers.CharField()
+
+
+class PhotoUploadResultSerializer(serializers.Serializer):
+    accepted = SubjectPhotoSerializer(many=True)
+    rejected = RejectedPhotoSerializer(many=True)
+
+
+class SubjectSerializer(serializers.ModelSerializer):
+    url = LinkField("api-subject-detail")
+    photos_url = LinkField("api-subject-photos")
+    train_url = LinkField("api-subject-train")
+    page_url = LinkField("subject-detail")
+    state = serializers.SerializerMethodField(help_text="untrained, training or trained (usable in generations).")
+    photos_count = serializers.SerializerMethodField()
+    latest_run = serializers.SerializerMethodField()
+    trained_run = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Subject
+        fields = [
+            "id", "url", "page_url", "name", "token", "class_noun", "prompt_example", "state", "photos_count",
+            "photos_url", "train_url", "latest_run", "trained_run", "created_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field({"type": "string", "enum": ["untrained", "training", "trained"]})
+    def get_state(self, subject: Subject) -> str:
+        if subject.is_training():
+            return "training"
+        return "trained" if subject.trained_run() else "untrained"
+
+    def get_photos_count(self, subject: Subject) -> int:
+        return subject.photos.count()
+
+    @extend_schema_field(TrainingRunSerializer(allow_null=True))
+    def get_latest_run(self, subject: Subject) -> dict | None:
+        run = subject.latest_run()
+        return TrainingRunSerializer(run, context=self.context).data if run else None
+
+    @extend_schema_field({"type": "integer", "nullable": True, "description": "The run whose checkpoint generations use."})
+    def get_trained_run(self, subject: Subject) -> int | None:
+        run = subject.trained_run()
+        return run.pk if run else None
+
+
+class SubjectCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=60)
+    class_noun = serializers.CharField(max_length=40, help_text='What it is: "person", "dog", "shape".')
+    token = serializers.CharField(max_length=32, required=False, help_text="A rare word for the subject in prompts; omit for a suggestion (e.g. sks).")
+
+    def validate(self, attrs: dict) -> dict:
+        from training.forms import SubjectForm
+
+        owner = self.context["request"].user
+        data = dict(attrs)
+        if not data.get("token"):
+            data["token"] = training_rules.suggest_token(set(Subject.objects.for_user(owner).values_list("token", flat=True)))
+        form = SubjectForm(data=data, owner=owner)
+        if not form.is_valid():
+            raise serializers.ValidationError(form_errors(form))
+        return {name: form.cleaned_data[name] for name in ("name", "token", "class_noun")}

@@ -1,0 +1,194 @@
+"""API views for subjects, their photos and training runs; they call training.services for every
+change, so the pages and the API share one implementation. Other users' ids are 404."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.core.exceptions import ValidationError
+from django.core.files.storage import default_storage
+from django.db.models import QuerySet
+from django.http import Http404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from generation.views import private_file_response
+from training import services
+from training.forms import PhotoUploadForm
+from training.models import Subject, SubjectPhoto, TrainingRun
+
+from . import training_serializers as ts
+from .throttles import QueuedJobsThrottle, TrainingRateThrottle, UploadRateThrottle
+from .views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_status, parse_id
+
+PHOTO_PATH = r"photos/(?P<photo_id>[0-9]+)"
+
+
+def _invalid(exc: ValidationError, field: str = "non_field_errors") -> serializers.ValidationError:
+    """A service's ValidationError (e.g. "already training") as a 400 on `field`."""
+    return serializers.ValidationError({field: exc.messages})
+
+
+@extend_schema_view(
+    list=extend_schema(summary="List your subjects, newest first"),
+    retrieve=extend_schema(summary="A subject: its state, photo count and latest training run"),
+    destroy=extend_schema(summary="Delete a subject, its photos and checkpoints (images made with it stay)"),
+)
+class SubjectViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
+    serializer_class = ts.SubjectSerializer
+
+    def get_queryset(self) -> QuerySet[Subject]:
+        if self.is_schema_request():
+            return Subject.objects.none()
+        return Subject.objects.for_user(self.request.user).order_by("-created_at", "-pk")
+
+    def get_throttles(self):
+        if self.action == "train":
+            return [QueuedJobsThrottle(), TrainingRateThrottle()]
+        if self.action == "photos" and self.request.method == "POST":
+            return [UploadRateThrottle()]
+        return super().get_throttles()
+
+    @extend_schema(
+        summary="Create a subject",
+        request=ts.SubjectCreateSerializer,
+        responses={201: ts.SubjectSerializer},
+        examples=[OpenApiExample("A dog", value={"name": "Rex", "class_noun": "dog", "token": "sks"}, request_only=True)],
+    )
+    def create(self, request: Request) -> Response:
+        serializer = ts.SubjectCreateSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        subject = services.create_subject(owner=request.user, **serializer.validated_data)
+        data = self.get_serializer(subject).data
+        return Response(data, status=status.HTTP_201_CREATED, headers={"Location": data["url"]})
+
+    def perform_destroy(self, subject: Subject) -> None:
+        for run in subject.runs.active():
+            run.cancel()  # a running worker stops at its next step and finds its subject gone
+        subject.delete()
+
+    # --- photos ------------------------------------------------------------------------------------
+    @extend_schema(methods=["GET"], summary="The subject's photos, with their crops", responses=ts.SubjectPhotoSerializer(many=True))
+    @extend_schema(
+        methods=["POST"],
+        summary="Upload photos (multipart, several at once)",
+        description="Each file is judged on its own: the good ones are stored (201 with `accepted` and `rejected`, "
+        "each rejected file with its reason). When none is accepted the answer is 400, `errors.photos` naming each file's reason.",
+        request={"multipart/form-data": ts.PhotoUploadSerializer},
+        responses={201: ts.PhotoUploadResultSerializer},
+    )
+    @action(detail=True, methods=["get", "post"], parser_classes=[MultiPartParser, FormParser], pagination_class=None)
+    def photos(self, request: Request, pk: str | None = None) -> Response:
+        subject = self.get_object()
+        if request.method == "GET":
+            return Response(ts.SubjectPhotoSerializer(subject.photos.all(), many=True, context=self.get_serializer_context()).data)
+        form = PhotoUploadForm(data={}, files=request.FILES)
+        if not form.is_valid():
+            raise serializers.ValidationError(ts.form_errors(form))
+        try:
+            outcome = services.add_photos(subject=subject, files=form.cleaned_data["photos"])
+        except ValidationError as exc:
+            raise _invalid(exc, "photos")
+        rejected = [{"name": name, "reason": reason} for name, reason in outcome.rejected]
+        if not outcome.accepted:
+            raise serializers.ValidationError({"photos": [f"{r['name']}: {r['reason']}" for r in rejected]})
+        result = {"accepted": outcome.accepted, "rejected": rejected}
+        return Response(ts.PhotoUploadResultSerializer(result, context=self.get_serializer_context()).data, status=status.HTTP_201_CREATED)
+
+    def _photo(self, photo_id: str) -> SubjectPhoto:
+        subject = self.get_object()
+        photo = subject.photos.filter(pk=parse_id(photo_id) or 0).first()
+        if photo is None:
+            raise Http404
+        return photo
+
+    @extend_schema(methods=["GET"], summary="One photo", responses=ts.SubjectPhotoSerializer)
+    @extend_schema(methods=["DELETE"], summary="Remove a photo (not while the subject trains)", responses={204: None})
+    @action(detail=True, methods=["get", "delete"], url_path=PHOTO_PATH, url_name="photo")
+    def photo(self, request: Request, pk: str | None = None, photo_id: str = "") -> Response:
+        photo = self._photo(photo_id)
+        if request.method == "GET":
+            return Response(ts.SubjectPhotoSerializer(photo, context=self.get_serializer_context()).data)
+        try:
+            services.remove_photo(photo=photo)
+        except ValidationError as exc:
+            raise _invalid(exc)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(summary="The cleaned photo (JPEG, metadata removed)", responses={(200, "image/jpeg"): OpenApiResponse(OpenApiTypes.BINARY)})
+    @action(detail=True, methods=["get"], url_path=PHOTO_PATH + "/image", url_name="photo-image", content_negotiation_class=FileNegotiation)
+    def photo_image(self, request: Request, pk: str | None = None, photo_id: str = ""):
+        return private_file_response(self._photo(photo_id).image, content_type="image/jpeg")
+
+    @extend_schema(summary="The square crop training uses (PNG)", responses={(200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY)})
+    @action(detail=True, methods=["get"], url_path=PHOTO_PATH + "/crop", url_name="photo-crop", content_negotiation_class=FileNegotiation)
+    def photo_crop(self, request: Request, pk: str | None = None, photo_id: str = ""):
+        return private_file_response(self._photo(photo_id).crop)
+
+    # --- training ---------------------------------------------------------------------------------
+    @extend_schema(
+        summary="Start training",
+        description="Queues a DreamBooth run on the training worker; 202 with the run. Poll its `url` for progress and loss.",
+        request=ts.TrainingStartSerializer,
+        responses={202: ts.TrainingRunSerializer},
+        examples=[
+            OpenApiExample("The defaults", value={}, request_only=True),
+            OpenApiExample("A short LoRA run", value={"steps": 200, "lora_rank": 4, "prior_preservation": False}, request_only=True),
+        ],
+    )
+    @action(detail=True, methods=["post"])
+    def train(self, request: Request, pk: str | None = None) -> Response:
+        subject = self.get_object()
+        serializer = ts.TrainingStartSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        try:
+            run = services.start_training(subject=subject, **serializer.validated_data)
+        except ValidationError as exc:
+            raise _invalid(exc)
+        data = ts.TrainingRunSerializer(run, context=self.get_serializer_context()).data
+        return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["url"]})
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Your training runs, newest first", parameters=[STATUS_PARAM, OpenApiParameter("subject", int, description="Only this subject's runs.")]),
+    retrieve=extend_schema(summary="A training run: status, phase, progress, loss and checkpoint"),
+)
+class TrainingRunViewSet(OwnedViewSetMixin, viewsets.ReadOnlyModelViewSet):
+    serializer_class = ts.TrainingRunSerializer
+
+    def get_queryset(self) -> QuerySet[TrainingRun]:
+        if self.is_schema_request():
+            return TrainingRun.objects.none()
+        queryset = TrainingRun.objects.filter(subject__owner=self.request.user).select_related("subject")
+        if self.action == "list":
+            queryset = filter_status(queryset, self.request)
+            if "subject" in self.request.query_params:
+                subject_id = parse_id(self.request.query_params["subject"])
+                if subject_id is None:
+                    raise serializers.ValidationError({"subject": ["A subject id."]})
+                queryset = queryset.filter(subject_id=subject_id)
+        return queryset.order_by("-created_at", "-pk")
+
+    @extend_schema(summary="Cancel a queued or running training run", request=None, responses={200: ts.TrainingRunSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        run = self.get_object()
+        run.cancel()
+        run.refresh_from_db()
+        return Response(self.get_serializer(run).data)
+
+    @extend_schema(summary="Download the checkpoint (LoRA .safetensors that diffusers' load_lora_weights reads)", responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY)})
+    @action(detail=True, methods=["get"], content_negotiation_class=FileNegotiation)
+    def checkpoint(self, request: Request, pk: str | None = None):
+        run = self.get_object()
+        # TODO(lead): a TrainingRun method naming its checkpoint file would serve pages and API alike.
+        name = run.checkpoint if run.method == "lora" else f"{run.checkpoint}/unet/diffusion_pytorch_model.safetensors"
+        if not run.checkpoint or not default_storage.exists(name):
+            raise Http404
+        subject = run.subject
+        download = f"{subject.token}-{subject.class_noun.replace(' ', '-')}-{run.method}-run{run.pk}{Path(name).suffix}"
+        return private_file_response(name, download_name=download, content_type="application/octet-stream")
