@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +47,16 @@ def _convert_hint(path: Path) -> str:
 def inert_globals_for(path: str | os.PathLike) -> list[tuple[type, str]]:
     """The (stand-in, 'module.name') pairs that let torch's `weights_only` loader read `path`.
 
-    Raises GenerationError when the file cannot be read that way: not a zip-format `torch.save`
-    file (pre-1.6 legacy format), or it names a function from a module torch blocks (a file built to
-    run commands)."""
+    Only zip-format `torch.save` files (torch >= 1.6) can be inspected; for others (legacy format, a
+    damaged file) this returns [] and torch's plain `weights_only` load decides. Raises
+    GenerationError when the pickle names a function from a module torch blocks (a file built to run
+    commands)."""
     path = Path(path)
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception as exc:  # legacy tar/pickle format, TorchScript, a truncated download
-        raise GenerationError(
-            f"{path.name} is not a .ckpt imagesite can read safely ({exc}). {_convert_hint(path)}"
-        ) from exc
+    except Exception as exc:
+        log.info("%s: pickled globals cannot be listed (%s); loading with weights_only as is", path.name, exc)
+        return []
     blocked = [name for name in names if name.split(".", 1)[0] in _BLOCKED_MODULES]
     if blocked:
         raise GenerationError(
@@ -75,8 +76,13 @@ def read_ckpt(path: str | os.PathLike, *, trust_pickle: bool = False) -> dict[st
     if trust_pickle:
         data = torch.load(path, map_location="cpu", weights_only=False)
     else:
-        with torch.serialization.safe_globals(inert_globals_for(path)):
-            data = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            with torch.serialization.safe_globals(inert_globals_for(path)):
+                data = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as exc:
+            raise GenerationError(
+                f"{Path(path).name} could not be read safely ({str(exc).splitlines()[0]}). {_convert_hint(Path(path))}"
+            ) from exc
     while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
@@ -135,8 +141,12 @@ def _explain(path: Path, config: str, exc: Exception) -> str:
             "folder with that model's configs."
         )
     if "Unable to load weights" in text:
-        hint = _convert_hint(path) if path.suffix.lower() == ".ckpt" else "Download or export it again."
-        return f"{path.name} could not be read as a checkpoint (damaged or incomplete download?). {hint}"
+        if path.suffix.lower() == ".ckpt":
+            return (
+                f"{path.name} could not be read safely: it holds pickled Python objects imagesite will not unpickle "
+                f"(unpickling can run code), or it is damaged. {_convert_hint(path)}"
+            )
+        return f"{path.name} could not be read as a checkpoint (damaged or incomplete download?). Download or export it again."
     if "missing in the checkpoint" in text:
         return f"{path.name} is not a full Stable Diffusion checkpoint (a LoRA or a single component?): {text.splitlines()[0]}"
     return f"Could not load {path.name} with the configs in {config}: {text.splitlines()[0] if text else type(exc).__name__}"
