@@ -90,11 +90,15 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, tolerance_s
     return hmac.compare_digest(sign(secret, ts, body), signature)
 
 
+# Event names: "<kind>.<status>", e.g. "generation.succeeded", "training_run.failed".
+EVENT_KINDS = {"generation": "generation", "trainingrun": "training_run"}
+
+
 # --- queueing on job end -----------------------------------------------------------------------------
 def job_payload(job) -> dict:
     from .serializers import webhook_job_data  # late: serializers import models of other apps
 
-    kind = job._meta.model_name
+    kind = EVENT_KINDS.get(job._meta.model_name, job._meta.model_name)
     return {"event": f"{kind}.{job.status}", "created_at": timezone.now().isoformat(), "data": webhook_job_data(job)}
 
 
