@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +27,13 @@ _BLOCKED_MODULES = ("os", "sys", "posix", "nt")
 
 
 class _Inert:
-    """Stands in for any class or function a `.ckpt` pickle names: takes arguments and state, does
-    nothing with them. Keeps what it was given only so a curious caller can look."""
+    """Stands in for every class or function a `.ckpt` pickle names. Whatever the pickle builds or
+    calls with it becomes an empty OrderedDict: one of the few types torch's `weights_only` loader
+    lets a pickle fill, with items (Lightning's AttributeDict hyper-parameters) or attributes (an
+    argparse.Namespace). Nothing from the file runs; only the tensors are used afterwards."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args = args
-
-    def __setstate__(self, state: Any) -> None:
-        self.state = state
+    def __new__(cls, *args: Any, **kwargs: Any) -> OrderedDict:  # type: ignore[misc]
+        return OrderedDict()
 
 
 def _convert_hint(path: Path) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from django.conf import settings
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from safetensors.torch import load_file
 
 from generation.checkpoint_convert import (
@@ -115,6 +115,10 @@ class Tripwire:
         return (_trip, ("unpickling ran code from the checkpoint",))
 
 
+class AttributeDict(dict):
+    """Like pytorch_lightning's: hyper-parameters as a dict subclass, pickled as a class plus items."""
+
+
 class CallsOs:
     """Pickles as a call into `os` (getcwd: harmless, but the kind of call a malicious file makes)."""
 
@@ -125,7 +129,9 @@ class CallsOs:
 def test_notebook_ckpt_with_pickled_objects_loads_without_running_them(demo, state, folder_pixels, tmp_path):
     path = tmp_path / "model_trained.ckpt"
     hyper = argparse.Namespace(learning_rate=5e-6, max_train_steps=800, instance_prompt="photo of sks dog")
-    torch.save({"state_dict": state, "hyper_parameters": hyper, "callbacks": [Tripwire()], "global_step": 800}, path)
+    checkpoint = {"state_dict": state, "hyper_parameters": hyper, "hparams": AttributeDict(lr=5e-6, steps=800),
+                  "callbacks": {Tripwire: {"best": Tripwire()}}, "global_step": 800}
+    torch.save(checkpoint, path)
     assert np.array_equal(render_file(path, demo), folder_pixels)
     assert TRIPPED == []
 
@@ -142,6 +148,18 @@ def test_legacy_format_ckpt_with_pickled_objects_says_to_convert_it(demo, state,
     torch.save({"state_dict": state, "args": argparse.Namespace(lr=1e-6)}, path, _use_new_zipfile_serialization=False)
     with pytest.raises(GenerationError, match=r"export_single_file .*old\.safetensors --model .*old\.ckpt --trust-pickle"):
         Renderer(str(path), "cpu", single_file_config=str(demo))
+
+
+def test_export_command_converts_an_unreadable_ckpt_only_when_trusted(state, tmp_path):
+    ckpt = tmp_path / "old.ckpt"
+    torch.save({"state_dict": state, "args": argparse.Namespace(lr=1e-6)}, ckpt, _use_new_zipfile_serialization=False)
+    out = tmp_path / "old.safetensors"
+    with pytest.raises(CommandError, match="--trust-pickle"):
+        call_command("export_single_file", str(out), "--model", str(ckpt))
+    assert not out.exists()
+    call_command("export_single_file", str(out), "--model", str(ckpt), "--trust-pickle", "--half")
+    written = load_file(str(out))
+    assert written.keys() == state.keys() and all(t.dtype == torch.float16 for t in written.values() if t.is_floating_point())
 
 
 def test_export_command_turns_a_ckpt_into_safetensors(state, tmp_path):
