@@ -83,6 +83,8 @@ def convert_unet(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict
     longest_first = sorted(prefixes, key=len, reverse=True)
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
+        if ".base_layer." in key or ".lora_" in key:
+            raise ValueError("The UNet has LoRA layers attached; fuse or unload them before exporting.")
         head = next((p for p in longest_first if key.startswith(p)), None)
         if head is None:
             raise ValueError(f"UNet key {key!r} has no place in the Stable Diffusion 1.x layout.")
@@ -141,9 +143,14 @@ def _replace_first(rest: str, parts: tuple[tuple[str, str], ...]) -> str:
     return rest
 
 
-def _components(pipe_or_folder: Any):
-    """(unet, vae, text_encoder) from a loaded pipeline or a local diffusers folder (CPU, no hub)."""
+def _components(pipe_or_folder: Any, finetune: str | os.PathLike | None = None):
+    """(unet, vae, text_encoder) from a loaded pipeline or a local diffusers folder (CPU, no hub).
+
+    `finetune` is a full DreamBooth fine-tune's folder: its `unet/` (and `text_encoder/`, when it
+    trained one) replace the base model's."""
     if not isinstance(pipe_or_folder, (str, os.PathLike)):
+        if finetune is not None:
+            raise ValueError("Apply a fine-tune to a model folder, not to a loaded pipeline.")
         return pipe_or_folder.unet, pipe_or_folder.vae, pipe_or_folder.text_encoder
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
@@ -151,20 +158,30 @@ def _components(pipe_or_folder: Any):
     folder = Path(pipe_or_folder)
     if not (folder / "model_index.json").is_file():
         raise ValueError(f"{folder} is not a diffusers model folder (no model_index.json).")
+
+    def source(name: str) -> Path:
+        tuned = Path(finetune) / name if finetune is not None else None
+        return tuned if tuned is not None and (tuned / "config.json").is_file() else folder / name
+
+    if finetune is not None and not (Path(finetune) / "unet" / "config.json").is_file():
+        raise ValueError(f"{finetune} is not a full fine-tune (no unet/ with a config.json).")
     return (
-        UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True),
+        UNet2DConditionModel.from_pretrained(source("unet"), local_files_only=True),
         AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True),
-        CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True),
+        CLIPTextModel.from_pretrained(source("text_encoder"), local_files_only=True),
     )
 
 
-def diffusers_to_original_sd(pipe_or_folder: Any, *, half: bool = False) -> dict[str, torch.Tensor]:
+def diffusers_to_original_sd(
+    pipe_or_folder: Any, *, half: bool = False, finetune: str | os.PathLike | None = None
+) -> dict[str, torch.Tensor]:
     """One flat state dict in the original SD 1.x single-file layout.
 
     `pipe_or_folder` is a loaded `StableDiffusionPipeline` (any device; tensors come back on the CPU)
     or the path of a diffusers folder. `half` casts floating-point weights to float16 (half the
-    size; what most shared SD 1.5 files use). Raises ValueError for models that are not SD 1.x."""
-    unet, vae, text_encoder = _components(pipe_or_folder)
+    size; what most shared SD 1.5 files use); `finetune` as in `_components`. Raises ValueError for
+    models that are not SD 1.x and for pipelines with LoRA layers attached (fuse or unload them first)."""
+    unet, vae, text_encoder = _components(pipe_or_folder, finetune)
     if getattr(text_encoder.config, "hidden_act", "quick_gelu") != "quick_gelu":
         raise ValueError("The text encoder is not OpenAI CLIP (Stable Diffusion 2.x?); only SD 1.x can be exported.")
     sections = (
@@ -182,11 +199,13 @@ def diffusers_to_original_sd(pipe_or_folder: Any, *, half: bool = False) -> dict
     return result
 
 
-def save_single_file(pipe_or_folder: Any, path: str | os.PathLike, *, half: bool = False) -> Path:
+def save_single_file(
+    pipe_or_folder: Any, path: str | os.PathLike, *, half: bool = False, finetune: str | os.PathLike | None = None
+) -> Path:
     """Write the model as one original-layout file: `.safetensors` (recommended: loading it runs no
     code) or `.ckpt` (`torch.save({"state_dict": ...})`, as the LDM scripts wrote)."""
     _check_suffix(path)
-    return write_state_dict(diffusers_to_original_sd(pipe_or_folder, half=half), path)
+    return write_state_dict(diffusers_to_original_sd(pipe_or_folder, half=half, finetune=finetune), path)
 
 
 def write_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike) -> Path:

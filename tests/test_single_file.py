@@ -89,6 +89,15 @@ def test_export_uses_the_original_sd_layout(state):
     assert [key for key in state if any(name in key for name in diffusers_names)] == []
 
 
+def test_export_refuses_a_unet_with_lora_layers_attached(demo):
+    from diffusers import UNet2DConditionModel
+
+    config = dict(UNet2DConditionModel.load_config(demo / "unet"))
+    key = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.base_layer.weight"
+    with pytest.raises(ValueError, match="LoRA"):
+        convert_unet({key: torch.zeros(1)}, config)
+
+
 def test_export_writes_no_partial_file_on_a_bad_suffix(demo, tmp_path):
     with pytest.raises(ValueError, match="safetensors"):
         save_single_file(demo, tmp_path / "demo.bin")
@@ -101,6 +110,22 @@ def test_export_command_writes_a_file_other_tools_read(demo, state, tmp_path):
     written = load_file(str(out))
     assert written.keys() == state.keys()
     assert all(torch.equal(written[key], state[key]) for key in state)
+
+
+def test_export_command_applies_a_full_finetune_over_the_base(demo, state, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    finetune = tmp_path / "run-1"  # what a full DreamBooth run writes: only the trained parts
+    tuned = UNet2DConditionModel.from_pretrained(demo / "unet")
+    with torch.no_grad():
+        tuned.conv_out.bias.add_(1.0)
+    tuned.save_pretrained(finetune / "unet")
+    out = tmp_path / "subject.safetensors"
+    call_command("export_single_file", str(out), "--model", str(demo), "--finetune", str(finetune))
+    written = load_file(str(out))
+    bias = "model.diffusion_model.out.2.bias"
+    assert torch.equal(written[bias], state[bias] + 1.0)
+    assert torch.equal(written["first_stage_model.decoder.conv_out.weight"], state["first_stage_model.decoder.conv_out.weight"])
 
 
 # --- notebook .ckpt files ----------------------------------------------------------------------

@@ -20,6 +20,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("out", help="file to write: .safetensors (recommended) or .ckpt")
         parser.add_argument("--model", default=None, help="diffusers folder or single file (default: IMAGESITE_MODEL)")
+        parser.add_argument(
+            "--finetune", default=None,
+            help="a full DreamBooth fine-tune's folder (unet/, text_encoder/) to apply over a --model folder",
+        )
         parser.add_argument("--half", action="store_true", help="store float16 weights (half the size)")
         parser.add_argument(
             "--trust-pickle", action="store_true",
@@ -40,7 +44,9 @@ class Command(BaseCommand):
         kind = model_kind(source)
         try:
             if kind == "folder":
-                save_single_file(source, out, half=opts["half"])
+                save_single_file(source, out, half=opts["half"], finetune=opts["finetune"])
+            elif opts["finetune"]:
+                raise CommandError("--finetune applies to a diffusers --model folder.")
             elif kind == "single_file" and Path(source).is_file():
                 resave_single_file(source, out, trust_pickle=opts["trust_pickle"], half=opts["half"])
             else:
