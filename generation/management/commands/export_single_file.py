@@ -51,7 +51,7 @@ class Command(BaseCommand):
                 resave_single_file(source, out, trust_pickle=opts["trust_pickle"], half=opts["half"])
             else:
                 raise CommandError(f"{source} is neither a local diffusers folder nor a model file (nothing is downloaded).")
-        except (GenerationError, ValueError, OSError) as exc:
+        except (GenerationError, ValueError, OSError, ImportError) as exc:  # ImportError: a trusted pickle needs a missing module
             raise CommandError(str(exc)) from exc
         size_mb = out.stat().st_size / 1e6
         self.stdout.write(self.style.SUCCESS(f"wrote {out} ({size_mb:.1f} MB) from {source}"))
