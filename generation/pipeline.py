@@ -176,6 +176,7 @@ class Renderer:
         started = time.perf_counter()
         self.pipe = _load(source, plan_memory(self.profile, cuda_available=cuda), single_file_config)
         self.base_scheduler_config = dict(self.pipe.scheduler.config)
+        self.loaded_loras: list[str] = []  # adapter keys, least recently used first
         self.lock = threading.Lock()
         log.info("loaded %s with profile %s in %.1f s", source, self.profile, time.perf_counter() - started)
 
@@ -193,6 +194,7 @@ class Renderer:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         self.profile = profile
+        self.loaded_loras = []
         self.pipe = _load(self.source, plan_memory(profile, cuda_available=torch.cuda.is_available()), self.single_file_config)
 
     def _call_pipe(self, s: RenderSettings, on_step: ProgressCallback | None) -> list[Image.Image]:
@@ -239,7 +241,7 @@ class Renderer:
 
     def _activate_lora(self, adapter: Adapter) -> None:
         """Load the LoRA once and keep the last few loaded (LRU), switching between them per job."""
-        loaded = self.__dict__.setdefault("_loras", [])
+        loaded = self.loaded_loras
         if adapter.key in loaded:
             loaded.remove(adapter.key)
         else:
