@@ -6,15 +6,10 @@ database renders the image with the demo model.
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 import pytest
-
-# Playwright's sync API runs an event loop in this thread; Django would refuse ORM calls here
-# (SynchronousOnlyOperation), including the fixtures' own database set-up and flush.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -50,9 +45,12 @@ RECORD_UPDATES = """() => {
 
 
 @pytest.fixture
-def browser_page():
+def browser_page(monkeypatch):
     from playwright.sync_api import sync_playwright
 
+    # Playwright's sync API runs an event loop in this thread, so Django would refuse ORM calls made
+    # here meanwhile (SynchronousOnlyOperation). Allowed for this test only, not the whole session.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 800})
