@@ -13,6 +13,7 @@ ERROR_SCHEMA = {
         "errors": {"type": "object", "additionalProperties": {"type": "array", "items": {"type": "string"}}},
     },
     "required": ["status", "code", "detail", "errors"],
+    "example": {"status": 400, "code": "invalid", "detail": "Invalid input.", "errors": {"width": ["Must be a multiple of 8 (got 65)."]}},
 }
 ERROR_RESPONSES = {
     "400": "Invalid input: `errors` names each field at fault.",

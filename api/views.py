@@ -103,6 +103,21 @@ class GenerationViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.Retriev
         examples=[
             OpenApiExample("A prompt with the model's defaults", value={"prompt": "a red circle on a blue background"}, request_only=True),
             OpenApiExample(
+                "The queued job",
+                response_only=True,
+                status_codes=["202"],
+                value={
+                    "id": 42, "url": "https://imagesite.example/api/v1/generations/42/",
+                    "cancel_url": "https://imagesite.example/api/v1/generations/42/cancel/",
+                    "page_url": "https://imagesite.example/generations/42/", "status": "queued",
+                    "progress": {"step": 0, "total": 0, "percent": 0, "eta_seconds": None}, "error": "", "attempts": 0,
+                    "prompt": "a red circle on a blue background", "negative_prompt": "", "seed": 1234567, "steps": 20,
+                    "guidance_scale": 7.5, "width": 64, "height": 64, "scheduler": "dpmpp_2m", "num_images": 1,
+                    "model_name": "imagesite-demo", "subject": None, "subject_name": "", "webhook_url": "",
+                    "created_at": "2026-11-25T03:00:00Z", "started_at": None, "finished_at": None, "images": [],
+                },
+            ),
+            OpenApiExample(
                 "Every setting",
                 value={"prompt": "a red circle on a blue background", "negative_prompt": "blurry", "seed": 42, "steps": 20,
                        "guidance_scale": 7.5, "width": 64, "height": 64, "scheduler": "dpmpp_2m", "num_images": 2,

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import requests
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.dispatch import receiver
 from django.utils import timezone
 
@@ -104,6 +104,14 @@ def job_payload(job) -> dict:
 
 @receiver(job_finished)
 def queue_webhook(sender, job, **kwargs) -> WebhookDelivery | None:
+    try:
+        return _queue_webhook(job)
+    except Exception:  # noqa: BLE001 - the job has ended and committed; a webhook problem must not touch it
+        log.exception("could not queue the webhook of %s %s", sender.__name__, job.pk)
+        return None
+
+
+def _queue_webhook(job) -> WebhookDelivery | None:
     url = getattr(job, "webhook_url", "") or WebhookSettings.objects.filter(user_id=job.owner_id).values_list("default_url", flat=True).first()
     if not url:
         return None
@@ -125,13 +133,16 @@ def _schedule_retry(delivery: WebhookDelivery) -> None:
     from django_q.models import Schedule
     from django_q.tasks import schedule
 
-    schedule(
-        "api.webhooks.deliver",
-        delivery.pk,
-        schedule_type=Schedule.ONCE,
-        next_run=delivery.next_attempt_at,
-        name=f"webhook-{delivery.pk}-retry-{delivery.attempts}",
-    )
+    try:
+        schedule(
+            "api.webhooks.deliver",
+            delivery.pk,
+            schedule_type=Schedule.ONCE,  # deleted by the scheduler once it has run
+            next_run=delivery.next_attempt_at,
+            name=f"webhook-{delivery.pk}-retry-{delivery.attempts}",
+        )
+    except IntegrityError:
+        pass  # a duplicate run of the same attempt already scheduled this retry
 
 
 # --- the task ------------------------------------------------------------------------------------
