@@ -79,3 +79,24 @@ def receiver(settings):
     r = Receiver()
     yield r
     r.close()
+
+
+def checkered_photo(seed: int):
+    """A small two-colour checkered square on a plain background, as an upload (made with Pillow)."""
+    import io
+    import random
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    img = Image.new("RGB", (64, 64), tuple(rng.randrange(256) for _ in range(3)))
+    draw = ImageDraw.Draw(img)
+    x0, y0 = 12 + rng.randrange(6), 12 + rng.randrange(6)
+    for i in range(4):
+        for j in range(4):
+            color = (245, 220, 30) if (i + j) % 2 else (140, 40, 175)
+            draw.rectangle([x0 + 10 * i, y0 + 10 * j, x0 + 10 * i + 9, y0 + 10 * j + 9], fill=color)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG")
+    return SimpleUploadedFile(f"check{seed}.png", buffer.getvalue(), content_type="image/png")

@@ -17,9 +17,8 @@ from api import webhooks
 from generation.models import GeneratedImage, Generation
 from training.models import Subject
 
-from .api_support import receiver  # noqa: F401  (fixture)
+from .api_support import checkered_photo, receiver  # noqa: F401  (fixture)
 from .conftest import wait_for
-from .test_training_worker import checkered
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
@@ -72,7 +71,7 @@ def test_journey_through_the_api(owner, owner_client, spawn_worker, workers, rec
 
     # 3. A subject, its photos, a short training run on the training cluster.
     subject = api.post("/api/v1/subjects/", {"name": "Checkers", "class_noun": "shape"}, format="json").json()
-    upload = api.post(subject["photos_url"], {"photos": [checkered(i) for i in range(3)]}, format="multipart")
+    upload = api.post(subject["photos_url"], {"photos": [checkered_photo(i) for i in range(3)]}, format="multipart")
     assert upload.status_code == 201 and len(upload.json()["accepted"]) == 3
     assert all(api.get(photo["crop_url"]).status_code == 200 for photo in upload.json()["accepted"])
     trainer = workers.start(Q_CLUSTER_NAME="training", IMAGESITE_WEBHOOK_ALLOW_PRIVATE="1")

@@ -176,3 +176,11 @@ def test_secret_can_be_read_and_rotated(owner, owner_api):
 def test_generation_webhook_url_is_checked_and_stored(owner_api, receiver):
     body = owner_api.post("/api/v1/generations/", {"prompt": "a circle", "webhook_url": receiver.url}, format="json").json()
     assert body["webhook_url"] == receiver.url
+
+
+def test_account_page_lists_deliveries_with_their_last_error(owner, owner_client, settings, django_capture_on_commit_callbacks):
+    settings.IMAGESITE_WEBHOOK_ALLOW_PRIVATE = True
+    delivery = _finish(make_generation(owner, webhook_url="http://127.0.0.1:9/closed"), django_capture_on_commit_callbacks)
+    webhooks.deliver(delivery.pk)
+    page = owner_client.get("/accounts/api/").content.decode()
+    assert "generation.succeeded" in page and "1 attempt" in page and "ConnectionError" in page
