@@ -43,7 +43,7 @@ def auth_headers(db, owner, other_user, settings) -> dict[str, str]:
 
 
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+@settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
 def test_api_matches_its_schema(case, auth_headers):
     # Whether input is accepted is not only the schema's to say (a webhook host must resolve to a
     # public address, a page must exist), and DRF ignores malformed paging parameters as it always
