@@ -13,7 +13,7 @@ from generation.models import MAX_SEED, SCHEDULER_CHOICES, GeneratedImage, Gener
 from training.models import Subject
 
 from . import webhooks
-from .models import ApiToken, WebhookDelivery
+from .models import WebhookDelivery
 
 
 def absolute(context: dict, path: str) -> str:
@@ -22,19 +22,17 @@ def absolute(context: dict, path: str) -> str:
     return request.build_absolute_uri(path) if request is not None else path
 
 
+@extend_schema_field(OpenApiTypes.URI)
 class LinkField(serializers.Field):
     """Read-only URL of a named route taking the object's pk."""
 
-    def __init__(self, route: str, query: str = "", **kwargs):
-        self.route, self.query = route, query
+    def __init__(self, route: str, **kwargs):
+        self.route = route
         kwargs.update(read_only=True, source="*")
         super().__init__(**kwargs)
 
     def to_representation(self, obj) -> str:
-        return absolute(self.context, reverse(self.route, args=[obj.pk]) + self.query)
-
-
-LinkField = extend_schema_field(OpenApiTypes.URI)(LinkField)
+        return absolute(self.context, reverse(self.route, args=[obj.pk]))
 
 
 class ImageSizeField(serializers.IntegerField):
@@ -245,20 +243,12 @@ class WebhookAttemptSerializer(serializers.Serializer):
 
 class WebhookDeliverySerializer(serializers.ModelSerializer):
     url = LinkField("api-webhook-delivery-detail")
+    target_url = serializers.CharField(source="url", read_only=True, help_text="Where the payload is POSTed.")
     attempt_log = WebhookAttemptSerializer(many=True, read_only=True)
 
     class Meta:
         model = WebhookDelivery
         fields = ["id", "url", "event", "target_url", "status", "attempts", "attempt_log", "next_attempt_at", "created_at", "delivered_at", "payload"]
-        read_only_fields = fields
-
-    target_url = serializers.CharField(source="url", read_only=True)
-
-
-class ApiTokenSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = ApiToken
-        fields = ["id", "name", "hint", "created_at", "last_used_at"]
         read_only_fields = fields
 
 
