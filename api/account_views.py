@@ -64,7 +64,7 @@ def usage_for(user) -> dict[str, int]:
     hour, day = now - timedelta(hours=1), now - timedelta(days=1)
     return {
         "active_jobs": active_job_count(user),
-        "generations_last_hour": Generation.objects.for_user(user).filter(created_at__gte=hour).count(),
+        "generations_last_hour": Generation.objects.for_user(user).filter(created_at__gte=hour, training_run__isnull=True).count(),
         "photos_uploaded_last_hour": _count("training.SubjectPhoto", subject__owner=user, created_at__gte=hour),
         "trainings_last_day": _count("training.TrainingRun", subject__owner=user, created_at__gte=day),
         "generations_total": Generation.objects.for_user(user).count(),

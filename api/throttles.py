@@ -28,6 +28,7 @@ class WindowThrottle(BaseThrottle):
     owner_lookup: str = "owner"
     limit_name: str = ""
     window: timedelta = timedelta(hours=1)
+    extra_filter: dict = {}
 
     def allow_request(self, request, view) -> bool:
         self._wait = None
@@ -37,7 +38,7 @@ class WindowThrottle(BaseThrottle):
             return True
         limit = limits_for(request.user)[self.limit_name]
         since = timezone.now() - self.window
-        recent = model.objects.filter(**{self.owner_lookup: request.user, "created_at__gte": since})
+        recent = model.objects.filter(**{self.owner_lookup: request.user, "created_at__gte": since}, **self.extra_filter)
         if recent.count() < limit:
             return True
         oldest = recent.order_by("created_at").values_list("created_at", flat=True).first()
@@ -51,6 +52,8 @@ class WindowThrottle(BaseThrottle):
 class GenerationRateThrottle(WindowThrottle):
     model_label = "generation.Generation"
     limit_name = "generations_per_hour"
+    # Validation images a training run draws are generations too, but the user did not ask for them.
+    extra_filter = {"training_run__isnull": True}
 
 
 class UploadRateThrottle(WindowThrottle):

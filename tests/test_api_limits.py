@@ -67,3 +67,13 @@ def test_staff_set_limits_in_the_admin(owner, django_user_model, client):
     assert response.status_code == 302
     limits = UserLimits.objects.get(user=owner)
     assert limits.generations_per_hour == 3 and limits.uploads_per_hour is None
+
+
+def test_a_training_runs_validation_images_do_not_count(owner, owner_api):
+    from training.models import Subject, TrainingRun
+
+    UserLimits.objects.create(user=owner, generations_per_hour=1)
+    run = TrainingRun.objects.create(subject=Subject.objects.create(owner=owner, name="S", token="sks", class_noun="shape"), status=JobStatus.SUCCEEDED)
+    make_generation(owner, status=JobStatus.SUCCEEDED, training_run=run)
+    assert owner_api.post(URL, {"prompt": "mine"}, format="json").status_code == 202
+    assert owner_api.get("/api/v1/me/").json()["usage"]["generations_last_hour"] == 1
