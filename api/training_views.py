@@ -2,10 +2,8 @@
 change, so the pages and the API share one implementation. Other users' ids are 404."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from django.core.exceptions import ValidationError
-from django.core.files.storage import default_storage
 from django.db.models import QuerySet
 from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
@@ -67,9 +65,7 @@ class SubjectViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMo
         return Response(data, status=status.HTTP_201_CREATED, headers={"Location": data["url"]})
 
     def perform_destroy(self, subject: Subject) -> None:
-        for run in subject.runs.active():
-            run.cancel()  # a running worker stops at its next step and finds its subject gone
-        subject.delete()
+        services.delete_subject(subject=subject)
 
     # --- photos ------------------------------------------------------------------------------------
     @extend_schema(methods=["GET"], summary="The subject's photos, with their crops", responses=ts.SubjectPhotoSerializer(many=True))
@@ -184,11 +180,8 @@ class TrainingRunViewSet(OwnedViewSetMixin, viewsets.ReadOnlyModelViewSet):
     @extend_schema(summary="Download the checkpoint (LoRA .safetensors that diffusers' load_lora_weights reads)", responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY)})
     @action(detail=True, methods=["get"], content_negotiation_class=FileNegotiation)
     def checkpoint(self, request: Request, pk: str | None = None):
-        run = self.get_object()
-        # TODO(lead): a TrainingRun method naming its checkpoint file would serve pages and API alike.
-        name = run.checkpoint if run.method == "lora" else f"{run.checkpoint}/unet/diffusion_pytorch_model.safetensors"
-        if not run.checkpoint or not default_storage.exists(name):
+        found = self.get_object().checkpoint_file()
+        if found is None:
             raise Http404
-        subject = run.subject
-        download = f"{subject.token}-{subject.class_noun.replace(' ', '-')}-{run.method}-run{run.pk}{Path(name).suffix}"
-        return private_file_response(name, download_name=download, content_type="application/octet-stream")
+        name, download_name = found
+        return private_file_response(name, download_name=download_name, content_type="application/octet-stream")

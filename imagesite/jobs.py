@@ -95,8 +95,12 @@ class Job(models.Model):
         """Set `fields` only if the row is still in one of `from_statuses`; refresh self on success."""
         updated = type(self).objects.filter(pk=self.pk, status__in=from_statuses).update(**fields)
         if updated:
+            expressions = [name for name, value in fields.items() if hasattr(value, "resolve_expression")]
             for name, value in fields.items():
-                setattr(self, name, value)
+                if name not in expressions:
+                    setattr(self, name, value)
+            if expressions:
+                self.refresh_from_db(fields=expressions)
             if fields.get("status") in FINISHED_STATUSES:
                 transaction.on_commit(lambda: job_finished.send(sender=type(self), job=self))
         return bool(updated)
@@ -138,7 +142,8 @@ class Job(models.Model):
             [JobStatus.RUNNING],
             status=JobStatus.SUCCEEDED,
             finished_at=timezone.now(),
-            progress_step=self.progress_total,
+            # from the row: the worker may have written progress with update() behind this instance
+            progress_step=models.F("progress_total"),
         )
 
     def fail(self, reason: str) -> bool:

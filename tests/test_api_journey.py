@@ -82,9 +82,7 @@ def test_journey_through_the_api(owner, owner_client, spawn_worker, workers, rec
     finally:
         trainer.stop()
     assert run["status"] == "succeeded", run["error"]
-    # (progress.step is not asserted: Job.succeed() copies the in-memory progress_total, which the
-    # training task writes with an UPDATE, so a finished run reads 0 of 12; reported to the lead.)
-    assert run["loss"] is not None and run["progress"]["total"] == 12
+    assert run["loss"] is not None and run["progress"]["total"] == run["progress"]["step"] == 12
     lora = b"".join(api.get(run["checkpoint_url"]).streaming_content)
     assert len(lora) == run["checkpoint_size"] and any("lora" in key for key in safetensors_keys(lora))
     wait_for(lambda: len(receiver.received) >= 2, 60, message="the training webhook")

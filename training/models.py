@@ -127,3 +127,18 @@ class TrainingRun(Job):
     def get_absolute_url(self) -> str:
         return reverse("training-run-detail", args=[self.pk])
 
+    def checkpoint_file(self) -> tuple[str, str] | None:
+        """(storage name, download file name) of the file a user downloads: the LoRA .safetensors,
+        or the fine-tuned UNet's weights. None when the run has no checkpoint (any more)."""
+        from pathlib import Path
+
+        from django.core.files.storage import default_storage
+
+        if not self.checkpoint:
+            return None
+        name = self.checkpoint if self.method == TrainingMethod.LORA else f"{self.checkpoint}/unet/diffusion_pytorch_model.safetensors"
+        if not default_storage.exists(name):
+            return None
+        subject = self.subject
+        return name, f"{subject.token}-{subject.class_noun.replace(' ', '-')}-{self.method}-run{self.pk}{Path(name).suffix}"
+

@@ -60,6 +60,15 @@ def add_photos(*, subject: Subject, files) -> PhotoUploadOutcome:
     return PhotoUploadOutcome(accepted=accepted, rejected=too_big + result.rejected)
 
 
+def delete_subject(*, subject: Subject) -> None:
+    """Cancel its active runs (a running worker stops at its next step and finds the subject gone),
+    then delete it with its photos, class images and checkpoints; images made with it stay."""
+    with transaction.atomic():
+        for run in subject.runs.active():
+            run.cancel()
+        subject.delete()
+
+
 def remove_photo(*, photo: SubjectPhoto) -> None:
     _ensure_photos_editable(photo.subject)
     photo.delete()

@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -109,9 +109,7 @@ def training_start(request: HttpRequest, pk: int) -> HttpResponse:
 @require_POST
 def subject_delete(request: HttpRequest, pk: int) -> HttpResponse:
     subject = _get_subject_for_user(request, pk)
-    for run in subject.runs.active():
-        run.cancel()
-    subject.delete()
+    services.delete_subject(subject=subject)
     messages.info(request, f"Deleted {subject.name}, its photos and checkpoints. Images made with it stay in your gallery.")
     return redirect("subject-list")
 
@@ -137,16 +135,8 @@ def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_GET
 def run_checkpoint(request: HttpRequest, pk: int) -> HttpResponse:
-    from pathlib import Path
-
-    from django.core.files.storage import default_storage
-    from django.http import Http404
-
-    run = _get_run_for_user(request, pk)
-    if not run.checkpoint:
+    found = _get_run_for_user(request, pk).checkpoint_file()
+    if found is None:
         raise Http404("This run has no checkpoint.")
-    name = run.checkpoint if run.method == "lora" else f"{run.checkpoint}/unet/diffusion_pytorch_model.safetensors"
-    if not default_storage.exists(name):
-        raise Http404("The checkpoint file is missing.")
-    download = f"{run.subject.token}-{run.subject.class_noun.replace(' ', '-')}-{run.method}-run{run.pk}{Path(name).suffix}"
-    return private_file_response(name, download_name=download, content_type="application/octet-stream")
+    name, download_name = found
+    return private_file_response(name, download_name=download_name, content_type="application/octet-stream")
