@@ -16,3 +16,15 @@ urlpatterns = [
     path("", include("training.urls")),
     path("", include("generation.urls")),
 ]
+
+
+def handler500(request):
+    """API clients get the one JSON error shape even for a server error; pages get Django's page."""
+    from django.http import JsonResponse
+    from django.views.defaults import server_error
+
+    if request.path.startswith("/api/"):
+        from api.errors import error_body
+
+        return JsonResponse(error_body(500, "server_error", "The server hit an error; it was logged."), status=500)
+    return server_error(request)
