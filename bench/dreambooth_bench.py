@@ -8,9 +8,10 @@ captioned "a sks square on a <colour> background". The default training run (def
 is timed; before and after it the model is asked for "a sks square on a <colour> background"
 (the five photo backgrounds and orange, which no photo has) and every image is checked:
 
-- likeness: the checkered subject is detected: both checker colours cover ≥ 20% of the central
-  24×24 px, and yellow/purple alternate along rows AND columns there (a two-colour split or stripes
-  do not count). Goal ≥ 70% after training.
+- likeness: the checkered subject is detected: pixels nearer yellow / nearer purple (than to each
+  other and to the background) each cover ≥ 15% of the central 24×24 px, and yellow/purple
+  alternate along rows AND columns there (a two-colour split or stripes do not count). Goal ≥ 70%
+  after training. The demo VAE's own reconstructions of the photos pass (printed as the ceiling).
 - histogram similarity: intersection of the central region's palette histogram with the photos'.
 
 Base fidelity (prior not destroyed): bench/demo_fidelity.py's check (foreground, background, shape)
@@ -48,6 +49,7 @@ PHOTO_BACKGROUNDS = ["red", "blue", "green", "white", "black"]
 TEST_BACKGROUNDS = PHOTO_BACKGROUNDS + ["orange"]
 PALETTE = np.array([COLOURS[c] for c in COLOUR_NAMES], dtype=np.float32)
 Y, P = COLOUR_NAMES.index(CHECKER[0]), COLOUR_NAMES.index(CHECKER[1])
+CHECKER_TOLERANCE = 100.0  # RGB distance; blue is 125 from purple, the VAE's own purple within 100
 
 
 def draw_subject(background: str, rng: np.random.Generator) -> Image.Image:
@@ -89,10 +91,24 @@ def _alternations(lines: np.ndarray) -> float:
     return float(np.mean(changes))
 
 
+def _checker_labels(img: np.ndarray) -> np.ndarray:
+    """Label the central 24×24 px as Y (nearer yellow), P (nearer purple) or -1 (nearer the
+    background, read from the 2-px frame). Relative distances, because the demo VAE renders the
+    checker's yellow as orange-ish and its purple darker than the palette colours."""
+    frame = np.concatenate([img[:2].reshape(-1, 3), img[-2:].reshape(-1, 3), img[:, :2].reshape(-1, 3), img[:, -2:].reshape(-1, 3)])
+    # Background first: on a yellow or purple background, ties go to the background.
+    refs = np.stack([np.median(frame, 0).astype(np.float32), PALETTE[Y], PALETTE[P]])
+    d = ((_centre(img)[..., None, :].astype(np.float32) - refs) ** 2).sum(-1)
+    nearest = d.argmin(-1)
+    # ...and near enough in absolute terms: blue is nearer purple than yellow, but is not purple.
+    close = d.min(-1) < CHECKER_TOLERANCE**2
+    return np.where(close & (nearest == 1), Y, np.where(close & (nearest == 2), P, -1))
+
+
 def subject_found(img: np.ndarray) -> tuple[bool, bool]:
     """(both checker colours present, checkered) for one uint8 (64, 64, 3) image."""
-    lab = _labels(_centre(img))
-    both = (lab == Y).mean() >= 0.2 and (lab == P).mean() >= 0.2
+    lab = _checker_labels(img)
+    both = (lab == Y).mean() >= 0.15 and (lab == P).mean() >= 0.15
     checkered = both and _alternations(lab) >= 0.8 and _alternations(lab.T) >= 0.8
     return bool(both), bool(checkered)
 
@@ -139,6 +155,17 @@ def likeness(pipe, photos: list[np.ndarray], seeds: int, guidance: float, steps:
     }
 
 
+@torch.no_grad()
+def vae_ceiling(pipe, photos: list[Image.Image]) -> float:
+    """Share of photos still detected as the subject after the model's VAE encodes and decodes them."""
+    from training.dreambooth import image_to_tensor
+
+    x = torch.stack([image_to_tensor(p, 64) for p in photos])
+    rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+    arrays = ((rec.permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().astype(np.uint8)
+    return float(np.mean([subject_found(im)[1] for im in arrays]))
+
+
 def fidelity(pipe, net, seeds: int, guidance: float, steps: int) -> tuple[dict[str, float], dict[str, float], np.ndarray]:
     """demo_fidelity's rates on the held-out combinations and on all coloured squares."""
     held = [c for c in sorted(HELD_OUT) for _ in range(seeds)]
@@ -182,6 +209,8 @@ def main() -> None:
 
     pipe = StableDiffusionPipeline.from_pretrained(a.model, local_files_only=True, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
+    ceiling = vae_ceiling(pipe, photos)
+    print(f"detector on the model's own VAE round trip of the photos (the best the model can draw): {ceiling:.0%}")
     before = likeness(pipe, photo_arrays, a.seeds, guidance, steps)
     base_held, base_sq, base_images = fidelity(pipe, net, a.fidelity_seeds, guidance, steps)
 

@@ -229,3 +229,10 @@ def test_epsilon_models_train_on_the_noise_and_v_models_on_the_velocity(tmp_path
     )
     assert calls == [1]
     assert (tmp_path / "eps" / LORA_WEIGHT_NAME).exists()
+
+
+def test_cached_class_images_are_reused_and_topped_up(lora_run, tmp_path: Path) -> None:
+    tmp, _, _ = lora_run
+    again = _train(tmp_path, _quick(steps=1, num_class_images=3), class_images_dir=tmp / "class")
+    assert again.class_images_generated == 1  # red and blue were cached, green is new
+    assert (tmp / "class" / "class_00002.txt").read_text() == "a square on a green background"

@@ -75,7 +75,9 @@ class TrainingOptions:
     prior_preservation: bool = True
     num_class_images: int = 100
     prior_loss_weight: float = 1.0
-    class_prompt: str | None = None  # None: each caption without the token, or "a photo of a <class>"
+    # Prompts for the class images, cycled (one per line in a form). Empty: each instance caption
+    # without the token ("a sks dog on grass" -> "a dog on grass"), or "a photo of a <class>".
+    class_prompts: tuple[str, ...] = ()
     class_inference_steps: int = 25
     gradient_checkpointing: bool = False
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
@@ -296,17 +298,30 @@ class _Batches:
 # --- class images ------------------------------------------------------------------------------
 
 
-def _load_class_images(folder: Path | None, default_prompt: str) -> list[tuple[Image.Image, str]]:
-    """Class images already in `folder` (`*.png`), each with the prompt in its `.txt` sidecar."""
+def _load_class_images(folder: Path | None, wanted: Sequence[str]) -> tuple[list[tuple[Image.Image, str]], list[str], int]:
+    """Reuse cached class images for the `wanted` prompts (one image per entry).
+
+    A cached image is `class_NNNNN.png` with its prompt in `class_NNNNN.txt`. Returns the images
+    found (RGB PIL, with their prompts), the prompts still to generate, and the next free index.
+    """
     if folder is None or not folder.is_dir():
-        return []
-    found = []
+        return [], list(wanted), 0
+    cached: dict[str, list[Path]] = {}
+    next_index = 0
     for path in sorted(folder.glob("class_*.png")):
         caption = path.with_suffix(".txt")
-        prompt = caption.read_text().strip() if caption.exists() else default_prompt
-        with Image.open(path) as im:
-            found.append((im.convert("RGB"), prompt))
-    return found
+        if caption.exists():
+            cached.setdefault(caption.read_text().strip(), []).append(path)
+        with contextlib.suppress(ValueError):
+            next_index = max(next_index, int(path.stem.split("_")[1]) + 1)
+    found, missing = [], []
+    for prompt in wanted:
+        if cached.get(prompt):
+            with Image.open(cached[prompt].pop(0)) as im:
+                found.append((im.convert("RGB"), prompt))
+        else:
+            missing.append(prompt)
+    return found, missing, next_index
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
@@ -549,22 +564,19 @@ def _train(
     class_items: list[tuple[Image.Image, str]] = []
     generated = 0
     if options.prior_preservation:
-        default_class = options.class_prompt or f"a photo of a {class_noun}"
-        class_items = _load_class_images(class_images_dir, default_class)[: options.num_class_images]
-        missing = options.num_class_images - len(class_items)
-        if missing > 0:
-            if options.class_prompt:
-                wanted = [options.class_prompt] * missing
-            else:
-                pairs = [class_prompt_for(p, token, class_noun) for p in prompts]
-                wanted = [pairs[(len(class_items) + i) % len(pairs)] for i in range(missing)]
-            report(TrainingProgress(phase="class_images", step=len(class_items), total=options.num_class_images))
+        if options.class_prompts:
+            pool = list(options.class_prompts)
+        else:
+            pool = list(dict.fromkeys(class_prompt_for(p, token, class_noun) for p in prompts))
+        wanted = [pool[i % len(pool)] for i in range(options.num_class_images)]
+        class_items, missing, next_index = _load_class_images(class_images_dir, wanted)
+        if missing:
+            report(TrainingProgress(phase="class_images", step=len(class_items), total=len(wanted)))
             class_items += _generate_class_images(
-                pipe, wanted, start_index=len(class_items), options=options, folder=class_images_dir,
-                progress=report, should_cancel=cancel, done_before=len(class_items),
-                total=options.num_class_images,
+                pipe, missing, start_index=next_index, options=options, folder=class_images_dir,
+                progress=report, should_cancel=cancel, done_before=len(class_items), total=len(wanted),
             )
-            generated = missing
+            generated = len(missing)
 
     # 3. Freeze what does not train; cache latents (and text states if the encoder is frozen).
     vae.requires_grad_(False)
