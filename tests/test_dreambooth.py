@@ -176,8 +176,16 @@ def test_text_encoder_lora_is_saved_and_loads(tmp_path: Path, demo_pipe) -> None
     with safe_open(str(result.checkpoint_path), "pt") as f:
         keys = list(f.keys())
     assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
-    demo_pipe.load_lora_weights(str(result.checkpoint_path), adapter_name="subject_te")
-    demo_pipe.unload_lora_weights()
+
+    ids = demo_pipe.tokenizer(["a sks square"], return_tensors="pt").input_ids
+    with torch.no_grad():
+        base = demo_pipe.text_encoder(ids)[0]
+        demo_pipe.load_lora_weights(str(result.checkpoint_path), adapter_name="subject_te")
+        with_lora = demo_pipe.text_encoder(ids)[0]
+        demo_pipe.unload_lora_weights()
+        after = demo_pipe.text_encoder(ids)[0]
+    assert not torch.equal(with_lora, base)  # the text-encoder half was loaded, not just the UNet
+    assert torch.equal(after, base)
 
 
 def test_full_fine_tune_writes_unet_weights_that_load(tmp_path: Path) -> None:
