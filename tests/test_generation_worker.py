@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import io
 import time
-from datetime import timedelta
 
 import pytest
 from django.db import transaction
-from django.utils import timezone
 from django_q.models import OrmQ
 from PIL import Image
 

@@ -1,14 +1,11 @@
 """A short real DreamBooth run through the training cluster, then generating with the subject."""
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 from django.core.files.storage import default_storage
 from django_q.models import Task
-from django.core.files.uploadedfile import SimpleUploadedFile
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from generation.models import Generation
 from generation.services import create_generation
@@ -16,24 +13,10 @@ from imagesite.jobs import JobStatus
 from training import services
 from training.models import Subject
 
+from .api_support import checkered_photo
 from .conftest import wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
-
-
-def checkered(seed: int) -> SimpleUploadedFile:
-    """A two-colour checkered square on a plain background: a subject the demo model never saw."""
-    rng = np.random.default_rng(seed)
-    img = Image.new("RGB", (64, 64), tuple(int(c) for c in rng.integers(0, 255, 3)))
-    draw = ImageDraw.Draw(img)
-    x0, y0 = 12 + int(rng.integers(0, 6)), 12 + int(rng.integers(0, 6))
-    for i in range(4):
-        for j in range(4):
-            color = (245, 220, 30) if (i + j) % 2 else (140, 40, 175)
-            draw.rectangle([x0 + 10 * i, y0 + 10 * j, x0 + 10 * i + 9, y0 + 10 * j + 9], fill=color)
-    buffer = io.BytesIO()
-    img.save(buffer, format="PNG")
-    return SimpleUploadedFile(f"check{seed}.png", buffer.getvalue(), content_type="image/png")
 
 
 def pixels_of(generation: Generation) -> list[np.ndarray]:
@@ -49,7 +32,7 @@ SETTINGS = dict(negative_prompt="", steps=8, guidance_scale=7.5, width=64, heigh
 
 def test_train_a_lora_then_generate_with_it_without_leaking(owner, workers):
     subject = Subject.objects.create(owner=owner, name="Checkers", token="sks", class_noun="shape")
-    outcome = services.add_photos(subject=subject, files=[checkered(i) for i in range(3)])
+    outcome = services.add_photos(subject=subject, files=[checkered_photo(i) for i in range(3)])
     assert len(outcome.accepted) == 3
     trainer = workers.start(Q_CLUSTER_NAME="training")
     try:
@@ -78,7 +61,7 @@ def test_train_a_lora_then_generate_with_it_without_leaking(owner, workers):
 
 def test_cancel_a_running_training_leaves_no_checkpoint(owner, workers, media_dir):
     subject = Subject.objects.create(owner=owner, name="Checkers", token="sks", class_noun="shape")
-    services.add_photos(subject=subject, files=[checkered(i) for i in range(3)])
+    services.add_photos(subject=subject, files=[checkered_photo(i) for i in range(3)])
     trainer = workers.start(Q_CLUSTER_NAME="training")
     try:
         run = services.start_training(subject=subject, options={"steps": 3000, "prior_preservation": False})
