@@ -166,10 +166,12 @@ LORA_CACHE_SIZE = 4
 class Renderer:
     """One base pipeline, loaded once per worker process and reused for every job."""
 
-    def __init__(self, source: str, requested_profile: str = "auto", single_file_config: str | None = None):
+    def __init__(self, source: str, requested_profile: str = "auto", single_file_config: str | None = None, cpu_threads: int | None = None):
         self.source = source
         self.single_file_config = single_file_config
         cuda = torch.cuda.is_available()
+        if cpu_threads and not cuda:
+            torch.set_num_threads(cpu_threads)  # process-wide: the worker renders one job at a time
         free = torch.cuda.mem_get_info()[0] if cuda else 0
         self.profile = resolve_profile(requested_profile, cuda_available=cuda, free_vram_bytes=free)
         self.info = describe_model(source)
@@ -297,13 +299,13 @@ _renderer: Renderer | None = None
 _renderer_lock = threading.Lock()
 
 
-def get_renderer(source: str, requested_profile: str = "auto", single_file_config: str | None = None) -> Renderer:
+def get_renderer(source: str, requested_profile: str = "auto", single_file_config: str | None = None, cpu_threads: int | None = None) -> Renderer:
     """The worker's warm renderer; built on first use and rebuilt only if the model setting changes."""
     global _renderer
     with _renderer_lock:
         if _renderer is None or _renderer.source != source:
             _renderer = None  # drop the old weights before loading new ones
-            _renderer = Renderer(source, requested_profile, single_file_config)
+            _renderer = Renderer(source, requested_profile, single_file_config, cpu_threads)
         return _renderer
 
 

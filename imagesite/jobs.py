@@ -65,6 +65,8 @@ class Job(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # When the first step was reported: the ETA's pace leaves out model loading and warm-up.
+    first_step_at = models.DateTimeField(null=True, blank=True)
 
     objects = JobQuerySet.as_manager()
 
@@ -84,11 +86,12 @@ class Job(models.Model):
 
     @property
     def eta_seconds(self) -> float | None:
-        """Seconds left, extrapolated from the pace of the steps done so far."""
-        if self.status != JobStatus.RUNNING or not self.started_at or not self.progress_step:
+        """Seconds left, extrapolated from the pace of the steps since the first one (model loading
+        before it would make the first estimate far too long)."""
+        if self.status != JobStatus.RUNNING or not self.first_step_at or self.progress_step < 2:
             return None
-        elapsed = (timezone.now() - self.started_at).total_seconds()
-        per_step = elapsed / self.progress_step
+        elapsed = (timezone.now() - self.first_step_at).total_seconds()
+        per_step = elapsed / (self.progress_step - 1)
         return max(0.0, per_step * (self.progress_total - self.progress_step))
 
     def _transition(self, from_statuses, **fields) -> bool:
@@ -131,7 +134,10 @@ class Job(models.Model):
     def report_progress(self, step: int, total: int) -> None:
         """Write progress and heartbeat; raise JobCanceled when the row was canceled meanwhile."""
         now = timezone.now()
-        if not self._transition([JobStatus.RUNNING], progress_step=step, progress_total=total, heartbeat_at=now):
+        fields = {"progress_step": step, "progress_total": total, "heartbeat_at": now}
+        if self.first_step_at is None:
+            fields["first_step_at"] = now
+        if not self._transition([JobStatus.RUNNING], **fields):
             raise JobCanceled()
 
     def is_canceled(self) -> bool:

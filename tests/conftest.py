@@ -19,6 +19,12 @@ def pytest_configure(config) -> None:
     (ROOT / "build").mkdir(exist_ok=True)  # the SQLite test database lives there
 
 
+def pytest_unconfigure(config) -> None:
+    # pytest-django drops the test database file but not SQLite's WAL companions.
+    for leftover in (ROOT / "build").glob(f"test-db-{os.getpid()}.sqlite3-*"):
+        leftover.unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def media_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("media")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.files.storage import default_storage
+from django.utils import timezone
 from PIL import Image
 
 from imagesite.files import delete_tree_on_commit
@@ -24,6 +25,7 @@ class TrainingReporter:
     def __init__(self, run: TrainingRun, options, interval_s: float = 0.5):
         self.run, self.options, self.interval_s = run, options, interval_s
         self.last_write = 0.0
+        self.training_started = False
 
     def __call__(self, progress) -> None:
         now = time.monotonic()
@@ -31,10 +33,14 @@ class TrainingReporter:
             self._save_validation_images(progress)
         if progress.step >= progress.total or now - self.last_write >= self.interval_s:
             self.last_write = now
-            TrainingRun.objects.filter(pk=self.run.pk, status=JobStatus.RUNNING).update(
+            fields = dict(
                 progress_step=progress.step, progress_total=progress.total, phase=progress.phase,
                 loss=progress.loss, seconds_per_step=progress.seconds_per_step,
             )
+            if progress.phase == "training" and not self.training_started:
+                self.training_started = True  # the ETA's pace starts here, after the class images
+                fields["first_step_at"] = timezone.now()
+            TrainingRun.objects.filter(pk=self.run.pk, status=JobStatus.RUNNING).update(**fields)
 
     def _save_validation_images(self, progress) -> None:
         from generation.models import Generation
