@@ -50,7 +50,7 @@ def _environment(threads: int | None) -> dict[str, str]:
         "PYTHONUNBUFFERED": "1",
     }
     if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
+        env["OMP_NUM_THREADS"] = env["IMAGESITE_CPU_THREADS"] = str(threads)
     return env
 
 
@@ -174,7 +174,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=15, help="measured repetitions of each side")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured repetitions of each side first")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads on both sides (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads on both sides (default: IMAGESITE_CPU_THREADS, as the worker uses)")
     args = parser.parse_args()
 
     os.environ.pop("DATABASE_URL", None)  # throwaway SQLite and the ORM broker, whatever the shell says
@@ -202,11 +202,8 @@ def main() -> None:
     print(f"model {info.name}: {job['width']}x{job['height']}, {job['steps']} steps, {job['scheduler']}, 1 image; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    renderer = Renderer(settings.IMAGESITE_MODEL, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG)
+    # the same thread count the worker's renderer uses (IMAGESITE_CPU_THREADS, or --threads)
+    renderer = Renderer(settings.IMAGESITE_MODEL, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
     worker = Worker()
     try:
         bare: list[float] = []
