@@ -42,7 +42,6 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-UNET_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0"]
 TEXT_ENCODER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
 # Models whose native size is at most this are "tiny" (the demo model): other defaults apply.
 _TINY_RESOLUTION = 128
@@ -69,6 +68,8 @@ class TrainingOptions:
     learning_rate: float = 1e-4
     lora_rank: int = 4
     lora_alpha: float | None = None  # None: equal to the rank (scale 1)
+    # UNet modules that get LoRA (peft suffix match): every attention projection by default.
+    lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     train_text_encoder: bool = False
     text_encoder_learning_rate: float | None = None  # None: same as `learning_rate`
     batch_size: int = 1
@@ -716,7 +717,8 @@ def _prepare_trainable(unet: Any, text_encoder: Any, options: TrainingOptions, d
     if options.method == "lora":
         _move(unet, device, weight_dtype)
         unet.add_adapter(LoraConfig(
-            r=options.lora_rank, lora_alpha=alpha, init_lora_weights="gaussian", target_modules=UNET_TARGET_MODULES,
+            r=options.lora_rank, lora_alpha=alpha, init_lora_weights="gaussian",
+            target_modules=list(options.lora_target_modules),
         ))
         if options.train_text_encoder:
             _move(text_encoder, device, weight_dtype)
