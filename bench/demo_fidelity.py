@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from generation.demo.data import (  # noqa: E402
-    ALL_COMBOS, COLOUR_NAMES, COLOURS, HELD_OUT, SHAPES, caption, make_dataset,
+    ALL_COMBOS, COLOUR_NAMES, COLOURS, HELD_OUT, SHAPES, TRAIN_COMBOS, caption, make_dataset,
 )
 
 PALETTE = np.array([COLOURS[c] for c in COLOUR_NAMES], dtype=np.float32)  # (8, 3)
@@ -183,6 +183,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--guidance", type=float, default=None, help="override imagesite.json")
     p.add_argument("--steps", type=int, default=None, help="override imagesite.json")
+    p.add_argument("--train-combos", type=int, default=0,
+                   help="also score this many combinations seen in training (default sampler only)")
     p.add_argument("--guidance-rescale", type=float, default=None, help="override imagesite.json")
     a = p.parse_args()
     if a.threads:
@@ -222,6 +224,13 @@ def main() -> None:
         images, per_image = generate(pipe, prompts, seeds, steps, defaults["guidance_scale"],
                                      guidance_rescale=rescale)
         results.append((name, cls.__name__, steps, images, per_image))
+    seen: list = []
+    if a.train_combos:
+        rng = np.random.default_rng(0)
+        seen = [TRAIN_COMBOS[i] for i in rng.choice(len(TRAIN_COMBOS), a.train_combos, replace=False)]
+        pipe.scheduler = getattr(diffusers, SCHEDULERS[defaults["scheduler"]]).from_config(base_config)
+        seen_images, _ = generate(pipe, [caption(*c) for c in seen], [2000 + i for i in range(len(seen))],
+                                  defaults["steps"], defaults["guidance_scale"], guidance_rescale=rescale)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the classifier
 
     # 3. Judge them.
@@ -245,6 +254,11 @@ def main() -> None:
             tiles = np.concatenate([images, pad]).reshape(rows, cols, 64, 64, 3)
             sheet = tiles.transpose(0, 2, 1, 3, 4).reshape(rows * 64, cols * 64, 3)
             Image.fromarray(sheet).save(a.sheet)
+    if seen:
+        r = score(net, seen_images, seen)
+        print(f"{'seen in training':<28}{defaults['steps']:>6}{r['foreground']:>8.1%}"
+              f"{r['background']:>8.1%}{r['shape']:>8.1%}{r['all']:>8.1%}"
+              f"   ({len(seen)} training combinations, default sampler)")
     print(f"s/img above: batches of 8 prompts. One image alone ({defaults['steps']} steps): "
           f"{single:.2f} s; peak RSS while generating {rss_mb:.0f} MB; model on disk "
           f"{_dir_mb(a.model):.1f} MB (weights {_dir_mb(a.model, '.safetensors'):.1f} MB); "

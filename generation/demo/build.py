@@ -40,7 +40,7 @@ def build(out: Path, *, seed: int = 0, vae_steps: int = 3000, unet_steps: int = 
     if ids != [49406, 320, 1125, 539, 320, 2368, 49407]:
         raise RuntimeError(f"tokenizer does not match CLIP: {ids}")
     vae, unet, text_encoder = configs.new_models(seed)
-    summary: dict = {"seed": seed}
+    summary: dict = {"seed": seed, "threads": torch.get_num_threads(), "dataset_size": dataset_size}
     if not untrained:
         from .train_unet import train_unet
         from .train_vae import encode_dataset, train_vae
@@ -63,6 +63,11 @@ def build(out: Path, *, seed: int = 0, vae_steps: int = 3000, unet_steps: int = 
     pipe = pipeline.assemble(vae, unet, text_encoder, tokenizer)
     pipeline.save_model_folder(pipe, out, tok_mod.save_tokenizer)
     summary["minutes"] = round((time.monotonic() - t0) / 60, 1)
+    if not untrained:  # clock-free, deterministic command with the step counts this build reached
+        summary["reproduce"] = (
+            f"python -m generation.demo.build --seed {seed} --threads {summary['threads']} "
+            f"--dataset-size {dataset_size} --vae-steps {summary['vae']['steps']} "
+            f"--unet-steps {summary['unet']['steps']}")
     (out / "build_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(f"saved {out} in {summary['minutes']} min")
     return summary

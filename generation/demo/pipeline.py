@@ -16,7 +16,7 @@ EXAMPLE_PROMPTS: list[str] = [
     "a yellow star on a purple background",
     "a white heart on a green background",
     "a blue triangle on an orange background",
-    "a black cross on a yellow background",
+    "a black square on a yellow background",
     "an orange diamond on a black background",
 ]
 
@@ -25,7 +25,7 @@ MODEL_DEFAULTS: dict = {
     "width": IMAGE_SIZE,
     "height": IMAGE_SIZE,
     "steps": 20,
-    "guidance_scale": 7.5,
+    "guidance_scale": 3.0,  # measured: 3 beat 4 and 7.5 on held-out colours (README)
     "scheduler": "dpmpp_2m",
     "example_prompts": EXAMPLE_PROMPTS,
 }
