@@ -23,7 +23,7 @@ from . import configs, pipeline, tokenizer as tok_mod
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "demo_model"
 
 
-def build(out: Path, *, seed: int = 0, vae_steps: int = 3000, unet_steps: int = 4000,
+def build(out: Path, *, seed: int = 0, vae_steps: int = 1500, unet_steps: int = 4000,
           minutes: float | None = None, untrained: bool = False, bpe_file: str | None = None,
           checkpoint_every: int = 500, threads: int | None = None, dataset_size: int = 16000,
           log: Callable[[str], None] = print) -> dict:
@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The command-line options shared by this module and the Django management command."""
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="model folder to write")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--vae-steps", type=int, default=3000)
+    parser.add_argument("--vae-steps", type=int, default=1500)
     parser.add_argument("--unet-steps", type=int, default=4000)
     parser.add_argument("--minutes", type=float, default=None,
                         help="cap on the build's wall time (then not step-exact deterministic)")

@@ -22,6 +22,6 @@ class Command(BaseCommand):
             opts["out"], seed=opts["seed"], vae_steps=opts["vae_steps"],
             unet_steps=opts["unet_steps"], minutes=opts["minutes"], untrained=opts["untrained"],
             bpe_file=opts["bpe_file"], checkpoint_every=opts["checkpoint_every"],
-            threads=opts["threads"], log=self.stdout.write,
+            threads=opts["threads"], dataset_size=opts["dataset_size"], log=self.stdout.write,
         )
         self.stdout.write(self.style.SUCCESS(f"demo model written to {opts['out']}: {summary}"))
