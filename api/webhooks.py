@@ -25,6 +25,10 @@ from django.db import IntegrityError, transaction
 from django.dispatch import receiver
 from django.utils import timezone
 
+from requests_hardened import Config as HardenedConfig
+from requests_hardened import HTTPSession
+from requests_hardened.ip_filter import InvalidIPAddress
+
 from imagesite.jobs import job_finished
 
 from .models import DeliveryStatus, WebhookDelivery, WebhookSettings
@@ -146,6 +150,16 @@ def _schedule_retry(delivery: WebhookDelivery) -> None:
 
 
 # --- the task ------------------------------------------------------------------------------------
+def _session() -> requests.Session:
+    """A session that connects to the address it checked (requests-hardened pins the resolved IP and
+    refuses private ones at connect time), so a DNS answer that changes between check_webhook_url and
+    the connection (DNS rebinding) cannot reach the server's own network. Never follows redirects."""
+    if settings.IMAGESITE_WEBHOOK_ALLOW_PRIVATE:
+        return requests.Session()
+    return HTTPSession(HardenedConfig(ip_filter_enable=True, ip_filter_allow_loopback_ips=False, never_redirect=True,
+                                      default_timeout=settings.IMAGESITE_WEBHOOK_TIMEOUT_S))
+
+
 def deliver(delivery_id: int) -> str:
     """One attempt: POST, record it, then succeed, schedule the next try with backoff, or give up."""
     delivery = WebhookDelivery.objects.filter(pk=delivery_id, status=DeliveryStatus.PENDING).select_related("owner").first()
@@ -171,10 +185,14 @@ def deliver(delivery_id: int) -> str:
         }
         try:
             # No redirects: a redirect could point at an address check_webhook_url refuses.
-            response = requests.post(delivery.url, data=body, headers=headers, timeout=settings.IMAGESITE_WEBHOOK_TIMEOUT_S, allow_redirects=False)
+            with _session() as session:
+                response = session.post(delivery.url, data=body, headers=headers,
+                                        timeout=settings.IMAGESITE_WEBHOOK_TIMEOUT_S, allow_redirects=False)
             status_code = response.status_code
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}"
+        except InvalidIPAddress:
+            error, permanent = "Webhook URLs may not point at loopback, private or link-local addresses.", True
         except requests.RequestException as exc:
             error = f"{type(exc).__name__}: {str(exc)[:200]}"
     return _record_attempt(delivery, status_code, error, permanent, started)

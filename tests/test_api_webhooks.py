@@ -146,6 +146,20 @@ def test_a_url_that_turned_private_is_refused_at_delivery(owner, settings, djang
     assert not Schedule.objects.filter(func="api.webhooks.deliver").exists()
 
 
+def test_the_connection_itself_refuses_a_private_address(owner, receiver, settings, monkeypatch,
+                                                         django_capture_on_commit_callbacks):
+    """DNS rebinding: the name passed the check, then resolves inside when the POST connects.
+    Simulated by skipping the check; the pinned, filtering session must still refuse 127.0.0.1."""
+    settings.IMAGESITE_WEBHOOK_ALLOW_PRIVATE = True
+    delivery = _finish(make_generation(owner, webhook_url=receiver.url), django_capture_on_commit_callbacks)
+    settings.IMAGESITE_WEBHOOK_ALLOW_PRIVATE = False
+    monkeypatch.setattr(webhooks, "check_webhook_url", lambda url: url)
+    assert webhooks.deliver(delivery.pk) == "failed"
+    assert receiver.received == []
+    delivery.refresh_from_db()
+    assert "private" in delivery.attempt_log[0]["error"]
+
+
 # --- the API side: deliveries and the secret ---------------------------------------------------
 def test_deliveries_are_listed_with_attempts(owner, receiver, owner_api, other_api, django_capture_on_commit_callbacks):
     delivery = _finish(make_generation(owner, webhook_url=receiver.url), django_capture_on_commit_callbacks)

@@ -24,9 +24,11 @@ from . import pipeline, tokenizer as tok_mod
 
 
 def resume(src: Path, out: Path, *, seed: int = 0, unet_steps: int = 3000, minutes: float | None = None,
-           lr: float = 3e-4, dataset_size: int = 16000, threads: int | None = None) -> dict:
+           lr: float = 3e-4, dataset_size: int = 16000, threads: int | None = None,
+           checkpoint_every: int = 500) -> dict:
     """Load ``src`` (a demo model folder), train its UNet and text encoder ``unet_steps`` more
-    (cosine from ``lr``), save to ``out``; returns the stage's summary."""
+    (cosine from ``lr``), save to ``out``; returns the stage's summary. Every ``checkpoint_every``
+    steps the EMA weights go to ``<out>-ckpt/`` (bench them while it trains)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -41,17 +43,26 @@ def resume(src: Path, out: Path, *, seed: int = 0, unet_steps: int = 3000, minut
     unet = UNet2DConditionModel.from_pretrained(src / "unet")
     text_encoder = CLIPTextModel.from_pretrained(src / "text_encoder")
     latents, captions = encode_dataset(vae, n=dataset_size, seed=seed + 1)
+
+    def checkpoint(step: int, ema_unet, ema_text) -> None:
+        ck = out.parent / f"{out.name}-ckpt"
+        pipeline.save_model_folder(pipeline.assemble(vae, ema_unet, ema_text, tokenizer), ck, tok_mod.save_tokenizer)
+        for name in ("imagesite.json",):  # the app's defaults, so the bench reads them from the checkpoint
+            if (src / name).exists():
+                shutil.copy2(src / name, ck / name)
+        print(f"checkpoint at step {step} -> {ck}", flush=True)
+
     # A different data order from the first stage, still deterministic for the seed.
     stage = train_unet(unet, text_encoder, tokenizer, latents, captions, steps=unet_steps, seed=seed + 1000,
-                       lr=lr, minutes=minutes)
+                       lr=lr, minutes=minutes, checkpoint_every=checkpoint_every, checkpoint_fn=checkpoint)
     tmp = out.parent / f"{out.name}-resume-tmp"
     pipeline.save_model_folder(pipeline.assemble(vae, unet, text_encoder, tokenizer), tmp, tok_mod.save_tokenizer)
     summary_path = src / "build_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     stage.update(lr=lr, seed=seed + 1000, minutes=round((time.monotonic() - t0) / 60, 1))
     summary.setdefault("continued", []).append(stage)
-    for name in ("README.md", "samples.png"):  # documentation travels with the weights
-        if (src / name).exists() and not (tmp / name).exists():
+    for name in ("README.md", "samples.png", "imagesite.json"):  # docs and the app's tuned defaults travel along
+        if (src / name).exists():
             shutil.copy2(src / name, tmp / name)
     (tmp / "build_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if out.exists():
@@ -70,9 +81,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--dataset-size", type=int, default=16000)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--checkpoint-every", type=int, default=500)
     args = parser.parse_args(argv)
     print(resume(args.src, args.out, seed=args.seed, unet_steps=args.unet_steps, minutes=args.minutes,
-                 lr=args.lr, dataset_size=args.dataset_size, threads=args.threads))
+                 lr=args.lr, dataset_size=args.dataset_size, threads=args.threads,
+                 checkpoint_every=args.checkpoint_every))
 
 
 if __name__ == "__main__":
