@@ -33,6 +33,11 @@ def env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     value = os.environ.get(name)
     if not value:
@@ -172,7 +177,8 @@ Q_CLUSTER = {
     # retry must exceed timeout, or a slow task is handed out twice.
     "retry": GENERATION_TIMEOUT_S + 300,
     "max_attempts": IMAGESITE_MAX_ATTEMPTS,
-    "poll": 0.1,
+    # How often an idle worker looks for a job on the ORM broker (Redis blocks, no polling).
+    "poll": env_float("IMAGESITE_QUEUE_POLL_S", 0.1),
     "catch_up": False,
     "ack_failures": True,
     "save_limit": 250,
@@ -193,6 +199,8 @@ if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
 else:
     Q_CLUSTER["orm"] = "default"
+    # The ORM broker, woken by SQLite's commit counter instead of waiting out the poll (imagesite/broker.py).
+    Q_CLUSTER["broker_class"] = "imagesite.broker.WakefulORM"
 
 LOGGING = {
     "version": 1,
