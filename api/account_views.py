@@ -34,7 +34,7 @@ def model_description() -> dict:
         "name": info.name,
         "kind": info.kind,
         "native_size": info.native_size,
-        "defaults": {"width": info.width, "height": info.height, "steps": info.steps, "guidance_scale": info.guidance_scale, "scheduler": info.scheduler},
+        "defaults": info.defaults(),
         "limits": {
             "min_size": info.min_size, "max_size": info.max_size, "size_multiple_of": 8,
             "steps": list(rules.STEPS_RANGE), "guidance_scale": list(rules.GUIDANCE_RANGE),

@@ -187,6 +187,7 @@ class ModelDefaultsSerializer(serializers.Serializer):
     steps = serializers.IntegerField()
     guidance_scale = serializers.FloatField()
     scheduler = serializers.CharField()
+    num_images = serializers.IntegerField()
 
 
 class ModelInfoSerializer(serializers.Serializer):

@@ -99,12 +99,7 @@ def _job_settings(info) -> dict:
     return {
         "prompt": info.example_prompts[0] if info.example_prompts else "a red circle on a blue background",
         "negative_prompt": "",
-        "steps": info.steps,
-        "guidance_scale": info.guidance_scale,
-        "width": info.width,
-        "height": info.height,
-        "scheduler": info.scheduler,
-        "num_images": 1,
+        **info.defaults(),
     }
 
 

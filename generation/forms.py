@@ -27,19 +27,10 @@ class GenerateForm(forms.Form):
         super().__init__(*args, **kwargs)
         # Only the user's own trained subjects: another user's id is "not one of the choices".
         self.fields["subject"].queryset = Subject.objects.for_user(owner).ready()
-        info = self.model_info
-        defaults = {
-            "steps": info.steps,
-            "guidance_scale": info.guidance_scale,
-            "width": info.width,
-            "height": info.height,
-            "scheduler": info.scheduler,
-            "num_images": 1,
-        }
-        for name, value in defaults.items():
+        for name, value in self.model_info.defaults().items():
             self.fields[name].initial = value
         for name in ("width", "height"):
-            self.fields[name].widget.attrs.update(min=info.min_size, max=info.max_size)
+            self.fields[name].widget.attrs.update(min=self.model_info.min_size, max=self.model_info.max_size)
 
     def clean_prompt(self) -> str:
         return rules.validate_prompt(self.cleaned_data["prompt"])

@@ -48,6 +48,11 @@ class ModelInfo:
     def native_size(self) -> int:
         return max(self.width, self.height)
 
+    def defaults(self) -> dict:
+        """The settings a new job starts from: the model's own (the form, the API and the bench)."""
+        return {"steps": self.steps, "guidance_scale": self.guidance_scale, "width": self.width,
+                "height": self.height, "scheduler": self.scheduler, "num_images": 1}
+
     @property
     def is_small(self) -> bool:
         """Tiny models' images are shown scaled up with nearest-neighbour."""

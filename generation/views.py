@@ -66,7 +66,7 @@ def generation_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def generation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     generation = _get_generation_for_user(request, pk)
     if generation.cancel():
-        messages.info(request, "Canceled." if generation.started_at is None else "Canceling: it stops at the next step.")
+        messages.info(request, generation.cancel_notice())
     return redirect(generation)
 
 

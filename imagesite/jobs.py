@@ -161,6 +161,10 @@ class Job(models.Model):
         """Queued jobs end at once; a running job stops at its next step (the worker sees the row)."""
         return self._transition(ACTIVE_STATUSES, status=JobStatus.CANCELED, finished_at=timezone.now())
 
+    def cancel_notice(self) -> str:
+        """What the person who just canceled it is told."""
+        return "Canceled." if self.started_at is None else "Canceling: it stops at the next step."
+
     def requeue(self) -> bool:
         """Back to queued after its worker died, and queue the task again."""
         with transaction.atomic():

@@ -128,7 +128,7 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
 def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     run = _get_run_for_user(request, pk)
     if run.cancel():
-        messages.info(request, "Canceled." if run.started_at is None else "Canceling: it stops at the next step.")
+        messages.info(request, run.cancel_notice())
     return redirect(run)
 
 
