@@ -25,7 +25,7 @@ from . import pipeline, tokenizer as tok_mod
 
 def resume(src: Path, out: Path, *, seed: int = 0, unet_steps: int = 3000, minutes: float | None = None,
            lr: float = 3e-4, dataset_size: int = 16000, threads: int | None = None,
-           checkpoint_every: int = 500) -> dict:
+           checkpoint_every: int = 500, timesteps: str = "uniform") -> dict:
     """Load ``src`` (a demo model folder), train its UNet and text encoder ``unet_steps`` more
     (cosine from ``lr``), save to ``out``; returns the stage's summary. Every ``checkpoint_every``
     steps the EMA weights go to ``<out>-ckpt/`` (bench them while it trains)."""
@@ -54,12 +54,13 @@ def resume(src: Path, out: Path, *, seed: int = 0, unet_steps: int = 3000, minut
 
     # A different data order from the first stage, still deterministic for the seed.
     stage = train_unet(unet, text_encoder, tokenizer, latents, captions, steps=unet_steps, seed=seed + 1000,
-                       lr=lr, minutes=minutes, checkpoint_every=checkpoint_every, checkpoint_fn=checkpoint)
+                       lr=lr, minutes=minutes, checkpoint_every=checkpoint_every, checkpoint_fn=checkpoint,
+                       timesteps=timesteps)
     tmp = out.parent / f"{out.name}-resume-tmp"
     pipeline.save_model_folder(pipeline.assemble(vae, unet, text_encoder, tokenizer), tmp, tok_mod.save_tokenizer)
     summary_path = src / "build_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    stage.update(lr=lr, seed=seed + 1000, minutes=round((time.monotonic() - t0) / 60, 1))
+    stage.update(lr=lr, seed=seed + 1000, timesteps=timesteps, minutes=round((time.monotonic() - t0) / 60, 1))
     summary.setdefault("continued", []).append(stage)
     for name in ("README.md", "samples.png", "imagesite.json"):  # docs and the app's tuned defaults travel along
         if (src / name).exists():
@@ -82,10 +83,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset-size", type=int, default=16000)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=500)
+    parser.add_argument("--timesteps", choices=["uniform", "logit_normal"], default="uniform")
     args = parser.parse_args(argv)
     print(resume(args.src, args.out, seed=args.seed, unet_steps=args.unet_steps, minutes=args.minutes,
                  lr=args.lr, dataset_size=args.dataset_size, threads=args.threads,
-                 checkpoint_every=args.checkpoint_every))
+                 checkpoint_every=args.checkpoint_every, timesteps=args.timesteps))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def train_unet(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenize
                batch_size: int = 64, lr: float = 5e-4, ema_decay: float = 0.999,
                minutes: float | None = None, checkpoint_every: int = 0,
                checkpoint_fn: Callable[[int, UNet2DConditionModel, CLIPTextModel], None] | None = None,
-               log: Callable[[str], None] = print) -> dict:
+               log: Callable[[str], None] = print, timesteps: str = "uniform") -> dict:
     """Train ``unet`` and ``text_encoder`` in place; on return both hold the EMA weights.
 
     ``latents``: scaled VAE latents, float32 (N, 4, 16, 16), CPU; ``captions``: N strings.
@@ -44,7 +44,13 @@ def train_unet(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenize
     Stops after ``steps`` or ``minutes`` of wall time, whichever first; the learning rate decays
     with that progress. Calls ``checkpoint_fn(step, ema_unet,
     ema_text)`` every ``checkpoint_every`` steps. Returns {"steps", "final_loss"}.
+
+    ``timesteps``: "uniform" over 0..999, or "logit_normal" (SD3's choice: sigmoid of a standard
+    normal, so most samples fall in the middle of the schedule, where outlines form, and few at the
+    ends: the pure-noise end only has to learn the mean image, the clean end only fine texture).
     """
+    if timesteps not in ("uniform", "logit_normal"):
+        raise ValueError(f"timesteps must be 'uniform' or 'logit_normal', not {timesteps!r}")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     noise_sched = train_scheduler()
@@ -79,7 +85,12 @@ def train_unet(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenize
         drop = torch.rand(batch_size, generator=gen) < CFG_DROPOUT
         cap = torch.where(drop, torch.full_like(cap, empty_idx), cap)
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (batch_size,), generator=gen)
+        n_t = noise_sched.config.num_train_timesteps
+        if timesteps == "logit_normal":
+            u = torch.sigmoid(torch.randn(batch_size, generator=gen))
+            t = (u * n_t).long().clamp_(0, n_t - 1)
+        else:
+            t = torch.randint(0, n_t, (batch_size,), generator=gen)
         xt = noise_sched.add_noise(x0, noise, t)
         target = noise_sched.get_velocity(x0, noise, t)
         states = text_encoder(token_ids[cap])[0]  # (B, 77, 64)
