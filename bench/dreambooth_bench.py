@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.demo_fidelity import generate, measure_colours, score, train_shape_classifier  # noqa: E402
-from generation.demo.data import COLOUR_NAMES, COLOURS, HELD_OUT, caption  # noqa: E402
+from generation.demo.data import COLOUR_NAMES, COLOURS, HELD_OUT, TRAIN_COMBOS, caption  # noqa: E402
 from training.dreambooth import TrainingProgress, default_options_for, train_dreambooth  # noqa: E402
 
 TOKEN, CLASS = "sks", "square"
@@ -189,6 +189,11 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--rank", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--diverse-prior", action="store_true",
+                   help="class prompts: the subject's captions without the token plus captions of training "
+                        "combinations (never held-out ones), so the prior covers more of the model's domain")
+    p.add_argument("--targets", default=None,
+                   help="UNet LoRA target modules, comma-separated (e.g. attn2.to_k,attn2.to_v: cross-attention only)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the whole bench")
     p.add_argument("--sheet", type=Path, default=None, help="save before/after likeness images here")
     a = p.parse_args()
@@ -229,6 +234,12 @@ def main() -> None:
         overrides["lora_rank"] = a.rank
     if a.batch:
         overrides["batch_size"] = a.batch
+    if a.diverse_prior:
+        picks = np.random.default_rng(1).choice(len(TRAIN_COMBOS), 35, replace=False)
+        overrides["class_prompts"] = tuple([f"a {CLASS} on a {bg} background" for bg in PHOTO_BACKGROUNDS]
+                                           + [caption(*TRAIN_COMBOS[i]) for i in sorted(picks)])
+    if a.targets:
+        overrides["lora_target_modules"] = tuple(t.strip() for t in a.targets.split(",") if t.strip())
     options = default_options_for(a.model, **overrides)
     print(f"options: {options}")
 
@@ -265,7 +276,7 @@ def main() -> None:
     n_like = len(TEST_BACKGROUNDS) * a.seeds
     print()
     print(f"model {a.model.name}; {len(photos)} photos; training {options.steps} steps "
-          f"({options.method}, rank {options.lora_rank}, lr {options.learning_rate:g}, batch {options.batch_size}, "
+          f"({options.method}, rank {options.lora_rank} on {','.join(options.lora_target_modules)}, lr {options.learning_rate:g}, batch {options.batch_size}, "
           f"prior preservation {options.prior_preservation} with {options.num_class_images} class images)")
     print(f"{'likeness (' + str(n_like) + ' images)':<34}{'before':>10}{'after':>10}")
     for key in ("checkered", "both colours", "histogram", "background"):
