@@ -189,6 +189,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--rank", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--train-text-encoder", action="store_true", help="LoRA on the text encoder too")
+    p.add_argument("--prior-weight", type=float, default=None, help="prior-preservation loss weight")
     p.add_argument("--diverse-prior", action="store_true",
                    help="class prompts: the subject's captions without the token plus captions of training "
                         "combinations (never held-out ones), so the prior covers more of the model's domain")
@@ -234,6 +236,10 @@ def main() -> None:
         overrides["lora_rank"] = a.rank
     if a.batch:
         overrides["batch_size"] = a.batch
+    if a.train_text_encoder:
+        overrides["train_text_encoder"] = True
+    if a.prior_weight is not None:
+        overrides["prior_loss_weight"] = a.prior_weight
     if a.diverse_prior:
         picks = np.random.default_rng(1).choice(len(TRAIN_COMBOS), 35, replace=False)
         overrides["class_prompts"] = tuple([f"a {CLASS} on a {bg} background" for bg in PHOTO_BACKGROUNDS]
