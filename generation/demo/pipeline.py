@@ -52,6 +52,10 @@ def save_model_folder(pipe: StableDiffusionPipeline, out: Path,
     pipe.save_pretrained(out, safe_serialization=True)
     if save_tokenizer_fn is not None:
         save_tokenizer_fn(pipe.tokenizer, out / "tokenizer")
+    for config in out.glob("*/config.json"):  # parts loaded from disk record where from: not worth shipping
+        data = json.loads(config.read_text(encoding="utf-8"))
+        if data.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     defaults = dict(MODEL_DEFAULTS)
     defaults.update(extra_defaults or {})
     (out / "imagesite.json").write_text(json.dumps(defaults, indent=2) + "\n", encoding="utf-8")
