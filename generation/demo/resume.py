@@ -47,9 +47,8 @@ def resume(src: Path, out: Path, *, seed: int = 0, unet_steps: int = 3000, minut
     def checkpoint(step: int, ema_unet, ema_text) -> None:
         ck = out.parent / f"{out.name}-ckpt"
         pipeline.save_model_folder(pipeline.assemble(vae, ema_unet, ema_text, tokenizer), ck, tok_mod.save_tokenizer)
-        for name in ("imagesite.json",):  # the app's defaults, so the bench reads them from the checkpoint
-            if (src / name).exists():
-                shutil.copy2(src / name, ck / name)
+        if (src / "imagesite.json").exists():  # the app's tuned defaults, which the bench reads
+            shutil.copy2(src / "imagesite.json", ck / "imagesite.json")
         print(f"checkpoint at step {step} -> {ck}", flush=True)
 
     # A different data order from the first stage, still deterministic for the seed.
