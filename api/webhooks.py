@@ -42,6 +42,9 @@ DELIVERY_HEADER = "X-Imagesite-Delivery"
 
 
 # --- the URL rule (serializers and pages both call it) ------------------------------------------------
+PRIVATE_REFUSED = "Webhook URLs may not point at loopback, private or link-local addresses."
+
+
 def _blocked_address(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
@@ -73,7 +76,7 @@ def check_webhook_url(url: str) -> str:
     if not addresses:
         raise ValidationError(f"The host {parts.hostname} does not resolve.")
     if not settings.IMAGESITE_WEBHOOK_ALLOW_PRIVATE and any(_blocked_address(a) for a in addresses):
-        raise ValidationError("Webhook URLs may not point at loopback, private or link-local addresses.")
+        raise ValidationError(PRIVATE_REFUSED)
     return url
 
 
@@ -156,8 +159,9 @@ def _session() -> requests.Session:
     the connection (DNS rebinding) cannot reach the server's own network. Never follows redirects."""
     if settings.IMAGESITE_WEBHOOK_ALLOW_PRIVATE:
         return requests.Session()
+    # The timeout and no-redirects are given per request (below), for both kinds of session.
     return HTTPSession(HardenedConfig(ip_filter_enable=True, ip_filter_allow_loopback_ips=False, never_redirect=True,
-                                      default_timeout=settings.IMAGESITE_WEBHOOK_TIMEOUT_S))
+                                      default_timeout=None))
 
 
 def deliver(delivery_id: int) -> str:
@@ -192,7 +196,7 @@ def deliver(delivery_id: int) -> str:
             if not 200 <= status_code < 300:
                 error = f"HTTP {status_code}"
         except InvalidIPAddress:
-            error, permanent = "Webhook URLs may not point at loopback, private or link-local addresses.", True
+            error, permanent = PRIVATE_REFUSED, True
         except requests.RequestException as exc:
             error = f"{type(exc).__name__}: {str(exc)[:200]}"
     return _record_attempt(delivery, status_code, error, permanent, started)

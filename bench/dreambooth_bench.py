@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.demo_fidelity import generate, measure_colours, score, train_shape_classifier  # noqa: E402
 from generation.demo.data import COLOUR_NAMES, COLOURS, HELD_OUT, TRAIN_COMBOS, caption  # noqa: E402
-from training.dreambooth import TrainingProgress, default_options_for, train_dreambooth  # noqa: E402
+from training.dreambooth import TrainingProgress, class_prompt_for, default_options_for, train_dreambooth  # noqa: E402
 
 TOKEN, CLASS = "sks", "square"
 CHECKER = ("yellow", "purple")
@@ -242,7 +242,7 @@ def main() -> None:
         overrides["prior_loss_weight"] = a.prior_weight
     if a.diverse_prior:
         picks = np.random.default_rng(1).choice(len(TRAIN_COMBOS), 35, replace=False)
-        overrides["class_prompts"] = tuple([f"a {CLASS} on a {bg} background" for bg in PHOTO_BACKGROUNDS]
+        overrides["class_prompts"] = tuple([class_prompt_for(c, TOKEN, CLASS) for c in captions]
                                            + [caption(*TRAIN_COMBOS[i]) for i in sorted(picks)])
     if a.targets:
         overrides["lora_target_modules"] = tuple(t.strip() for t in a.targets.split(",") if t.strip())

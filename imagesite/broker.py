@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from functools import cached_property
 
 from django.db import connections
 from django.utils import timezone
@@ -26,11 +27,6 @@ WATCH_INTERVAL_S = 0.004
 
 
 class WakefulORM(ORM):
-    def __init__(self, list_key: str | None = None) -> None:
-        super().__init__(list_key=list_key)
-        self._watch: sqlite3.Connection | None = None
-        self._watch_tried = False
-
     def dequeue(self):
         version = self._data_version()  # read before looking, so a commit in between is not missed
         tasks = self._claim()
@@ -58,14 +54,18 @@ class WakefulORM(ORM):
             if self._data_version() != version:
                 return
 
+    @cached_property
+    def _watch(self) -> sqlite3.Connection | None:
+        """Our own connection to the SQLite file, opened on first use (in the pusher process); None
+        where there is nothing to watch (another database, or SQLite in memory)."""
+        db = connections[Conf.ORM]
+        name = str(db.settings_dict.get("NAME") or "")
+        if db.vendor != "sqlite" or not name or ":memory:" in name or "mode=memory" in name:
+            return None
+        return sqlite3.connect(name, timeout=5, isolation_level=None)
+
     def _data_version(self) -> int | None:
         """SQLite's commit counter as seen from our own connection; None where it cannot be watched."""
-        if not self._watch_tried:
-            self._watch_tried = True
-            db = connections[Conf.ORM]
-            name = str(db.settings_dict.get("NAME") or "")
-            if db.vendor == "sqlite" and name and ":memory:" not in name and "mode=memory" not in name:
-                self._watch = sqlite3.connect(name, timeout=5, isolation_level=None)
         if self._watch is None:
             return None
         try:

@@ -53,7 +53,7 @@ def test_an_idle_broker_wakes_on_another_connections_commit(monkeypatch):
 def test_without_a_watchable_database_it_sleeps_the_poll(monkeypatch):
     monkeypatch.setattr(Conf, "POLL", 0.05)
     broker = WakefulORM("imagesite")
-    broker._watch_tried = True  # as on PostgreSQL: nothing to watch
+    broker._watch = None  # as on PostgreSQL: nothing to watch
     assert broker._data_version() is None
     started = time.monotonic()
     assert broker.dequeue() is None

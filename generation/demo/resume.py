@@ -43,12 +43,17 @@ def resume(src: Path, out: Path, *, seed: int = 0, unet_steps: int = 3000, minut
     unet = UNet2DConditionModel.from_pretrained(src / "unet")
     text_encoder = CLIPTextModel.from_pretrained(src / "text_encoder")
     latents, captions = encode_dataset(vae, n=dataset_size, seed=seed + 1)
+    # The app's defaults as tuned for this model (e.g. guidance), kept in every folder written here.
+    defaults_path = src / "imagesite.json"
+    tuned = json.loads(defaults_path.read_text()) if defaults_path.exists() else None
+
+    def save(unet_part, text_part, folder: Path) -> None:
+        pipeline.save_model_folder(pipeline.assemble(vae, unet_part, text_part, tokenizer), folder,
+                                   tok_mod.save_tokenizer, extra_defaults=tuned)
 
     def checkpoint(step: int, ema_unet, ema_text) -> None:
         ck = out.parent / f"{out.name}-ckpt"
-        pipeline.save_model_folder(pipeline.assemble(vae, ema_unet, ema_text, tokenizer), ck, tok_mod.save_tokenizer)
-        if (src / "imagesite.json").exists():  # the app's tuned defaults, which the bench reads
-            shutil.copy2(src / "imagesite.json", ck / "imagesite.json")
+        save(ema_unet, ema_text, ck)
         print(f"checkpoint at step {step} -> {ck}", flush=True)
 
     # A different data order from the first stage, still deterministic for the seed.
@@ -56,12 +61,12 @@ def resume(src: Path, out: Path, *, seed: int = 0, unet_steps: int = 3000, minut
                        lr=lr, minutes=minutes, checkpoint_every=checkpoint_every, checkpoint_fn=checkpoint,
                        timesteps=timesteps)
     tmp = out.parent / f"{out.name}-resume-tmp"
-    pipeline.save_model_folder(pipeline.assemble(vae, unet, text_encoder, tokenizer), tmp, tok_mod.save_tokenizer)
+    save(unet, text_encoder, tmp)
     summary_path = src / "build_summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     stage.update(lr=lr, seed=seed + 1000, timesteps=timesteps, minutes=round((time.monotonic() - t0) / 60, 1))
     summary.setdefault("continued", []).append(stage)
-    for name in ("README.md", "samples.png", "imagesite.json"):  # docs and the app's tuned defaults travel along
+    for name in ("README.md", "samples.png"):  # documentation travels with the weights
         if (src / name).exists():
             shutil.copy2(src / name, tmp / name)
     (tmp / "build_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

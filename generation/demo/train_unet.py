@@ -54,6 +54,7 @@ def train_unet(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenize
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     noise_sched = train_scheduler()
+    n_t = noise_sched.config.num_train_timesteps
     unique = sorted(set(captions)) + [""]
     index = {c: i for i, c in enumerate(unique)}
     caption_idx = torch.tensor([index[c] for c in captions])
@@ -85,7 +86,6 @@ def train_unet(unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenize
         drop = torch.rand(batch_size, generator=gen) < CFG_DROPOUT
         cap = torch.where(drop, torch.full_like(cap, empty_idx), cap)
         noise = torch.randn(x0.shape, generator=gen)
-        n_t = noise_sched.config.num_train_timesteps
         if timesteps == "logit_normal":
             u = torch.sigmoid(torch.randn(batch_size, generator=gen))
             t = (u * n_t).long().clamp_(0, n_t - 1)
