@@ -41,7 +41,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.demo_fidelity import generate, measure_colours, score, train_shape_classifier  # noqa: E402
 from generation.demo.data import COLOUR_NAMES, COLOURS, HELD_OUT, TRAIN_COMBOS, caption  # noqa: E402
-from training.dreambooth import TrainingProgress, class_prompt_for, default_options_for, train_dreambooth  # noqa: E402
+from training.dreambooth import (  # noqa: E402
+    TOKEN_EMBEDDING_NAME, TrainingProgress, class_prompt_for, default_options_for, load_token_embedding,
+    swap_token_embedding, train_dreambooth,
+)
 
 TOKEN, CLASS = "sks", "square"
 CHECKER = ("yellow", "purple")
@@ -55,8 +58,8 @@ LOW_GUIDANCE = 4.0
 CHECKER_TOLERANCE = 100.0  # RGB distance; blue is 125 from purple, the VAE's own purple within 100
 
 
-def draw_subject(background: str, rng: np.random.Generator) -> Image.Image:
-    """One 64×64 "photo": the checkered square, jittered in size, position and rotation."""
+def draw_subject(background: str, rng: np.random.Generator, cells: int = 4) -> Image.Image:
+    """One 64×64 "photo": the square checkered `cells`×`cells`, jittered in size, position and rotation."""
     s = 4  # supersampled, then box-filtered down, like the demo data
     radius = float(rng.uniform(20, 26))
     cx, cy = 32 + rng.uniform(-3, 3), 32 + rng.uniform(-3, 3)
@@ -65,9 +68,9 @@ def draw_subject(background: str, rng: np.random.Generator) -> Image.Image:
     img = Image.new("RGB", (64 * s, 64 * s), COLOURS[background])
     pen = ImageDraw.Draw(img)
     h = radius * 0.82
-    cell = 2 * h / 4
-    for i in range(4):
-        for j in range(4):
+    cell = 2 * h / cells
+    for i in range(cells):
+        for j in range(cells):
             x0, y0 = -h + i * cell, -h + j * cell
             corners = [(x0, y0), (x0 + cell, y0), (x0 + cell, y0 + cell), (x0, y0 + cell)]
             pts = [((cx + x * ca - y * sa) * s, (cy + x * sa + y * ca) * s) for x, y in corners]
@@ -196,6 +199,12 @@ def main() -> None:
                         "combinations (never held-out ones), so the prior covers more of the model's domain")
     p.add_argument("--targets", default=None,
                    help="UNet LoRA target modules, comma-separated (e.g. attn2.to_k,attn2.to_v: cross-attention only)")
+    p.add_argument("--train-token", action="store_true", help="pivotal tuning: learn the token's embedding too")
+    p.add_argument("--token-lr", type=float, default=None, help="learning rate of the token embedding")
+    p.add_argument("--prior-target", choices=["images", "base"], default=None,
+                   help="class half's target: the class image (classic) or the base model's prediction")
+    p.add_argument("--empty-prior", action="store_true", help="add the empty prompt (CFG's unconditional) to the class prompts")
+    p.add_argument("--cells", type=int, default=4, help="checkerboard cells per side of the subject")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the whole bench")
     p.add_argument("--sheet", type=Path, default=None, help="save before/after likeness images here")
     a = p.parse_args()
@@ -209,7 +218,7 @@ def main() -> None:
     defaults = json.loads((a.model / "imagesite.json").read_text())
     steps, guidance = int(defaults["steps"]), float(defaults["guidance_scale"])
     rng = np.random.default_rng(0)
-    photos = [draw_subject(bg, rng) for bg in PHOTO_BACKGROUNDS]
+    photos = [draw_subject(bg, rng, a.cells) for bg in PHOTO_BACKGROUNDS]
     photo_arrays = [np.asarray(im) for im in photos]
     captions = [f"a {TOKEN} {CLASS} on a {bg} background" for bg in PHOTO_BACKGROUNDS]
     print(f"photos: detector finds the checkered subject in {np.mean([subject_found(x)[1] for x in photo_arrays]):.0%} of them")
@@ -244,6 +253,15 @@ def main() -> None:
         picks = np.random.default_rng(1).choice(len(TRAIN_COMBOS), 35, replace=False)
         overrides["class_prompts"] = tuple([class_prompt_for(c, TOKEN, CLASS) for c in captions]
                                            + [caption(*TRAIN_COMBOS[i]) for i in sorted(picks)])
+    if a.train_token:
+        overrides["train_token_embedding"] = True
+    if a.token_lr is not None:
+        overrides["token_learning_rate"] = a.token_lr
+    if a.prior_target:
+        overrides["prior_target"] = a.prior_target
+    if a.empty_prior:
+        base_prompts = overrides.get("class_prompts") or tuple(dict.fromkeys(class_prompt_for(c, TOKEN, CLASS) for c in captions))
+        overrides["class_prompts"] = tuple(base_prompts) + ("",) * max(1, len(base_prompts) // 9)
     if a.targets:
         overrides["lora_target_modules"] = tuple(t.strip() for t in a.targets.split(",") if t.strip())
     options = default_options_for(a.model, **overrides)
@@ -265,12 +283,16 @@ def main() -> None:
 
         t = time.perf_counter()
         pipe.load_lora_weights(str(result.checkpoint_path), adapter_name="subject")
+        token_file = result.checkpoint_path.parent / TOKEN_EMBEDDING_NAME
+        base_rows = swap_token_embedding(pipe.text_encoder, load_token_embedding(token_file)) if token_file.exists() else None
         attach_s = time.perf_counter() - t
         after = likeness(pipe, photo_arrays, a.seeds, guidance, steps)
         after_low = likeness(pipe, photo_arrays, a.seeds, LOW_GUIDANCE, steps)
         lora_held, lora_sq, _ = fidelity(pipe, net, a.fidelity_seeds, guidance, steps)
         t = time.perf_counter()
         pipe.unload_lora_weights()
+        if base_rows is not None:
+            swap_token_embedding(pipe.text_encoder, base_rows)
         detach_s = time.perf_counter() - t
         off_held, off_sq, off_images = fidelity(pipe, net, a.fidelity_seeds, guidance, steps)
 

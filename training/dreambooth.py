@@ -42,6 +42,7 @@ from PIL import Image
 logger = logging.getLogger(__name__)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+TOKEN_EMBEDDING_NAME = "token_embeddings.safetensors"
 TEXT_ENCODER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
 # Models whose native size is at most this are "tiny" (the demo model): other defaults apply.
 _TINY_RESOLUTION = 128
@@ -72,10 +73,21 @@ class TrainingOptions:
     lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     train_text_encoder: bool = False
     text_encoder_learning_rate: float | None = None  # None: same as `learning_rate`
+    # Pivotal tuning: also learn the input embedding of the rare token's pieces (only those rows of
+    # the text encoder change), so prompts with the token get a key of their own for the UNet to
+    # answer to. Saved beside the LoRA (TOKEN_EMBEDDING_NAME) and swapped in per job.
+    train_token_embedding: bool = False
+    token_learning_rate: float = 1e-3
     batch_size: int = 1
     prior_preservation: bool = True
     num_class_images: int = 100
     prior_loss_weight: float = 1.0
+    # What the class half is trained towards: "images" is classic DreamBooth (the class image's
+    # own noise/velocity target); "base" is the frozen base model's prediction on the same noisy
+    # class latent (distillation), which is zero loss at the start and penalises exactly the drift
+    # from the base, instead of asking the adapter to fit 40 particular images better than the base
+    # does. "base" needs method "lora" (the base is the UNet with the adapter switched off).
+    prior_target: Literal["images", "base"] = "images"
     # Prompts for the class images, cycled (one per line in a form). Empty: each instance caption
     # without the token ("a sks dog on grass" -> "a dog on grass"), or "a photo of a <class>".
     class_prompts: tuple[str, ...] = ()
@@ -202,6 +214,10 @@ def check_options(options: TrainingOptions) -> None:
         raise ValueError("mixed_precision must be 'no', 'fp16' or 'bf16'")
     if options.resolution < 8 or options.resolution % 8:
         raise ValueError("resolution must be a positive multiple of 8")
+    if options.prior_target not in ("images", "base"):
+        raise ValueError("prior_target must be 'images' or 'base'")
+    if options.prior_preservation and options.prior_target == "base" and options.method != "lora":
+        raise ValueError("prior_target 'base' needs method 'lora' (the base is the UNet with the LoRA off)")
     if options.validation_every < 0:
         raise ValueError("validation_every must be 0 (off) or a number of steps")
 
@@ -432,18 +448,26 @@ def _lora_state_dicts(unet: Any, text_encoder: Any | None) -> tuple[dict[str, to
 
 
 def _save_checkpoint(
-    output_dir: Path, *, method: str, unet: Any, text_encoder: Any, train_text_encoder: bool
+    output_dir: Path, *, method: str, unet: Any, text_encoder: Any, train_text_encoder: bool,
+    token_state: dict[str, torch.Tensor] | None, token: str,
 ) -> tuple[Path, list[Path]]:
     """Write the result under a temporary folder in `output_dir`, then move it into place.
 
-    Returns the checkpoint path and every file written.
+    Returns the checkpoint path and every file written (the token embedding file, when there is
+    one, first).
     """
     from diffusers import StableDiffusionPipeline
+    from safetensors.torch import save_file
 
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = output_dir / f".staging-{uuid.uuid4().hex}"
     staging.mkdir()
+    extra: list[Path] = []
     try:
+        if token_state is not None:
+            save_file(token_state, staging / TOKEN_EMBEDDING_NAME, metadata={"token": token})
+            extra.append(output_dir / TOKEN_EMBEDDING_NAME)
+            os.replace(staging / TOKEN_EMBEDDING_NAME, extra[0])
         if method == "lora":
             unet_layers, text_layers = _lora_state_dicts(unet, text_encoder if train_text_encoder else None)
             StableDiffusionPipeline.save_lora_weights(
@@ -454,9 +478,9 @@ def _save_checkpoint(
             )
             target = output_dir / LORA_WEIGHT_NAME
             os.replace(staging / LORA_WEIGHT_NAME, target)
-            return target, [target]
+            return target, extra + [target]
         parts = [("unet", unet)] + ([("text_encoder", text_encoder)] if train_text_encoder else [])
-        written: list[Path] = []
+        written: list[Path] = list(extra)
         for name, model in parts:
             model.to(torch.float32).save_pretrained(staging / name, safe_serialization=True)
             target = output_dir / name
@@ -592,13 +616,22 @@ def _train(
         class_mean, class_std = _encode_images(vae, [im for im, _ in class_items], options.resolution, device, weight_dtype)
         class_ids = _tokenize(tokenizer, [p for _, p in class_items], device)
     train_te = options.train_text_encoder
-    if not train_te:
+    # A fully fine-tuned text encoder trains every embedding row already.
+    pivotal = options.train_token_embedding and not (train_te and options.method == "full")
+    token_rows = _token_rows(tokenizer, token) if pivotal else []
+    encode_each_step = train_te or bool(token_rows)
+    distil = bool(class_items) and options.prior_target == "base"
+    if not encode_each_step or distil:
         _move(text_encoder, device, weight_dtype)
         with torch.no_grad():
             inst_states = text_encoder(inst_ids)[0]
             class_states = text_encoder(class_ids)[0] if class_items else None
+    # The base model's view of the class prompts, for the distillation target.
+    base_class_states = class_states if distil else None
 
     params = _prepare_trainable(unet, text_encoder, options, device, weight_dtype)
+    if token_rows:
+        params.append(_trainable_token_rows(text_encoder, token_rows, options, device, weight_dtype))
     optimizer = _make_optimizer(params, options, device)
     trainable = [p for group in params for p in group["params"]]
     autocast = (
@@ -626,12 +659,12 @@ def _train(
         idx = inst_batches.next()
         latents = _sample_latents(vae, inst_mean[idx], inst_std[idx], generator)
         ids = inst_ids[idx]
-        states = None if train_te else inst_states[idx]
+        states = None if encode_each_step else inst_states[idx]
         if class_batches is not None:
             cidx = class_batches.next()
             latents = torch.cat([latents, _sample_latents(vae, class_mean[cidx], class_std[cidx], generator)])
             ids = torch.cat([ids, class_ids[cidx]])
-            states = None if train_te else torch.cat([states, class_states[cidx]])
+            states = None if encode_each_step else torch.cat([states, class_states[cidx]])
 
         noise = torch.randn(latents.shape, generator=generator).to(device)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(device)
@@ -643,8 +676,10 @@ def _train(
         else:
             raise TrainingError(f"This model's prediction type {prediction_type!r} is not supported for training.")
 
+        if distil:
+            target = torch.cat([target[: len(idx)], _base_prediction(unet, noisy[len(idx):], timesteps[len(idx):], base_class_states[cidx], weight_dtype, autocast)])
         with autocast:
-            if train_te:
+            if encode_each_step:
                 states = text_encoder(ids)[0]
             pred = unet(noisy.to(weight_dtype), timesteps, states.to(weight_dtype)).sample
         loss = _dreambooth_loss(pred.float(), target.float(), class_batches is not None, options.prior_loss_weight)
@@ -687,6 +722,7 @@ def _train(
     text_encoder.eval()
     checkpoint, files = _save_checkpoint(
         Path(output_dir), method=options.method, unet=unet, text_encoder=text_encoder, train_text_encoder=train_te,
+        token_state=token_embedding_state(text_encoder, token_rows) if token_rows else None, token=token,
     )
     return TrainingResult(
         method=options.method, checkpoint_path=checkpoint, files=files,
@@ -694,6 +730,17 @@ def _train(
         final_loss=float(loss_ema if loss_ema is not None else loss_value), seconds_per_step=train_seconds / options.steps,
         seconds_total=time.perf_counter() - started, class_images_generated=generated, options=options,
     )
+
+
+@torch.no_grad()
+def _base_prediction(unet: Any, noisy: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor, weight_dtype: torch.dtype, autocast: Any) -> torch.Tensor:
+    """The UNet's output with its LoRA switched off: what the untouched base model predicts."""
+    unet.disable_adapters()
+    try:
+        with autocast:
+            return unet(noisy.to(weight_dtype), timesteps, states.to(weight_dtype)).sample.float()
+    finally:
+        unet.enable_adapters()
 
 
 def _dreambooth_loss(pred: torch.Tensor, target: torch.Tensor, with_prior: bool, prior_weight: float) -> torch.Tensor:
@@ -748,6 +795,60 @@ def _prepare_trainable(unet: Any, text_encoder: Any, options: TrainingOptions, d
     if options.train_text_encoder:
         groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad], "lr": te_lr})
     return groups
+
+
+def _token_rows(tokenizer: Any, token: str) -> list[int]:
+    """The embedding rows (token ids) the rare token is spelt with, e.g. "sks" -> [48136]."""
+    ids = tokenizer(token, add_special_tokens=False).input_ids
+    if not ids:
+        raise ValueError(f"the token {token!r} tokenizes to nothing")
+    return list(dict.fromkeys(ids))
+
+
+def _trainable_token_rows(text_encoder: Any, rows: list[int], options: TrainingOptions, device: torch.device, weight_dtype: torch.dtype) -> dict[str, Any]:
+    """Make the text encoder's input embedding trainable in `rows` only; return its param group.
+
+    The rest of the matrix gets zero gradient (a hook) and no weight decay, so AdamW leaves it
+    bit-identical; only the token's rows move.
+    """
+    _move(text_encoder, device, weight_dtype)
+    weight = text_encoder.get_input_embeddings().weight
+    weight.data = weight.data.float()
+    weight.requires_grad_(True)
+    keep = torch.zeros(weight.shape[0], 1, device=weight.device)
+    keep[rows] = 1.0
+    weight.register_hook(lambda grad: grad * keep)
+    return {"params": [weight], "lr": options.token_learning_rate, "weight_decay": 0.0}
+
+
+def token_embedding_state(text_encoder: Any, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+    """The rows to ship: {"token_ids": (n,) int64, "embeddings": (n, dim) float32} on the CPU."""
+    weight = text_encoder.get_input_embeddings().weight
+    ids = torch.tensor(list(rows), dtype=torch.int64)
+    return {"token_ids": ids, "embeddings": weight.detach()[ids.to(weight.device)].to("cpu", torch.float32).contiguous()}
+
+
+def load_token_embedding(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a TOKEN_EMBEDDING_NAME file written by a pivotal-tuning run."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    if set(state) != {"token_ids", "embeddings"} or state["embeddings"].shape[0] != state["token_ids"].shape[0]:
+        raise ValueError(f"{Path(path).name} is not a token embedding file")
+    return state
+
+
+@torch.no_grad()
+def swap_token_embedding(text_encoder: Any, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Write `state`'s rows into the text encoder's input embedding; return the rows it replaced
+    (same format), so `swap_token_embedding(te, previous)` restores the base exactly."""
+    weight = text_encoder.get_input_embeddings().weight
+    ids = state["token_ids"].to(weight.device)
+    if state["embeddings"].shape[1] != weight.shape[1] or int(ids.max()) >= weight.shape[0]:
+        raise ValueError("the token embedding does not fit this model's text encoder")
+    previous = {"token_ids": state["token_ids"].clone(), "embeddings": weight[ids].to("cpu").clone()}
+    weight[ids] = state["embeddings"].to(weight.device, weight.dtype)
+    return previous
 
 
 def _validation_images(pipe: Any, unet: Any, text_encoder: Any, train_te: bool, options: TrainingOptions, autocast: Any) -> list[Image.Image]:
