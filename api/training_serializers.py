@@ -30,6 +30,7 @@ class TrainingRunSerializer(serializers.ModelSerializer):
     subject_url = serializers.SerializerMethodField()
     progress = ProgressSerializer(source="*", read_only=True)
     checkpoint_url = serializers.SerializerMethodField()
+    token_embedding_url = serializers.SerializerMethodField()
     webhook_url = serializers.CharField(read_only=True, help_text="Blank when none was given.")
 
     class Meta:
@@ -37,7 +38,7 @@ class TrainingRunSerializer(serializers.ModelSerializer):
         fields = [
             "id", "url", "cancel_url", "page_url", "subject", "subject_url", "status", "phase", "progress", "loss",
             "seconds_per_step", "error", "attempts", "method", "options", "checkpoint_size", "checkpoint_url",
-            "webhook_url", "created_at", "started_at", "finished_at",
+            "token_embedding_url", "webhook_url", "created_at", "started_at", "finished_at",
         ]
         read_only_fields = fields
 
@@ -51,6 +52,15 @@ class TrainingRunSerializer(serializers.ModelSerializer):
             return None
         return absolute(self.context, reverse("api-training-run-checkpoint", args=[run.pk]))
 
+    @extend_schema_field({
+        "type": "string", "format": "uri", "nullable": True,
+        "description": "The rare token's learnt embedding, when the run trained one (pivotal tuning): generations use it with the LoRA.",
+    })
+    def get_token_embedding_url(self, run: TrainingRun) -> str | None:
+        if not run.token_embedding_name():
+            return None
+        return absolute(self.context, reverse("api-training-run-token-embedding", args=[run.pk]))
+
 
 class TrainingStartSerializer(serializers.Serializer):
     """Options of a run. Omitted ones take the defaults that fit the base model."""
@@ -63,6 +73,8 @@ class TrainingStartSerializer(serializers.Serializer):
     prior_preservation = serializers.BooleanField(required=False)
     num_class_images = serializers.IntegerField(min_value=training_rules.CLASS_IMAGES_RANGE[0], max_value=training_rules.CLASS_IMAGES_RANGE[1], required=False)
     prior_loss_weight = serializers.FloatField(min_value=0.0, max_value=10.0, required=False)
+    prior_target = serializers.ChoiceField(choices=["base", "images"], required=False, help_text="base: the base model's prediction (distillation); images: classic DreamBooth.")
+    train_token_embedding = serializers.BooleanField(required=False, help_text="Pivotal tuning: learn the rare token's input embedding too.")
     gradient_checkpointing = serializers.BooleanField(required=False)
     mixed_precision = serializers.ChoiceField(choices=["no", "fp16", "bf16"], required=False)
     use_8bit_adam = serializers.BooleanField(required=False)

@@ -180,8 +180,19 @@ class TrainingRunViewSet(OwnedViewSetMixin, viewsets.ReadOnlyModelViewSet):
     @extend_schema(summary="Download the checkpoint (LoRA .safetensors that diffusers' load_lora_weights reads)", responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY)})
     @action(detail=True, methods=["get"], content_negotiation_class=FileNegotiation)
     def checkpoint(self, request: Request, pk: str | None = None):
-        found = self.get_object().checkpoint_file()
-        if found is None:
-            raise Http404
-        name, download_name = found
-        return private_file_response(name, download_name=download_name, content_type="application/octet-stream")
+        return _download(self.get_object().checkpoint_file())
+
+    @extend_schema(
+        summary="Download the learnt token embedding (textual-inversion .safetensors, key emb_params), when the run trained one",
+        responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY)},
+    )
+    @action(detail=True, methods=["get"], url_path="token-embedding", content_negotiation_class=FileNegotiation)
+    def token_embedding(self, request: Request, pk: str | None = None):
+        return _download(self.get_object().token_embedding_file())
+
+
+def _download(found: tuple[str, str] | None):
+    if found is None:
+        raise Http404
+    name, download_name = found
+    return private_file_response(name, download_name=download_name, content_type="application/octet-stream")

@@ -194,16 +194,14 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--train-text-encoder", action="store_true", help="LoRA on the text encoder too")
     p.add_argument("--prior-weight", type=float, default=None, help="prior-preservation loss weight")
-    p.add_argument("--diverse-prior", action="store_true",
-                   help="class prompts: the subject's captions without the token plus captions of training "
-                        "combinations (never held-out ones), so the prior covers more of the model's domain")
     p.add_argument("--targets", default=None,
                    help="UNet LoRA target modules, comma-separated (e.g. attn2.to_k,attn2.to_v: cross-attention only)")
-    p.add_argument("--train-token", action="store_true", help="pivotal tuning: learn the token's embedding too")
+    p.add_argument("--no-token", action="store_true", help="do not learn the token's embedding (pivotal tuning is the default)")
+    p.add_argument("--class-prompts", choices=["default", "captions"], default="default",
+                   help="captions: class images from the subject's captions without the token only (classic DreamBooth)")
     p.add_argument("--token-lr", type=float, default=None, help="learning rate of the token embedding")
     p.add_argument("--prior-target", choices=["images", "base"], default=None,
                    help="class half's target: the class image (classic) or the base model's prediction")
-    p.add_argument("--empty-prior", action="store_true", help="add the empty prompt (CFG's unconditional) to the class prompts")
     p.add_argument("--cells", type=int, default=4, help="checkerboard cells per side of the subject")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the whole bench")
     p.add_argument("--sheet", type=Path, default=None, help="save before/after likeness images here")
@@ -249,19 +247,14 @@ def main() -> None:
         overrides["train_text_encoder"] = True
     if a.prior_weight is not None:
         overrides["prior_loss_weight"] = a.prior_weight
-    if a.diverse_prior:
-        picks = np.random.default_rng(1).choice(len(TRAIN_COMBOS), 35, replace=False)
-        overrides["class_prompts"] = tuple([class_prompt_for(c, TOKEN, CLASS) for c in captions]
-                                           + [caption(*TRAIN_COMBOS[i]) for i in sorted(picks)])
-    if a.train_token:
-        overrides["train_token_embedding"] = True
+    if a.no_token:
+        overrides["train_token_embedding"] = False
     if a.token_lr is not None:
         overrides["token_learning_rate"] = a.token_lr
     if a.prior_target:
         overrides["prior_target"] = a.prior_target
-    if a.empty_prior:
-        base_prompts = overrides.get("class_prompts") or tuple(dict.fromkeys(class_prompt_for(c, TOKEN, CLASS) for c in captions))
-        overrides["class_prompts"] = tuple(base_prompts) + ("",) * max(1, len(base_prompts) // 9)
+    if a.class_prompts == "captions":
+        overrides["class_prompts"] = tuple(dict.fromkeys(class_prompt_for(c, TOKEN, CLASS) for c in captions))
     if a.targets:
         overrides["lora_target_modules"] = tuple(t.strip() for t in a.targets.split(",") if t.strip())
     options = default_options_for(a.model, **overrides)

@@ -5,12 +5,13 @@ costs ~5 s and ~450 MB to import diffusers); it reads model facts from `modelinf
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from PIL import Image
@@ -158,6 +159,7 @@ class Adapter:
     kind: str  # "lora": a LoRA .safetensors file; "full": a folder holding a fine-tuned `unet/`
     path: str
     key: str  # stable name for the adapter cache (e.g. "run-12")
+    token_embedding: str | None = None  # a pivotal-tuning run's token rows, swapped in for the job
 
 
 LORA_CACHE_SIZE = 4
@@ -233,13 +235,32 @@ class Renderer:
             self._set_scheduler(s.scheduler)
             if adapter is None:
                 return self._render_with_oom_retry(s, on_step)
-            if adapter.kind == "lora":
-                self._activate_lora(adapter)
-                try:
-                    return self._render_with_oom_retry(s, on_step)
-                finally:
-                    self.pipe.disable_lora()  # peft bypasses the LoRA layers: exact base output
-            return self._render_with_unet(s, on_step, adapter)
+            with self._token_rows(adapter):
+                if adapter.kind == "lora":
+                    self._activate_lora(adapter)
+                    try:
+                        return self._render_with_oom_retry(s, on_step)
+                    finally:
+                        self.pipe.disable_lora()  # peft bypasses the LoRA layers: exact base output
+                return self._render_with_unet(s, on_step, adapter)
+
+    @contextlib.contextmanager
+    def _token_rows(self, adapter: Adapter) -> Iterator[None]:
+        """Write the subject's learnt token embedding into the text encoder for the job; the
+        base rows go back afterwards, whatever happens (the next job sees the base exactly)."""
+        if not adapter.token_embedding:
+            yield
+            return
+        from training.dreambooth import load_token_embedding, swap_token_embedding
+
+        text_encoder = self.pipe.text_encoder
+        base_rows = swap_token_embedding(text_encoder, load_token_embedding(adapter.token_embedding))
+        try:
+            yield
+        finally:
+            # A CUDA OOM retry reloads the pipeline: the fresh text encoder holds the base already.
+            if self.pipe.text_encoder is text_encoder:
+                swap_token_embedding(text_encoder, base_rows)
 
     def _activate_lora(self, adapter: Adapter) -> None:
         """Load the LoRA once and keep the last few loaded (LRU), switching between them per job."""

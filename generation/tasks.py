@@ -80,4 +80,8 @@ def _subject_adapter(job: Generation):
         raise GenerationError(f"The subject “{job.subject_name}” was deleted or has no trained checkpoint any more.")
     from django.core.files.storage import default_storage
 
-    return Adapter(kind=run.method, path=default_storage.path(run.checkpoint), key=f"run-{run.pk}")
+    token_file = run.token_embedding_name()
+    return Adapter(
+        kind=run.method, path=default_storage.path(run.checkpoint), key=f"run-{run.pk}",
+        token_embedding=default_storage.path(token_file) if token_file else None,
+    )

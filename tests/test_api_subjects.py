@@ -13,6 +13,7 @@ from PIL import Image
 from api.models import UserLimits
 from generation.models import Generation
 from imagesite.jobs import JobStatus
+from training.checkpoint_names import TOKEN_EMBEDDING_NAME
 from training.models import Subject, SubjectPhoto, TrainingRun
 
 from .api_support import anon_api, assert_error, other_api, owner_api  # noqa: F401  (fixtures)
@@ -41,11 +42,13 @@ def subject_with_photos(subject, owner_api) -> Subject:
 
 
 def _trained_run(subject: Subject) -> TrainingRun:
-    """A finished run with a stand-in LoRA file (training itself is the worker test's job)."""
+    """A finished run with stand-in LoRA and token embedding files (training itself is the worker test's job)."""
     from django.core.files.storage import default_storage
 
-    name = default_storage.save(f"{subject.files_prefix()}/lora.safetensors", ContentFile(b"not really a lora"))
-    return TrainingRun.objects.create(subject=subject, status=JobStatus.SUCCEEDED, checkpoint=name, checkpoint_size=17)
+    folder = f"{subject.files_prefix()}/runs/done"
+    name = default_storage.save(f"{folder}/lora.safetensors", ContentFile(b"not really a lora"))
+    default_storage.save(f"{folder}/{TOKEN_EMBEDDING_NAME}", ContentFile(b"not really an embedding"))
+    return TrainingRun.objects.create(subject=subject, status=JobStatus.SUCCEEDED, checkpoint=name, checkpoint_size=17, files_dir=folder)
 
 
 # --- subjects ----------------------------------------------------------------------------------------
@@ -192,8 +195,13 @@ def test_run_status_list_cancel_and_checkpoint(owner_api, subject_with_photos):
     download = owner_api.get(run["checkpoint_url"])
     assert download.status_code == 200 and b"".join(download.streaming_content) == b"not really a lora"
     assert download["Content-Disposition"] == f'attachment; filename="sks-shape-lora-run{done.pk}.safetensors"'
-    assert owner_api.get(f"/api/v1/training-runs/{queued.pk}/").json()["checkpoint_url"] is None
+    embedding = owner_api.get(run["token_embedding_url"])
+    assert embedding.status_code == 200 and b"".join(embedding.streaming_content) == b"not really an embedding"
+    assert embedding["Content-Disposition"] == f'attachment; filename="sks-embedding-run{done.pk}.safetensors"'
+    queued_body = owner_api.get(f"/api/v1/training-runs/{queued.pk}/").json()
+    assert queued_body["checkpoint_url"] is None and queued_body["token_embedding_url"] is None
     assert_error(owner_api.get(f"/api/v1/training-runs/{queued.pk}/checkpoint/"), 404)
+    assert_error(owner_api.get(f"/api/v1/training-runs/{queued.pk}/token-embedding/"), 404)
     assert owner_api.post(f"/api/v1/training-runs/{queued.pk}/cancel/").json()["status"] == "canceled"
     assert owner_api.get(f"{URL}{subject_with_photos.pk}/").json()["state"] == "trained"
 
@@ -222,6 +230,7 @@ def _urls(subject: Subject, photo: SubjectPhoto, run: TrainingRun) -> list[tuple
         ("get", f"{URL}{s}/photos/{p}/"), ("delete", f"{URL}{s}/photos/{p}/"), ("get", f"{URL}{s}/photos/{p}/crop/"),
         ("get", f"{URL}{s}/photos/{p}/image/"), ("post", f"{URL}{s}/train/"),
         ("get", f"/api/v1/training-runs/{r}/"), ("post", f"/api/v1/training-runs/{r}/cancel/"), ("get", f"/api/v1/training-runs/{r}/checkpoint/"),
+        ("get", f"/api/v1/training-runs/{r}/token-embedding/"),
     ]
 
 

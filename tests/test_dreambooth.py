@@ -16,14 +16,18 @@ from PIL import Image, ImageDraw
 
 from training.dreambooth import (
     LORA_WEIGHT_NAME,
+    TOKEN_EMBEDDING_NAME,
     TrainingCanceled,
     TrainingOptions,
     TrainingProgress,
     check_options,
     class_prompt_for,
+    class_prompt_pool,
     default_options_for,
     instance_prompts_for,
+    load_token_embedding,
     model_resolution,
+    swap_token_embedding,
     train_dreambooth,
 )
 
@@ -137,15 +141,40 @@ def test_class_images_are_cached_with_their_prompts(lora_run) -> None:
     assert sorted(p.name for p in (tmp / "class").iterdir()) == [
         "class_00000.png", "class_00000.txt", "class_00001.png", "class_00001.txt",
     ]
-    # Each class prompt is its instance caption without the token.
-    assert (tmp / "class" / "class_00001.txt").read_text() == "a square on a blue background"
+    # The first class prompt is an instance caption without the token, the second one of the
+    # demo model's own prompts that names the class.
+    assert (tmp / "class" / "class_00000.txt").read_text() == "a square on a red background"
+    second = (tmp / "class" / "class_00001.txt").read_text()
+    assert " square on " in second and second in default_options_for(DEMO_MODEL).prior_prompts
+
+
+def test_class_prompts_mix_captions_the_models_prompts_and_the_empty_prompt() -> None:
+    model_prompts = ["a red square on a blue background", "a green circle on a red background", "a white star on a black background"]
+    pool = class_prompt_pool(CAPTIONS, "sks", "square", model_prompts, 20, seed=0)
+    assert len(pool) == 20 and pool.count("") == 2  # a tenth: CFG's unconditional prediction
+    assert pool[:3] == ["a square on a red background", "a red square on a blue background", pool[2]]
+    assert pool[2] in model_prompts[1:]  # then one that does not name the class
+    assert set(pool) - {""} == {class_prompt_for(c, "sks", "square") for c in CAPTIONS} | set(model_prompts)
+    assert not any("sks" in p for p in pool)
+    # Without the model's prompts (an SD checkpoint): the captions, cycled, and the empty prompt.
+    assert class_prompt_pool(CAPTIONS[:1], "sks", "square", [], 3, seed=0) == ["a square on a red background"] * 3
+
+
+def test_default_prior_covers_the_demo_models_prompts_but_never_the_held_out_ones() -> None:
+    from generation.demo.data import HELD_OUT, caption
+
+    options = default_options_for(DEMO_MODEL)
+    assert options.prior_target == "base" and options.train_token_embedding
+    assert len(options.prior_prompts) > 300
+    assert not {caption(*c) for c in HELD_OUT} & set(options.prior_prompts)
 
 
 def test_lora_file_loads_changes_the_output_and_unloads_exactly(lora_run, demo_pipe) -> None:
     tmp, result, _ = lora_run
     assert result.checkpoint_path == tmp / "out" / LORA_WEIGHT_NAME
-    assert [p.name for p in (tmp / "out").iterdir()] == [LORA_WEIGHT_NAME]  # no staging leftovers
-    assert result.size_bytes == result.checkpoint_path.stat().st_size > 0
+    # The LoRA and the learnt token embedding; no staging leftovers.
+    assert sorted(p.name for p in (tmp / "out").iterdir()) == [LORA_WEIGHT_NAME, TOKEN_EMBEDDING_NAME]
+    assert result.size_bytes == sum(f.stat().st_size for f in result.files) > result.checkpoint_path.stat().st_size
 
     base = _render(demo_pipe)
     demo_pipe.load_lora_weights(str(result.checkpoint_path), adapter_name="subject")
@@ -193,7 +222,7 @@ def test_full_fine_tune_writes_unet_weights_that_load(tmp_path: Path) -> None:
 
     result = _train(tmp_path, _quick(method="full", prior_preservation=False, steps=2, learning_rate=1e-4))
     assert result.checkpoint_path == tmp_path / "out"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["unet"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [TOKEN_EMBEDDING_NAME, "unet"]
     tuned = UNet2DConditionModel.from_pretrained(tmp_path / "out" / "unet")
     base = UNet2DConditionModel.from_pretrained(DEMO_MODEL / "unet")
     changed = [
@@ -201,14 +230,14 @@ def test_full_fine_tune_writes_unet_weights_that_load(tmp_path: Path) -> None:
         if not torch.equal(a, b)
     ]
     assert changed, "two steps of full fine-tuning changed no weight"
-    assert result.size_bytes == sum(p.stat().st_size for p in (tmp_path / "out" / "unet").iterdir())
+    assert result.size_bytes == sum(p.stat().st_size for p in (tmp_path / "out").rglob("*") if p.is_file())
 
 
 def test_rerun_into_the_same_folder_replaces_the_unet(tmp_path: Path) -> None:
     options = _quick(method="full", prior_preservation=False, steps=1, learning_rate=1e-4)
     _train(tmp_path, options)
     _train(tmp_path, replace(options, seed=1))
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["unet"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [TOKEN_EMBEDDING_NAME, "unet"]
 
 
 def test_epsilon_models_train_on_the_noise_and_v_models_on_the_velocity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -242,5 +271,55 @@ def test_epsilon_models_train_on_the_noise_and_v_models_on_the_velocity(tmp_path
 def test_cached_class_images_are_reused_and_topped_up(lora_run, tmp_path: Path) -> None:
     tmp, _, _ = lora_run
     again = _train(tmp_path, _quick(steps=1, num_class_images=3), class_images_dir=tmp / "class")
-    assert again.class_images_generated == 1  # red and blue were cached, green is new
-    assert (tmp / "class" / "class_00002.txt").read_text() == "a square on a green background"
+    assert again.class_images_generated == 1  # the first two were cached, the third is new
+    wanted = class_prompt_pool(CAPTIONS, "sks", "square", default_options_for(DEMO_MODEL).prior_prompts, 3, seed=0)
+    assert (tmp / "class" / "class_00002.txt").read_text() == wanted[2]
+
+
+def test_pivotal_tuning_moves_only_the_tokens_rows_and_swaps_back_exactly(tmp_path: Path, demo_pipe) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(DEMO_MODEL, local_files_only=True, safety_checker=None)
+    before = pipe.text_encoder.get_input_embeddings().weight.detach().clone()
+    result = train_dreambooth(
+        base_model=pipe, instance_images=PHOTOS, instance_prompts=CAPTIONS, token="sks", class_noun="square",
+        options=_quick(prior_preservation=False, steps=3, token_learning_rate=1e-2), output_dir=tmp_path / "out",
+    )
+    after = pipe.text_encoder.get_input_embeddings().weight.detach()
+    sks = pipe.tokenizer("sks", add_special_tokens=False).input_ids
+    changed = torch.nonzero((after != before).any(dim=1)).flatten().tolist()
+    assert changed == sks  # weight decay and the gradient left every other row bit-identical
+
+    state = load_token_embedding(result.files[0])
+    assert result.files[0].name == TOKEN_EMBEDDING_NAME and state["token_ids"].tolist() == sks
+    assert torch.equal(state["embeddings"], after[sks])
+
+    weight = demo_pipe.text_encoder.get_input_embeddings().weight
+    base = weight.detach().clone()
+    previous = swap_token_embedding(demo_pipe.text_encoder, state)
+    assert torch.equal(weight[sks], state["embeddings"])
+    swap_token_embedding(demo_pipe.text_encoder, previous)
+    assert torch.equal(weight, base)
+
+
+def test_token_embedding_file_is_a_textual_inversion_file(lora_run) -> None:
+    from safetensors import safe_open
+
+    tmp, _, _ = lora_run
+    with safe_open(str(tmp / "out" / TOKEN_EMBEDDING_NAME), "pt") as f:
+        assert list(f.keys()) == ["emb_params"]  # what diffusers' load_textual_inversion and A1111 read
+        assert f.metadata()["token"] == "sks"
+    bad = tmp / "not_an_embedding.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"emb_params": torch.zeros(1, 64)}, str(bad))
+    with pytest.raises(ValueError, match="not a token embedding"):
+        load_token_embedding(bad)
+
+
+def test_base_prior_target_works_for_a_full_fine_tune_too(tmp_path: Path) -> None:
+    # A full fine-tune has no adapter to switch off: the base prediction comes from a frozen copy.
+    result = _train(tmp_path, _quick(method="full", steps=2, learning_rate=1e-4, prior_target="base"))
+    assert (result.checkpoint_path / "unet").is_dir() and np.isfinite(result.final_loss)
+    with pytest.raises(ValueError, match="prior_target"):
+        check_options(replace(result.options, prior_target="teacher"))  # type: ignore[arg-type]

@@ -143,10 +143,11 @@ def _subject_urls(subject, photo, run):
         "training-run-detail": (reverse("training-run-detail", args=[run.pk]), "get"),
         "training-run-cancel": (reverse("training-run-cancel", args=[run.pk]), "post"),
         "training-run-checkpoint": (reverse("training-run-checkpoint", args=[run.pk]), "get"),
+        "training-run-token-embedding": (reverse("training-run-token-embedding", args=[run.pk]), "get"),
     }
 
 
-NAMES = ["subject-detail", "subject-photo-upload", "subject-photo-delete", "subject-photo-crop", "subject-train", "subject-delete", "training-run-detail", "training-run-cancel", "training-run-checkpoint"]
+NAMES = ["subject-detail", "subject-photo-upload", "subject-photo-delete", "subject-photo-crop", "subject-train", "subject-delete", "training-run-detail", "training-run-cancel", "training-run-checkpoint", "training-run-token-embedding"]
 
 
 @pytest.fixture

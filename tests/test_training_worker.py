@@ -42,6 +42,8 @@ def test_train_a_lora_then_generate_with_it_without_leaking(owner, workers):
         trainer.stop()
     assert run.checkpoint.endswith(".safetensors") and run.checkpoint_size > 0 and run.loss is not None
     assert default_storage.exists(run.checkpoint)
+    # the demo model's default is pivotal tuning: the token's learnt rows are stored beside the LoRA
+    assert run.token_embedding_name() and default_storage.exists(run.token_embedding_name())
     # validation images landed in the gallery as the subject's generations
     assert Generation.objects.filter(training_run=run, status=JobStatus.SUCCEEDED).exists()
 

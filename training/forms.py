@@ -71,6 +71,14 @@ class TrainingForm(forms.Form):
     prior_preservation = forms.BooleanField(required=False, help_text="Keeps what the class looks like in general.")
     num_class_images = forms.IntegerField(min_value=rules.CLASS_IMAGES_RANGE[0], max_value=rules.CLASS_IMAGES_RANGE[1], label="Class images")
     prior_loss_weight = forms.FloatField(min_value=0.0, max_value=10.0)
+    prior_target = forms.ChoiceField(
+        choices=[("base", "the base model's prediction (keeps other prompts as they were)"), ("images", "the class images (classic DreamBooth)")],
+        label="Prior target", help_text="What the class images are trained towards.",
+    )
+    train_token_embedding = forms.BooleanField(
+        required=False, label="Learn the token's embedding",
+        help_text="Pivotal tuning: the rare token gets its own learnt meaning; only prompts with it change.",
+    )
     gradient_checkpointing = forms.BooleanField(required=False)
     mixed_precision = forms.ChoiceField(choices=[("no", "no (float32)"), ("fp16", "fp16 (GPU)"), ("bf16", "bf16 (GPU)")])
     use_8bit_adam = forms.BooleanField(required=False, label="8-bit Adam (GPU + bitsandbytes)")

@@ -8,6 +8,8 @@ from django.urls import reverse
 
 from imagesite.jobs import Job, JobQuerySet, JobStatus
 
+from .checkpoint_names import TOKEN_EMBEDDING_NAME
+
 
 class SubjectQuerySet(models.QuerySet):
     def for_user(self, user) -> "SubjectQuerySet":
@@ -126,6 +128,23 @@ class TrainingRun(Job):
 
     def get_absolute_url(self) -> str:
         return reverse("training-run-detail", args=[self.pk])
+
+    def token_embedding_name(self) -> str | None:
+        """Storage name of the run's learnt token embedding (pivotal tuning), None without one."""
+        from django.core.files.storage import default_storage
+
+        if not (self.checkpoint and self.files_dir):
+            return None
+        name = f"{self.files_dir}/{TOKEN_EMBEDDING_NAME}"
+        return name if default_storage.exists(name) else None
+
+    def token_embedding_file(self) -> tuple[str, str] | None:
+        """(storage name, download file name) of the token embedding, as checkpoint_file."""
+        name = self.token_embedding_name()
+        if name is None:
+            return None
+        subject = self.subject
+        return name, f"{subject.token}-embedding-run{self.pk}.safetensors"
 
     def checkpoint_file(self) -> tuple[str, str] | None:
         """(storage name, download file name) of the file a user downloads: the LoRA .safetensors,

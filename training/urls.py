@@ -13,4 +13,5 @@ urlpatterns = [
     path("training/<int:pk>/", views.run_detail, name="training-run-detail"),
     path("training/<int:pk>/cancel/", views.run_cancel, name="training-run-cancel"),
     path("training/<int:pk>/checkpoint/", views.run_checkpoint, name="training-run-checkpoint"),
+    path("training/<int:pk>/token-embedding/", views.run_token_embedding, name="training-run-token-embedding"),
 ]

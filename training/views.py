@@ -135,8 +135,17 @@ def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_GET
 def run_checkpoint(request: HttpRequest, pk: int) -> HttpResponse:
-    found = _get_run_for_user(request, pk).checkpoint_file()
+    return _download(_get_run_for_user(request, pk).checkpoint_file(), "This run has no checkpoint.")
+
+
+@login_required
+@require_GET
+def run_token_embedding(request: HttpRequest, pk: int) -> HttpResponse:
+    return _download(_get_run_for_user(request, pk).token_embedding_file(), "This run learnt no token embedding.")
+
+
+def _download(found: tuple[str, str] | None, missing: str) -> HttpResponse:
     if found is None:
-        raise Http404("This run has no checkpoint.")
+        raise Http404(missing)
     name, download_name = found
     return private_file_response(name, download_name=download_name, content_type="application/octet-stream")
