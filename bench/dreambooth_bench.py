@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/dreambooth_bench.py [--model generation/demo_model] [--steps N] [--seeds 4]
 
-The subject is a square with a 4×4 yellow/purple checkerboard, a pattern the demo model's data
-never has (its shapes are one colour). Five "photos" are drawn with Pillow on five backgrounds and
+The subject is a square checkered yellow/purple, 2×2 by default (`--cells 4`: 4×4, whose 10 px
+cells are 2.5 latent pixels, at the limit of what the 16×16 latent holds), a pattern the demo
+model's data never has (its shapes are one colour). Five "photos" are drawn with Pillow on five backgrounds and
 captioned "a sks square on a <colour> background". The default training run (default_options_for)
 is timed; before and after it the model is asked for "a sks square on a <colour> background"
 (the five photo backgrounds and orange, which no photo has) and every image is checked:
@@ -193,6 +194,8 @@ def main() -> None:
     p.add_argument("--rank", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--train-text-encoder", action="store_true", help="LoRA on the text encoder too")
+    p.add_argument("--remix-share", type=float, default=None, help="share of class samples paired with another prompt (base target)")
+    p.add_argument("--class-images", type=int, default=None, help="number of class images")
     p.add_argument("--prior-weight", type=float, default=None, help="prior-preservation loss weight")
     p.add_argument("--targets", default=None,
                    help="UNet LoRA target modules, comma-separated (e.g. attn2.to_k,attn2.to_v: cross-attention only)")
@@ -202,7 +205,7 @@ def main() -> None:
     p.add_argument("--token-lr", type=float, default=None, help="learning rate of the token embedding")
     p.add_argument("--prior-target", choices=["images", "base"], default=None,
                    help="class half's target: the class image (classic) or the base model's prediction")
-    p.add_argument("--cells", type=int, default=4, help="checkerboard cells per side of the subject")
+    p.add_argument("--cells", type=int, default=2, help="checkerboard cells per side of the subject")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the whole bench")
     p.add_argument("--sheet", type=Path, default=None, help="save before/after likeness images here")
     a = p.parse_args()
@@ -247,6 +250,10 @@ def main() -> None:
         overrides["train_text_encoder"] = True
     if a.prior_weight is not None:
         overrides["prior_loss_weight"] = a.prior_weight
+    if a.remix_share is not None:
+        overrides["prior_remix_share"] = a.remix_share
+    if a.class_images:
+        overrides["num_class_images"] = a.class_images
     if a.no_token:
         overrides["train_token_embedding"] = False
     if a.token_lr is not None:

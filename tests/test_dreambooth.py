@@ -112,6 +112,8 @@ def test_bad_options_are_refused_with_a_reason() -> None:
         check_options(TrainingOptions(steps=0))
     with pytest.raises(ValueError, match="mixed_precision"):
         check_options(TrainingOptions(mixed_precision="fp8"))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="prior_remix_share"):
+        check_options(TrainingOptions(prior_remix_share=1.5))
 
 
 def test_prompts_fall_back_and_class_prompts_drop_the_token() -> None:
@@ -319,7 +321,8 @@ def test_token_embedding_file_is_a_textual_inversion_file(lora_run) -> None:
 
 def test_base_prior_target_works_for_a_full_fine_tune_too(tmp_path: Path) -> None:
     # A full fine-tune has no adapter to switch off: the base prediction comes from a frozen copy.
-    result = _train(tmp_path, _quick(method="full", steps=2, learning_rate=1e-4, prior_target="base"))
+    # Remixed prompts: the class half is also paired with the model's other prompts.
+    result = _train(tmp_path, _quick(method="full", steps=2, learning_rate=1e-4, prior_target="base", prior_remix_share=1.0))
     assert (result.checkpoint_path / "unet").is_dir() and np.isfinite(result.final_loss)
     with pytest.raises(ValueError, match="prior_target"):
         check_options(replace(result.options, prior_target="teacher"))  # type: ignore[arg-type]
