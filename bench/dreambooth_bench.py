@@ -235,31 +235,19 @@ def main() -> None:
     before_low = likeness(pipe, photo_arrays, a.seeds, LOW_GUIDANCE, steps)
     base_held, base_sq, base_images = fidelity(pipe, net, a.fidelity_seeds, guidance, steps)
 
-    overrides: dict[str, object] = {}
-    if a.steps:
-        overrides["steps"] = a.steps
+    # Flags that set a TrainingOptions field when given (None: the model's default).
+    given = {
+        "steps": a.steps, "learning_rate": a.lr, "lora_rank": a.rank, "batch_size": a.batch,
+        "prior_loss_weight": a.prior_weight, "prior_remix_share": a.remix_share, "num_class_images": a.class_images,
+        "token_learning_rate": a.token_lr, "prior_target": a.prior_target,
+    }
+    overrides: dict[str, object] = {name: value for name, value in given.items() if value is not None}
     if a.no_prior:
         overrides["prior_preservation"] = False
-    if a.lr:
-        overrides["learning_rate"] = a.lr
-    if a.rank:
-        overrides["lora_rank"] = a.rank
-    if a.batch:
-        overrides["batch_size"] = a.batch
     if a.train_text_encoder:
         overrides["train_text_encoder"] = True
-    if a.prior_weight is not None:
-        overrides["prior_loss_weight"] = a.prior_weight
-    if a.remix_share is not None:
-        overrides["prior_remix_share"] = a.remix_share
-    if a.class_images:
-        overrides["num_class_images"] = a.class_images
     if a.no_token:
         overrides["train_token_embedding"] = False
-    if a.token_lr is not None:
-        overrides["token_learning_rate"] = a.token_lr
-    if a.prior_target:
-        overrides["prior_target"] = a.prior_target
     if a.class_prompts == "captions":
         overrides["class_prompts"] = tuple(dict.fromkeys(class_prompt_for(c, TOKEN, CLASS) for c in captions))
     if a.targets:

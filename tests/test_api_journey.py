@@ -84,7 +84,10 @@ def test_journey_through_the_api(owner, owner_client, spawn_worker, workers, rec
     assert run["status"] == "succeeded", run["error"]
     assert run["loss"] is not None and run["progress"]["total"] == run["progress"]["step"] == 12
     lora = b"".join(api.get(run["checkpoint_url"]).streaming_content)
-    assert len(lora) == run["checkpoint_size"] and any("lora" in key for key in safetensors_keys(lora))
+    assert any("lora" in key for key in safetensors_keys(lora))
+    embedding = b"".join(api.get(run["token_embedding_url"]).streaming_content)  # pivotal tuning: the token's rows
+    assert safetensors_keys(embedding) == ["emb_params"]
+    assert len(lora) + len(embedding) == run["checkpoint_size"]  # the size shown counts everything stored
     wait_for(lambda: len(receiver.received) >= 2, 60, message="the training webhook")
     assert json.loads(receiver.received[1]["body"])["event"] == "training_run.succeeded"
 
