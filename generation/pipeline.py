@@ -181,6 +181,7 @@ class Renderer:
         self.pipe = _load(source, plan_memory(self.profile, cuda_available=cuda), single_file_config)
         self.base_scheduler_config = dict(self.pipe.scheduler.config)
         self.loaded_loras: list[str] = []  # adapter keys, least recently used first
+        self.token_state: dict | None = None  # the job's token rows while a subject job runs
         self.lock = threading.Lock()
         log.info("loaded %s with profile %s in %.1f s", source, self.profile, time.perf_counter() - started)
 
@@ -200,6 +201,10 @@ class Renderer:
         self.profile = profile
         self.loaded_loras = []
         self.pipe = _load(self.source, plan_memory(profile, cuda_available=torch.cuda.is_available()), self.single_file_config)
+        if self.token_state is not None:  # mid-job: the subject's token rows belong in the fresh encoder too
+            from training.dreambooth import swap_token_embedding
+
+            swap_token_embedding(self.pipe.text_encoder, self.token_state)
 
     def _call_pipe(self, s: RenderSettings, on_step: ProgressCallback | None) -> list[Image.Image]:
         device = "cpu"  # seeds drawn on the CPU give the same noise on every machine
@@ -253,14 +258,15 @@ class Renderer:
             return
         from training.dreambooth import load_token_embedding, swap_token_embedding
 
-        text_encoder = self.pipe.text_encoder
-        base_rows = swap_token_embedding(text_encoder, load_token_embedding(adapter.token_embedding))
+        self.token_state = load_token_embedding(adapter.token_embedding)
+        base_rows = swap_token_embedding(self.pipe.text_encoder, self.token_state)
         try:
             yield
         finally:
-            # A CUDA OOM retry reloads the pipeline: the fresh text encoder holds the base already.
-            if self.pipe.text_encoder is text_encoder:
-                swap_token_embedding(text_encoder, base_rows)
+            # Whichever text encoder is current (a CUDA OOM retry reloads the pipeline and _reload
+            # writes the rows in again), the base rows go back.
+            swap_token_embedding(self.pipe.text_encoder, base_rows)
+            self.token_state = None
 
     def _activate_lora(self, adapter: Adapter) -> None:
         """Load the LoRA once and keep the last few loaded (LRU), switching between them per job."""

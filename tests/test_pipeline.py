@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -124,6 +125,45 @@ def test_out_of_memory_retries_once_a_profile_lower(monkeypatch):
     monkeypatch.setattr(Renderer, "_call_pipe", flaky)
     images = r.render(fast())
     assert calls == ["full", "medium"] and r.profile == "medium" and images[0].size == (64, 64)
+
+
+def test_out_of_memory_retry_keeps_the_subjects_token_rows(monkeypatch, tmp_path):
+    # The OOM is injected (no GPU here); the reload is real. A "full" adapter whose UNet is the
+    # demo's own, plus a learnt-looking token embedding for "sks".
+    import shutil
+
+    from generation.pipeline import Adapter
+    from training.dreambooth import save_token_embedding
+
+    shutil.copytree(Path(settings.IMAGESITE_MODEL) / "unet", tmp_path / "unet")
+    save_token_embedding({"token_ids": torch.tensor([48136]), "embeddings": torch.randn(1, 64, generator=torch.Generator().manual_seed(0))},
+                         tmp_path / "token.safetensors", "sks")
+    adapter = Adapter(kind="full", path=str(tmp_path), key="run-1", token_embedding=str(tmp_path / "token.safetensors"))
+    s = fast(prompt="a sks square on a red background")
+    r = Renderer(settings.IMAGESITE_MODEL, "full")
+    base = np.asarray(r.render(s)[0])
+    expected = np.asarray(r.render(s, adapter=adapter)[0])
+    assert not np.array_equal(expected, base)  # the token rows change the picture
+
+    real_call = Renderer._call_pipe
+    calls = []
+
+    def flaky(self, settings_, on_step):
+        calls.append(self.profile)
+        if len(calls) == 1:
+            raise _oom()
+        return real_call(self, settings_, on_step)
+
+    monkeypatch.setattr(Renderer, "_call_pipe", flaky)
+    retried = np.asarray(r.render(s, adapter=adapter)[0])
+    assert calls == ["full", "medium"]
+    # The medium profile slices attention, so not bit-equal: far nearer the subject's picture than the base's.
+    def mad(a, b):
+        return float(np.abs(a.astype(np.int16) - b).mean())
+
+    assert mad(retried, expected) < mad(base, expected) / 10, (mad(retried, expected), mad(base, expected))
+    monkeypatch.setattr(Renderer, "_call_pipe", real_call)
+    assert np.array_equal(np.asarray(r.render(s)[0]), base)  # and the base rows are back
 
 
 def test_out_of_memory_twice_fails_naming_size_and_profile(monkeypatch):
