@@ -110,11 +110,11 @@ def _oom():
     return torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
-def test_out_of_memory_retries_once_a_profile_lower(monkeypatch):
-    # A GPU cannot exist here: the OOM is injected, the retry and reload are real.
-    r = Renderer(settings.IMAGESITE_MODEL, "full")
+def _oom_on_first_call(monkeypatch) -> list[str]:
+    """Make the next pipeline call raise a CUDA OOM (no GPU here), later ones run for real; the
+    returned list collects the profile of every call."""
     real_call = Renderer._call_pipe
-    calls = []
+    calls: list[str] = []
 
     def flaky(self, s, on_step):
         calls.append(self.profile)
@@ -123,6 +123,13 @@ def test_out_of_memory_retries_once_a_profile_lower(monkeypatch):
         return real_call(self, s, on_step)
 
     monkeypatch.setattr(Renderer, "_call_pipe", flaky)
+    return calls
+
+
+def test_out_of_memory_retries_once_a_profile_lower(monkeypatch):
+    # A GPU cannot exist here: the OOM is injected, the retry and reload are real.
+    r = Renderer(settings.IMAGESITE_MODEL, "full")
+    calls = _oom_on_first_call(monkeypatch)
     images = r.render(fast())
     assert calls == ["full", "medium"] and r.profile == "medium" and images[0].size == (64, 64)
 
@@ -145,16 +152,7 @@ def test_out_of_memory_retry_keeps_the_subjects_token_rows(monkeypatch, tmp_path
     expected = np.asarray(r.render(s, adapter=adapter)[0])
     assert not np.array_equal(expected, base)  # the token rows change the picture
 
-    real_call = Renderer._call_pipe
-    calls = []
-
-    def flaky(self, settings_, on_step):
-        calls.append(self.profile)
-        if len(calls) == 1:
-            raise _oom()
-        return real_call(self, settings_, on_step)
-
-    monkeypatch.setattr(Renderer, "_call_pipe", flaky)
+    calls = _oom_on_first_call(monkeypatch)
     retried = np.asarray(r.render(s, adapter=adapter)[0])
     assert calls == ["full", "medium"]
     # The medium profile slices attention, so not bit-equal: far nearer the subject's picture than the base's.
@@ -162,7 +160,7 @@ def test_out_of_memory_retry_keeps_the_subjects_token_rows(monkeypatch, tmp_path
         return float(np.abs(a.astype(np.int16) - b).mean())
 
     assert mad(retried, expected) < mad(base, expected) / 10, (mad(retried, expected), mad(base, expected))
-    monkeypatch.setattr(Renderer, "_call_pipe", real_call)
+    monkeypatch.undo()
     assert np.array_equal(np.asarray(r.render(s)[0]), base)  # and the base rows are back
 
 
