@@ -9,7 +9,9 @@ this project:
 3. Encode the instance (and class) images once with the frozen VAE, and the prompts once with the
    text encoder when it stays frozen: each step then costs only the UNet.
 4. Train: noise-prediction loss on the instance images, plus `prior_loss_weight` × the same loss on
-   class images. LoRA (peft, on the UNet attention projections) or the whole UNet.
+   class images (towards the class image's own target, or the frozen base model's prediction:
+   `prior_target`). LoRA (peft, on the UNet attention projections) or the whole UNet; optionally the
+   rare token's embedding rows too (pivotal tuning). docs/dreambooth.md has the measurements.
 5. Write the checkpoint at the very end, through a temporary name, so a cancel or a crash never
    leaves a half-written file.
 
