@@ -43,6 +43,8 @@ class ModelInfo:
     min_size: int
     max_size: int
     example_prompts: tuple[str, ...] = field(default_factory=tuple)
+    # Prompts typical of the model, for DreamBooth's prior preservation (imagesite.json "prior_prompts").
+    prior_prompts: tuple[str, ...] = field(default_factory=tuple)
 
     @property
     def native_size(self) -> int:
@@ -80,7 +82,7 @@ def describe_model(source: str) -> ModelInfo:
     kind = model_kind(source)
     values = dict(SD1_DEFAULTS)
     name = Path(source).name if kind != "hub" else source
-    examples: tuple[str, ...] = ()
+    extra: dict = {}
     if kind == "folder":
         folder = Path(source)
         unet = _read_json(folder / "unet" / "config.json")
@@ -91,9 +93,7 @@ def describe_model(source: str) -> ModelInfo:
         extra = _read_json(folder / "imagesite.json")
         values.update({k: extra[k] for k in SD1_DEFAULTS if k in extra})
         name = extra.get("name", name)
-        examples = tuple(extra.get("example_prompts", ()))
     native = max(values["width"], values["height"])
-    extra_limits = _read_json(Path(source) / "imagesite.json") if kind == "folder" else {}
     return ModelInfo(
         source=source,
         kind=kind,
@@ -103,7 +103,8 @@ def describe_model(source: str) -> ModelInfo:
         steps=int(values["steps"]),
         guidance_scale=float(values["guidance_scale"]),
         scheduler=str(values["scheduler"]),
-        min_size=int(extra_limits.get("min_size", max(32, native // 2))),
-        max_size=int(extra_limits.get("max_size", native * 2)),
-        example_prompts=examples,
+        min_size=int(extra.get("min_size", max(32, native // 2))),
+        max_size=int(extra.get("max_size", native * 2)),
+        example_prompts=tuple(extra.get("example_prompts", ())),
+        prior_prompts=tuple(extra.get("prior_prompts", ())),
     )

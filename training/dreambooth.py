@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from generation.modelinfo import describe_model
+
 from .checkpoint_names import LORA_WEIGHT_NAME, TOKEN_EMBEDDING_NAME
 
 logger = logging.getLogger(__name__)
@@ -180,15 +182,6 @@ def model_resolution(base_model: str | Path) -> int:
         return 512
 
 
-def _model_extras(base_model: str | Path) -> dict[str, Any]:
-    """The model folder's imagesite.json (our own defaults file), or {} when there is none."""
-    try:
-        data = json.loads((Path(base_model) / "imagesite.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def default_options_for(base_model: str | Path, **overrides: Any) -> TrainingOptions:
     """Defaults that fit the base model, with `overrides` applied (any TrainingOptions field).
 
@@ -198,7 +191,7 @@ def default_options_for(base_model: str | Path, **overrides: Any) -> TrainingOpt
     checkpointing and 8-bit Adam when bitsandbytes is installed.
     """
     resolution = model_resolution(base_model)
-    prior_prompts = tuple(_model_extras(base_model).get("prior_prompts", ()))
+    prior_prompts = describe_model(str(base_model)).prior_prompts
     if resolution <= _TINY_RESOLUTION:
         options = TrainingOptions(
             # lr 3e-4 beat 1e-3 on the trained demo model (likeness up, class damage down; 1e-3
@@ -667,26 +660,25 @@ def _train(
     _move(vae, device, weight_dtype)
     inst_mean, inst_std = _encode_images(vae, instance_images, options.resolution, device, weight_dtype)
     inst_ids = _tokenize(tokenizer, prompts, device)
-    if class_items:
-        class_mean, class_std = _encode_images(vae, [im for im, _ in class_items], options.resolution, device, weight_dtype)
-        class_ids = _tokenize(tokenizer, [p for _, p in class_items], device)
     train_te = options.train_text_encoder
     # A fully fine-tuned text encoder trains every embedding row already.
     pivotal = options.train_token_embedding and not (train_te and options.method == "full")
     token_rows = _token_rows(tokenizer, token) if pivotal else []
     encode_each_step = train_te or bool(token_rows)
     distil = bool(class_items) and options.prior_target == "base"
-    if not encode_each_step or distil:
+    if class_items:
+        class_mean, class_std = _encode_images(vae, [im for im, _ in class_items], options.resolution, device, weight_dtype)
+        # Every prompt the class half may be paired with, once: the class images' own, plus (for
+        # the base-prediction target) the model's prompts that `prior_remix_share` draws from.
+        class_table = list(dict.fromkeys([p for _, p in class_items] + (list(options.prior_prompts) if distil else [])))
+        row_of = {p: i for i, p in enumerate(class_table)}
+        own_prompt = [row_of[p] for _, p in class_items]
+        class_ids = _tokenize(tokenizer, class_table, device)
+    if not encode_each_step or distil:  # frozen text states; the distillation target always needs the base's
         _move(text_encoder, device, weight_dtype)
         with torch.no_grad():
-            inst_states = text_encoder(inst_ids)[0]
+            inst_states = None if encode_each_step else text_encoder(inst_ids)[0]
             class_states = text_encoder(class_ids)[0] if class_items else None
-    if distil:  # the base model's view of every prompt the class half may be paired with
-        remix_prompts = list(dict.fromkeys([p for _, p in class_items] + list(options.prior_prompts)))
-        remix_ids = _tokenize(tokenizer, remix_prompts, device)
-        own_prompt = [remix_prompts.index(p) for _, p in class_items]
-        with torch.no_grad():
-            remix_states = text_encoder(remix_ids)[0]
 
     # A full fine-tune has no adapter to switch off: the distillation target comes from a frozen copy.
     teacher = copy.deepcopy(unet).to(device, weight_dtype).eval() if distil and options.method == "full" else None
@@ -724,13 +716,11 @@ def _train(
         if class_batches is not None:
             cidx = class_batches.next()
             latents = torch.cat([latents, _sample_latents(vae, class_mean[cidx], class_std[cidx], generator)])
+            pidx = [own_prompt[i] for i in cidx]
             if distil:
-                pidx = _remix(cidx, [own_prompt[i] for i in cidx], len(remix_prompts), options.prior_remix_share, generator)
-                ids = torch.cat([ids, remix_ids[pidx]])
-                states = None if encode_each_step else torch.cat([states, remix_states[pidx]])
-            else:
-                ids = torch.cat([ids, class_ids[cidx]])
-                states = None if encode_each_step else torch.cat([states, class_states[cidx]])
+                pidx = _remix(pidx, len(class_table), options.prior_remix_share, generator)
+            ids = torch.cat([ids, class_ids[pidx]])
+            states = None if encode_each_step else torch.cat([states, class_states[pidx]])
 
         noise = torch.randn(latents.shape, generator=generator).to(device)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(device)
@@ -744,7 +734,7 @@ def _train(
 
         if distil:  # the class half's target becomes the base model's own prediction
             n = len(idx)
-            base = _base_prediction(unet if teacher is None else teacher, noisy[n:], timesteps[n:], remix_states[pidx], weight_dtype, autocast)
+            base = _base_prediction(unet if teacher is None else teacher, noisy[n:], timesteps[n:], class_states[pidx], weight_dtype, autocast)
             target = torch.cat([target[:n], base])
         with autocast:
             if encode_each_step:
@@ -800,11 +790,11 @@ def _train(
     )
 
 
-def _remix(cidx: list[int], own: list[int], n_prompts: int, share: float, generator: torch.Generator) -> list[int]:
+def _remix(own: list[int], n_prompts: int, share: float, generator: torch.Generator) -> list[int]:
     """Prompt indices for a class batch: each sample keeps its own prompt, or with probability
     `share` takes a random one of the `n_prompts`."""
-    swap = torch.rand(len(cidx), generator=generator) < share
-    other = torch.randint(0, n_prompts, (len(cidx),), generator=generator)
+    swap = torch.rand(len(own), generator=generator) < share
+    other = torch.randint(0, n_prompts, (len(own),), generator=generator)
     return [int(o) if s else p for s, o, p in zip(swap, other, own)]
 
 
