@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -181,7 +182,6 @@ class Renderer:
         self.pipe = _load(source, plan_memory(self.profile, cuda_available=cuda), single_file_config)
         self.base_scheduler_config = dict(self.pipe.scheduler.config)
         self.loaded_loras: list[str] = []  # adapter keys, least recently used first
-        self.token_state: dict | None = None  # the job's token rows while a subject job runs
         self.lock = threading.Lock()
         log.info("loaded %s with profile %s in %.1f s", source, self.profile, time.perf_counter() - started)
 
@@ -201,10 +201,6 @@ class Renderer:
         self.profile = profile
         self.loaded_loras = []
         self.pipe = _load(self.source, plan_memory(profile, cuda_available=torch.cuda.is_available()), self.single_file_config)
-        if self.token_state is not None:  # mid-job: the subject's token rows belong in the fresh encoder too
-            from training.dreambooth import swap_token_embedding
-
-            swap_token_embedding(self.pipe.text_encoder, self.token_state)
 
     def _call_pipe(self, s: RenderSettings, on_step: ProgressCallback | None) -> list[Image.Image]:
         device = "cpu"  # seeds drawn on the CPU give the same noise on every machine
@@ -238,35 +234,70 @@ class Renderer:
         GenerationError naming size and profile."""
         with self.lock:
             self._set_scheduler(s.scheduler)
-            if adapter is None:
-                return self._render_with_oom_retry(s, on_step)
-            with self._token_rows(adapter):
-                if adapter.kind == "lora":
-                    self._activate_lora(adapter)
-                    try:
-                        return self._render_with_oom_retry(s, on_step)
-                    finally:
-                        self.pipe.disable_lora()  # peft bypasses the LoRA layers: exact base output
-                return self._render_with_unet(s, on_step, adapter)
+            try:
+                return self._attempt(s, on_step, adapter)
+            except torch.cuda.OutOfMemoryError:
+                tried = self.profile
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                lower = lower_profile(tried)
+                if lower is None:
+                    raise GenerationError(_oom_message(s, tried)) from None
+                log.warning("out of GPU memory at %sx%s with profile %s; retrying with %s", s.width, s.height, tried, lower)
+                self._reload(lower)
+                self._set_scheduler(s.scheduler)
+                try:
+                    return self._attempt(s, on_step, adapter)
+                except torch.cuda.OutOfMemoryError:
+                    if torch.cuda.is_available():
+                        torch.cuda.empty_cache()
+                    raise GenerationError(_oom_message(s, lower)) from None
+
+    def _attempt(self, s: RenderSettings, on_step: ProgressCallback | None, adapter: Adapter | None) -> list[Image.Image]:
+        """One pipeline call with the subject put onto the pipeline as it is now (a retry after a
+        reload puts it onto the fresh one) and taken off again whatever happens."""
+        if adapter is None:
+            return self._call_pipe(s, on_step)
+        with self._token_rows(adapter), self._subject_weights(adapter):
+            return self._call_pipe(s, on_step)
 
     @contextlib.contextmanager
     def _token_rows(self, adapter: Adapter) -> Iterator[None]:
-        """Write the subject's learnt token embedding into the text encoder for the job; the
-        base rows go back afterwards, whatever happens (the next job sees the base exactly)."""
+        """Write the subject's learnt token embedding into the text encoder for the call; the
+        base rows go back afterwards (the next job sees the base exactly)."""
         if not adapter.token_embedding:
             yield
             return
-        from training.dreambooth import load_token_embedding, swap_token_embedding
+        from training.dreambooth import swap_token_embedding
 
-        self.token_state = load_token_embedding(adapter.token_embedding)
-        base_rows = swap_token_embedding(self.pipe.text_encoder, self.token_state)
+        text_encoder = self.pipe.text_encoder
+        base_rows = swap_token_embedding(text_encoder, _token_embedding(adapter.token_embedding))
         try:
             yield
         finally:
-            # Whichever text encoder is current (a CUDA OOM retry reloads the pipeline and _reload
-            # writes the rows in again), the base rows go back.
-            swap_token_embedding(self.pipe.text_encoder, base_rows)
-            self.token_state = None
+            swap_token_embedding(text_encoder, base_rows)
+
+    @contextlib.contextmanager
+    def _subject_weights(self, adapter: Adapter) -> Iterator[None]:
+        """The LoRA switched on (peft bypasses it again afterwards: exact base output), or a full
+        fine-tune's UNet swapped in and the base one put back."""
+        if adapter.kind == "lora":
+            self._activate_lora(adapter)
+            try:
+                yield
+            finally:
+                self.pipe.disable_lora()
+            return
+        from diffusers import UNet2DConditionModel
+
+        base_unet = self.pipe.unet
+        tuned = UNet2DConditionModel.from_pretrained(Path(adapter.path) / "unet", dtype=base_unet.dtype).to(base_unet.device)
+        self.pipe.register_modules(unet=tuned)
+        try:
+            yield
+        finally:
+            self.pipe.register_modules(unet=base_unet)
+            del tuned
 
     def _activate_lora(self, adapter: Adapter) -> None:
         """Load the LoRA once and keep the last few loaded (LRU), switching between them per job."""
@@ -281,38 +312,13 @@ class Renderer:
         self.pipe.enable_lora()
         self.pipe.set_adapters([adapter.key])
 
-    def _render_with_unet(self, s: RenderSettings, on_step: ProgressCallback | None, adapter: Adapter) -> list[Image.Image]:
-        """A full fine-tune: swap in its UNet for this job and put the base one back afterwards."""
-        from diffusers import UNet2DConditionModel
 
-        base_unet = self.pipe.unet
-        tuned = UNet2DConditionModel.from_pretrained(Path(adapter.path) / "unet", dtype=base_unet.dtype).to(base_unet.device)
-        self.pipe.register_modules(unet=tuned)
-        try:
-            return self._render_with_oom_retry(s, on_step)
-        finally:
-            self.pipe.register_modules(unet=base_unet)
-            del tuned
+@lru_cache(maxsize=LORA_CACHE_SIZE)
+def _token_embedding(path: str) -> dict:
+    """A run's token rows, read once per file (a run's files never change; each run has its own)."""
+    from training.dreambooth import load_token_embedding
 
-    def _render_with_oom_retry(self, s: RenderSettings, on_step: ProgressCallback | None) -> list[Image.Image]:
-        try:
-            return self._call_pipe(s, on_step)
-        except torch.cuda.OutOfMemoryError:
-            tried = self.profile
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            lower = lower_profile(tried)
-            if lower is None:
-                raise GenerationError(_oom_message(s, tried)) from None
-            log.warning("out of GPU memory at %sx%s with profile %s; retrying with %s", s.width, s.height, tried, lower)
-            self._reload(lower)
-            self._set_scheduler(s.scheduler)
-            try:
-                return self._call_pipe(s, on_step)
-            except torch.cuda.OutOfMemoryError:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                raise GenerationError(_oom_message(s, lower)) from None
+    return load_token_embedding(path)
 
 
 def _oom_message(s: RenderSettings, profile: str) -> str:
