@@ -14,7 +14,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from generation.views import private_file_response
+from generation.views import private_download, private_file_response
 from training import services
 from training.forms import PhotoUploadForm
 from training.models import Subject, SubjectPhoto, TrainingRun
@@ -180,7 +180,7 @@ class TrainingRunViewSet(OwnedViewSetMixin, viewsets.ReadOnlyModelViewSet):
     @extend_schema(summary="Download the checkpoint (LoRA .safetensors that diffusers' load_lora_weights reads)", responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY)})
     @action(detail=True, methods=["get"], content_negotiation_class=FileNegotiation)
     def checkpoint(self, request: Request, pk: str | None = None):
-        return _download(self.get_object().checkpoint_file())
+        return private_download(self.get_object().checkpoint_file())
 
     @extend_schema(
         summary="Download the learnt token embedding (textual-inversion .safetensors, key emb_params), when the run trained one",
@@ -188,11 +188,4 @@ class TrainingRunViewSet(OwnedViewSetMixin, viewsets.ReadOnlyModelViewSet):
     )
     @action(detail=True, methods=["get"], url_path="token-embedding", content_negotiation_class=FileNegotiation)
     def token_embedding(self, request: Request, pk: str | None = None):
-        return _download(self.get_object().token_embedding_file())
-
-
-def _download(found: tuple[str, str] | None):
-    if found is None:
-        raise Http404
-    name, download_name = found
-    return private_file_response(name, download_name=download_name, content_type="application/octet-stream")
+        return private_download(self.get_object().token_embedding_file())

@@ -5,7 +5,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
-from django.http import FileResponse, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -110,6 +110,15 @@ def private_file_response(file, *, download_name: str | None = None, content_typ
     response["Cache-Control"] = "private, max-age=3600"
     response["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def private_download(found: tuple[str, str] | None, missing: str | None = None) -> HttpResponse:
+    """A run's file as an attachment, from a model's (storage name, download name) answer; 404
+    (with `missing` as the reason, when given) when there is no such file."""
+    if found is None:
+        raise Http404(missing) if missing else Http404()
+    name, download_name = found
+    return private_file_response(name, download_name=download_name, content_type="application/octet-stream")
 
 
 @login_required

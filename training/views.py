@@ -3,11 +3,11 @@ from __future__ import annotations
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from generation.views import private_file_response
+from generation.views import private_download, private_file_response
 
 from . import services
 from .forms import PhotoUploadForm, SubjectForm, TrainingForm
@@ -135,17 +135,10 @@ def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_GET
 def run_checkpoint(request: HttpRequest, pk: int) -> HttpResponse:
-    return _download(_get_run_for_user(request, pk).checkpoint_file(), "This run has no checkpoint.")
+    return private_download(_get_run_for_user(request, pk).checkpoint_file(), "This run has no checkpoint.")
 
 
 @login_required
 @require_GET
 def run_token_embedding(request: HttpRequest, pk: int) -> HttpResponse:
-    return _download(_get_run_for_user(request, pk).token_embedding_file(), "This run learnt no token embedding.")
-
-
-def _download(found: tuple[str, str] | None, missing: str) -> HttpResponse:
-    if found is None:
-        raise Http404(missing)
-    name, download_name = found
-    return private_file_response(name, download_name=download_name, content_type="application/octet-stream")
+    return private_download(_get_run_for_user(request, pk).token_embedding_file(), "This run learnt no token embedding.")
