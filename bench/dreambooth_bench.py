@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +204,7 @@ def main() -> None:
     p.add_argument("--class-prompts", choices=["default", "captions"], default="default",
                    help="captions: class images from the subject's captions without the token only (classic DreamBooth)")
     p.add_argument("--token-lr", type=float, default=None, help="learning rate of the token embedding")
+    p.add_argument("--token-warmup", type=int, default=None, help="steps that train the token embedding alone first")
     p.add_argument("--prior-target", choices=["images", "base"], default=None,
                    help="class half's target: the class image (classic) or the base model's prediction")
     p.add_argument("--cells", type=int, default=2, help="checkerboard cells per side of the subject")
@@ -239,7 +241,7 @@ def main() -> None:
     given = {
         "steps": a.steps, "learning_rate": a.lr, "lora_rank": a.rank, "batch_size": a.batch,
         "prior_loss_weight": a.prior_weight, "prior_remix_share": a.remix_share, "num_class_images": a.class_images,
-        "token_learning_rate": a.token_lr, "prior_target": a.prior_target,
+        "token_learning_rate": a.token_lr, "prior_target": a.prior_target, "token_warmup_steps": a.token_warmup,
     }
     overrides: dict[str, object] = {name: value for name, value in given.items() if value is not None}
     if a.no_prior:
@@ -253,7 +255,7 @@ def main() -> None:
     if a.targets:
         overrides["lora_target_modules"] = tuple(t.strip() for t in a.targets.split(",") if t.strip())
     options = default_options_for(a.model, **overrides)
-    print(f"options: {options}")
+    print(f"options: {replace(options, prior_prompts=(f'{len(options.prior_prompts)} prompts',))}")
 
     def report(p: TrainingProgress) -> None:
         if p.phase == "training" and (p.step % 100 == 0 or p.step == p.total):

@@ -304,6 +304,33 @@ def test_pivotal_tuning_moves_only_the_tokens_rows_and_swaps_back_exactly(tmp_pa
     assert torch.equal(weight, base)
 
 
+def test_token_warmup_trains_the_token_alone_first(tmp_path: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(DEMO_MODEL, local_files_only=True, safety_checker=None)
+    sks = pipe.tokenizer("sks", add_special_tokens=False).input_ids
+    start = pipe.text_encoder.get_input_embeddings().weight[sks].detach().clone()
+    seen: dict[int, tuple[float, bool]] = {}
+
+    def report(p: TrainingProgress) -> None:
+        if p.phase != "training":
+            return
+        lora_b = [w for name, w in pipe.unet.named_parameters() if "lora_B" in name]
+        token_moved = not torch.equal(pipe.text_encoder.get_input_embeddings().weight[sks], start)
+        seen[p.step] = (max(float(w.abs().max()) for w in lora_b), token_moved)
+
+    train_dreambooth(
+        base_model=pipe, instance_images=PHOTOS, instance_prompts=CAPTIONS, token="sks", class_noun="square",
+        options=_quick(num_class_images=2, steps=3, token_warmup_steps=2, learning_rate=1e-2), output_dir=tmp_path / "out",
+        progress=report, class_images_dir=tmp_path / "class",
+    )
+    # lora_B starts at zero: it stays there while the token warms up, then trains.
+    assert seen[1] == (0.0, True) and seen[2] == (0.0, True)
+    assert seen[3][0] > 0
+    with pytest.raises(ValueError, match="token_warmup_steps"):
+        check_options(_quick(steps=3, token_warmup_steps=3))
+
+
 def test_token_embedding_file_is_a_textual_inversion_file(lora_run) -> None:
     from safetensors import safe_open
 

@@ -83,6 +83,11 @@ class TrainingOptions:
     # answer to. Saved beside the LoRA (TOKEN_EMBEDDING_NAME) and swapped in per job.
     train_token_embedding: bool = False
     token_learning_rate: float = 1e-3
+    # Pivotal tuning in two phases: the first `token_warmup_steps` steps train the token's
+    # embedding alone (the UNet and its prior loss wait), so the token first gets as near the
+    # subject as the base model can draw it; the remaining `steps - token_warmup_steps` steps
+    # train the LoRA with it. 0: one phase, everything together.
+    token_warmup_steps: int = 0
     batch_size: int = 1
     prior_preservation: bool = True
     num_class_images: int = 100
@@ -240,6 +245,8 @@ def check_options(options: TrainingOptions) -> None:
         raise ValueError("prior_target must be 'images' or 'base'")
     if options.validation_every < 0:
         raise ValueError("validation_every must be 0 (off) or a number of steps")
+    if not 0 <= options.token_warmup_steps < options.steps:
+        raise ValueError("token_warmup_steps must be at least 0 and less than steps")
 
 
 def _bitsandbytes_installed() -> bool:
@@ -687,6 +694,9 @@ def _train(
         params.append(_trainable_token_rows(text_encoder, token_rows, options, device, weight_dtype))
     optimizer = _make_optimizer(params, options, device)
     trainable = [p for group in params for p in group["params"]]
+    # Two-phase pivotal tuning: the model's own weights wait while the token's rows warm up.
+    warmup = options.token_warmup_steps if token_rows else 0
+    model_params = [p for group in params[:-1] for p in group["params"]] if token_rows else []
     autocast = (
         torch.autocast("cuda", dtype=weight_dtype) if device.type == "cuda" and weight_dtype != torch.float32
         else contextlib.nullcontext()
@@ -709,11 +719,16 @@ def _train(
         if cancel():
             raise TrainingCanceled()
         step_start = time.perf_counter()
+        warming = step <= warmup
+        if warmup and step in (1, warmup + 1):
+            for p in model_params:  # no gradient, so AdamW leaves them (and their moments) alone
+                p.requires_grad_(not warming)
+        with_prior = class_batches is not None and not warming  # the token is in no class prompt
         idx = inst_batches.next()
         latents = _sample_latents(vae, inst_mean[idx], inst_std[idx], generator)
         ids = inst_ids[idx]
         states = None if encode_each_step else inst_states[idx]
-        if class_batches is not None:
+        if with_prior:
             cidx = class_batches.next()
             latents = torch.cat([latents, _sample_latents(vae, class_mean[cidx], class_std[cidx], generator)])
             pidx = [own_prompt[i] for i in cidx]
@@ -732,7 +747,7 @@ def _train(
         else:
             raise TrainingError(f"This model's prediction type {prediction_type!r} is not supported for training.")
 
-        if distil:  # the class half's target becomes the base model's own prediction
+        if distil and with_prior:  # the class half's target becomes the base model's own prediction
             n = len(idx)
             base = _base_prediction(unet if teacher is None else teacher, noisy[n:], timesteps[n:], class_states[pidx], weight_dtype, autocast)
             target = torch.cat([target[:n], base])
@@ -740,7 +755,7 @@ def _train(
             if encode_each_step:
                 states = text_encoder(ids)[0]
             pred = unet(noisy.to(weight_dtype), timesteps, states.to(weight_dtype)).sample
-        loss = _dreambooth_loss(pred.float(), target.float(), class_batches is not None, options.prior_loss_weight)
+        loss = _dreambooth_loss(pred.float(), target.float(), with_prior, options.prior_loss_weight)
 
         if scaler is not None:
             scaler.scale(loss).backward()
