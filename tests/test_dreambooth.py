@@ -105,6 +105,10 @@ def test_default_options_fit_the_demo_model() -> None:
     assert model_resolution(DEMO_MODEL) == options.resolution == 64
     assert options.method == "lora" and options.prior_preservation
     check_options(options)
+    # Fewer steps chosen in the form shorten the token's warm-up with them, so any steps are valid.
+    assert options.token_warmup_steps == 300
+    assert default_options_for(DEMO_MODEL, steps=100).token_warmup_steps == 25
+    check_options(default_options_for(DEMO_MODEL, steps=1))
 
 
 def test_bad_options_are_refused_with_a_reason() -> None:
