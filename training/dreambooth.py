@@ -191,8 +191,8 @@ def default_options_for(base_model: str | Path, **overrides: Any) -> TrainingOpt
     """Defaults that fit the base model, with `overrides` applied (any TrainingOptions field).
 
     Tiny models (the 64 px demo) take lr 3e-4, a rank-8 LoRA, batch 4 and 2300 steps, the first
-    300 on the token's embedding alone: 6-10 minutes on 2 CPU cores with prior preservation (50
-    class images). Fewer `steps` shorten the token's warm-up with them (a quarter at most), unless
+    300 on the token's embedding alone: 6-10 minutes on 2 CPU cores with prior preservation (150
+    class images, weight 4). Fewer `steps` shorten the token's warm-up with them (a quarter at most), unless
     `token_warmup_steps` is given too. SD-sized models get the usual DreamBooth-LoRA
     recipe (rank 4, 1e-4, 800 steps, 100 class images) and, on a GPU, fp16 with gradient
     checkpointing and 8-bit Adam when bitsandbytes is installed.
@@ -204,11 +204,11 @@ def default_options_for(base_model: str | Path, **overrides: Any) -> TrainingOpt
             # lr 3e-4 beat 1e-3 on the trained demo model (likeness up, class damage down; 1e-3
             # saturates colours); 1e-4 × 2000 steps was no better and twice as long.
             steps=2300, learning_rate=3e-4, lora_rank=8, batch_size=4,
-            num_class_images=50, class_inference_steps=20, resolution=resolution,
-            # Two-phase pivotal tuning with a doubled prior weight: the token first (300 steps at
-            # 3e-3, ~0.1 s each), then 2000 LoRA steps. Likeness 33% -> 75% and the held-out drop
-            # 20 -> 4 points against one phase of 1000 steps (bench/dreambooth_bench.py).
-            token_warmup_steps=300, token_learning_rate=3e-3, prior_loss_weight=2.0,
+            num_class_images=150, class_inference_steps=20, resolution=resolution,
+            # Two-phase pivotal tuning with a stronger, wider prior: the token first (300 steps at
+            # 3e-3, ~0.1 s each), then 2000 LoRA steps against 150 class images at prior weight 4.
+            # Measured in docs/dreambooth.md (bench/dreambooth_bench.py).
+            token_warmup_steps=300, token_learning_rate=3e-3, prior_loss_weight=4.0,
             # Measured with bench/dreambooth_bench.py: the base-prediction prior kept held-out
             # prompts where they were (vs -42 points with the classic target) and the learnt
             # token embedding nearly doubled likeness; see docs/dreambooth.md.
