@@ -192,10 +192,10 @@ def default_options_for(base_model: str | Path, **overrides: Any) -> TrainingOpt
 
     Tiny models (the 64 px demo) take lr 3e-4, a rank-8 LoRA, batch 4 and 2300 steps, the first
     300 on the token's embedding alone: 6-10 minutes on 2 CPU cores with prior preservation (150
-    class images, weight 4). Fewer `steps` shorten the token's warm-up with them (a quarter at most), unless
-    `token_warmup_steps` is given too. SD-sized models get the usual DreamBooth-LoRA
-    recipe (rank 4, 1e-4, 800 steps, 100 class images) and, on a GPU, fp16 with gradient
-    checkpointing and 8-bit Adam when bitsandbytes is installed.
+    class images, weight 4). Fewer `steps` shorten the token's warm-up with them (to a quarter of
+    them at most) unless `token_warmup_steps` is given too. SD-sized models get the usual
+    DreamBooth-LoRA recipe (rank 4, 1e-4, 800 steps, 100 class images, one phase) and, on a GPU,
+    fp16 with gradient checkpointing and 8-bit Adam when bitsandbytes is installed.
     """
     resolution = model_resolution(base_model)
     prior_prompts = describe_model(str(base_model)).prior_prompts
@@ -723,7 +723,7 @@ def _train(
     unet.train()
     if train_te:
         text_encoder.train()
-    train_seconds, loss_value, loss_ema = 0.0, float("nan"), None
+    train_seconds, warmup_seconds, loss_value, loss_ema = 0.0, 0.0, float("nan"), None
     for step in range(1, options.steps + 1):
         if cancel():
             raise TrainingCanceled()
@@ -789,13 +789,17 @@ def _train(
         loss_ema = loss_value if loss_ema is None else 0.95 * loss_ema + 0.05 * loss_value
         train_seconds += time.perf_counter() - step_start
         per_step = train_seconds / step
+        if step == warmup:
+            warmup_seconds = train_seconds
+        # After the token's warm-up the steps are ~2x slower: the ETA uses this phase's pace only.
+        pace = (train_seconds - warmup_seconds) / (step - warmup) if step > warmup else per_step
 
         images = None
         if options.validation_every and options.validation_prompts and (step % options.validation_every == 0 or step == options.steps):
             images = _validation_images(validation_pipe, unet, text_encoder, train_te, options, autocast)
         report(TrainingProgress(
             phase="training", step=step, total=options.steps, loss=loss_value, seconds_per_step=per_step,
-            eta_seconds=per_step * (options.steps - step), validation_images=images,
+            eta_seconds=pace * (options.steps - step), validation_images=images,
             validation_prompts=options.validation_prompts if images else (),
         ))
 
