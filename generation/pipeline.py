@@ -196,8 +196,7 @@ class Renderer:
 
     def _reload(self, profile: str) -> None:
         del self.pipe
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        _empty_cuda_cache()
         self.profile = profile
         self.loaded_loras = []
         self.pipe = _load(self.source, plan_memory(profile, cuda_available=torch.cuda.is_available()), self.single_file_config)
@@ -238,8 +237,7 @@ class Renderer:
                 return self._attempt(s, on_step, adapter)
             except torch.cuda.OutOfMemoryError:
                 tried = self.profile
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
+                _empty_cuda_cache()
                 lower = lower_profile(tried)
                 if lower is None:
                     raise GenerationError(_oom_message(s, tried)) from None
@@ -249,8 +247,7 @@ class Renderer:
                 try:
                     return self._attempt(s, on_step, adapter)
                 except torch.cuda.OutOfMemoryError:
-                    if torch.cuda.is_available():
-                        torch.cuda.empty_cache()
+                    _empty_cuda_cache()
                     raise GenerationError(_oom_message(s, lower)) from None
 
     def _attempt(self, s: RenderSettings, on_step: ProgressCallback | None, adapter: Adapter | None) -> list[Image.Image]:
@@ -319,6 +316,11 @@ def _token_embedding(path: str) -> dict:
     from training.dreambooth import load_token_embedding
 
     return load_token_embedding(path)
+
+
+def _empty_cuda_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _oom_message(s: RenderSettings, profile: str) -> str:

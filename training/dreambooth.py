@@ -174,17 +174,9 @@ ProgressCallback = Callable[[TrainingProgress], None]
 
 
 def model_resolution(base_model: str | Path) -> int:
-    """Native image size in pixels of a diffusers folder: unet sample_size × VAE downscale factor.
-
-    Falls back to 512 (SD 1.x) for anything that is not a readable diffusers folder.
-    """
-    folder = Path(base_model)
-    try:
-        unet = json.loads((folder / "unet" / "config.json").read_text())
-        vae = json.loads((folder / "vae" / "config.json").read_text())
-        return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
-    except (OSError, ValueError, KeyError, TypeError):
-        return 512
+    """Native image size in pixels (generation.modelinfo's reading of the model: unet sample_size
+    × VAE downscale factor for a diffusers folder, 512 (SD 1.x) for anything else)."""
+    return describe_model(str(base_model)).native_size
 
 
 def default_options_for(base_model: str | Path, **overrides: Any) -> TrainingOptions:
@@ -197,8 +189,8 @@ def default_options_for(base_model: str | Path, **overrides: Any) -> TrainingOpt
     DreamBooth-LoRA recipe (rank 4, 1e-4, 800 steps, 100 class images, one phase) and, on a GPU,
     fp16 with gradient checkpointing and 8-bit Adam when bitsandbytes is installed.
     """
-    resolution = model_resolution(base_model)
-    prior_prompts = describe_model(str(base_model)).prior_prompts
+    info = describe_model(str(base_model))  # read once (cached) for the size and the prompts
+    resolution, prior_prompts = info.native_size, info.prior_prompts
     if resolution <= _TINY_RESOLUTION:
         options = TrainingOptions(
             # lr 3e-4 beat 1e-3 on the trained demo model (likeness up, class damage down; 1e-3
@@ -699,13 +691,13 @@ def _train(
     # A full fine-tune has no adapter to switch off: the distillation target comes from a frozen copy.
     teacher = copy.deepcopy(unet).to(device, weight_dtype).eval() if distil and options.method == "full" else None
     params = _prepare_trainable(unet, text_encoder, options, device, weight_dtype)
+    # Two-phase pivotal tuning: the model's own weights (these groups) wait while the token's rows warm up.
+    model_params = [p for group in params for p in group["params"]]
+    warmup = options.token_warmup_steps if token_rows else 0
     if token_rows:
         params.append(_trainable_token_rows(text_encoder, token_rows, options, device, weight_dtype))
     optimizer = _make_optimizer(params, options, device)
     trainable = [p for group in params for p in group["params"]]
-    # Two-phase pivotal tuning: the model's own weights wait while the token's rows warm up.
-    warmup = options.token_warmup_steps if token_rows else 0
-    model_params = [p for group in params[:-1] for p in group["params"]] if token_rows else []
     autocast = (
         torch.autocast("cuda", dtype=weight_dtype) if device.type == "cuda" and weight_dtype != torch.float32
         else contextlib.nullcontext()
