@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shutil
 import sys
 import tempfile
 import threading
@@ -200,6 +201,8 @@ def main() -> None:
     p.add_argument("--prior-weight", type=float, default=None, help="prior-preservation loss weight")
     p.add_argument("--targets", default=None,
                    help="UNet LoRA target modules, comma-separated (e.g. attn2.to_k,attn2.to_v: cross-attention only)")
+    p.add_argument("--blocks", default=None,
+                   help="UNet blocks that get LoRA, comma-separated prefixes (up_blocks: the decoder half), or all")
     p.add_argument("--no-token", action="store_true", help="do not learn the token's embedding (pivotal tuning is the default)")
     p.add_argument("--class-prompts", choices=["default", "captions"], default="default",
                    help="captions: class images from the subject's captions without the token only (classic DreamBooth)")
@@ -209,6 +212,7 @@ def main() -> None:
                    help="class half's target: the class image (classic) or the base model's prediction")
     p.add_argument("--cells", type=int, default=2, help="checkerboard cells per side of the subject")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the whole bench")
+    p.add_argument("--keep", type=Path, default=None, help="copy the trained checkpoint folder here")
     p.add_argument("--sheet", type=Path, default=None, help="save before/after likeness images here")
     a = p.parse_args()
     if a.threads:
@@ -254,6 +258,8 @@ def main() -> None:
         overrides["class_prompts"] = tuple(dict.fromkeys(class_prompt_for(c, TOKEN, CLASS) for c in captions))
     if a.targets:
         overrides["lora_target_modules"] = tuple(t.strip() for t in a.targets.split(",") if t.strip())
+    if a.blocks:
+        overrides["lora_blocks"] = () if a.blocks == "all" else tuple(b.strip() for b in a.blocks.split(",") if b.strip())
     options = default_options_for(a.model, **overrides)
     print(f"options: {replace(options, prior_prompts=(f'{len(options.prior_prompts)} prompts',))}")
 
@@ -270,6 +276,8 @@ def main() -> None:
                 class_images_dir=Path(tmp) / "class",
             )
         wall = time.perf_counter() - t
+        if a.keep:
+            shutil.copytree(result.checkpoint_path.parent, a.keep, dirs_exist_ok=True)
 
         t = time.perf_counter()
         pipe.load_lora_weights(str(result.checkpoint_path), adapter_name="subject")
@@ -294,7 +302,7 @@ def main() -> None:
     n_like = len(TEST_BACKGROUNDS) * a.seeds
     print()
     print(f"model {a.model.name}; {len(photos)} photos; training {options.steps} steps "
-          f"({options.method}, rank {options.lora_rank} on {','.join(options.lora_target_modules)}, lr {options.learning_rate:g}, batch {options.batch_size}, "
+          f"({options.method}, rank {options.lora_rank} on {','.join(options.lora_target_modules)} in {','.join(options.lora_blocks) or 'every block'}, lr {options.learning_rate:g}, batch {options.batch_size}, "
           f"prior preservation {options.prior_preservation} with {options.num_class_images} class images)")
     print(f"{'likeness (' + str(n_like) + ' images)':<34}{'before':>10}{'after':>10}")
     for key in ("checkered", "both colours", "histogram", "background"):

@@ -223,6 +223,24 @@ def test_text_encoder_lora_is_saved_and_loads(tmp_path: Path, demo_pipe) -> None
     assert torch.equal(after, base)
 
 
+def test_lora_blocks_limit_the_adapter_to_those_blocks(tmp_path: Path, demo_pipe) -> None:
+    from safetensors import safe_open
+
+    result = _train(tmp_path, _quick(prior_preservation=False, steps=2, lora_blocks=("up_blocks",)))
+    with safe_open(str(result.checkpoint_path), "pt") as f:
+        blocks = {key.split(".")[1] for key in f.keys()}
+    assert blocks == {"up_blocks"}  # e.g. "unet.up_blocks.1.attentions.0...lora.down.weight"
+
+    base = _render(demo_pipe)
+    demo_pipe.load_lora_weights(str(result.checkpoint_path), adapter_name="decoder_only")
+    try:
+        assert np.abs(_render(demo_pipe) - base).max() > 1e-3
+    finally:
+        demo_pipe.unload_lora_weights()
+    with pytest.raises(ValueError, match="no LoRA target modules in the UNet blocks nowhere"):
+        _train(tmp_path / "bad", _quick(prior_preservation=False, steps=1, lora_blocks=("nowhere",)))
+
+
 def test_full_fine_tune_writes_unet_weights_that_load(tmp_path: Path) -> None:
     from diffusers import UNet2DConditionModel
 

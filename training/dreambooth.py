@@ -76,6 +76,10 @@ class TrainingOptions:
     lora_alpha: float | None = None  # None: equal to the rank (scale 1)
     # UNet modules that get LoRA (peft suffix match): every attention projection by default.
     lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    # UNet blocks whose modules get LoRA, as name prefixes ("up_blocks", "mid_block",
+    # "down_blocks.1"); empty: every block. The decoder half ("up_blocks") draws detail and texture
+    # on top of a layout the encoder half has already decided.
+    lora_blocks: tuple[str, ...] = ()
     train_text_encoder: bool = False
     text_encoder_learning_rate: float | None = None  # None: same as `learning_rate`
     # Pivotal tuning: also learn the input embedding of the rare token's pieces (only those rows of
@@ -856,7 +860,7 @@ def _prepare_trainable(unet: Any, text_encoder: Any, options: TrainingOptions, d
         _move(unet, device, weight_dtype)
         unet.add_adapter(LoraConfig(
             r=options.lora_rank, lora_alpha=alpha, init_lora_weights="gaussian",
-            target_modules=list(options.lora_target_modules),
+            target_modules=_unet_lora_targets(unet, options),
         ))
         if options.train_text_encoder:
             _move(text_encoder, device, weight_dtype)
@@ -884,6 +888,22 @@ def _prepare_trainable(unet: Any, text_encoder: Any, options: TrainingOptions, d
     if options.train_text_encoder:
         groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad], "lr": te_lr})
     return groups
+
+
+def _unet_lora_targets(unet: Any, options: TrainingOptions) -> list[str]:
+    """peft target_modules for the UNet: the suffixes as they are, or, with `lora_blocks`, the full
+    names of the matching modules inside those blocks."""
+    suffixes = list(options.lora_target_modules)
+    if not options.lora_blocks:
+        return suffixes
+    prefixes = tuple(block.rstrip(".") + "." for block in options.lora_blocks)
+    names = [
+        name for name, _ in unet.named_modules()
+        if name.startswith(prefixes) and any(name == s or name.endswith("." + s) for s in suffixes)
+    ]
+    if not names:
+        raise ValueError(f"no LoRA target modules in the UNet blocks {', '.join(options.lora_blocks)}")
+    return names
 
 
 def _token_rows(tokenizer: Any, token: str) -> list[int]:
