@@ -76,9 +76,9 @@ class TrainingOptions:
     lora_alpha: float | None = None  # None: equal to the rank (scale 1)
     # UNet modules that get LoRA (peft suffix match): every attention projection by default.
     lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-    # UNet blocks whose modules get LoRA, as name prefixes ("up_blocks", "mid_block",
-    # "down_blocks.1"); empty: every block. The decoder half ("up_blocks") draws detail and texture
-    # on top of a layout the encoder half has already decided.
+    # UNet blocks whose modules get LoRA (method "lora"), as name prefixes ("up_blocks",
+    # "mid_block", "down_blocks.1"); empty: every block. On the demo model the decoder half alone
+    # drifts least but learns the subject's colours more than its layout (docs/dreambooth.md).
     lora_blocks: tuple[str, ...] = ()
     train_text_encoder: bool = False
     text_encoder_learning_rate: float | None = None  # None: same as `learning_rate`
