@@ -104,6 +104,7 @@ def test_default_options_fit_the_demo_model() -> None:
     options = default_options_for(DEMO_MODEL)
     assert model_resolution(DEMO_MODEL) == options.resolution == 64
     assert options.method == "lora" and options.prior_preservation
+    assert options.lora_blocks == ("up_blocks", "mid_block")  # the measured demo recipe (docs/dreambooth.md)
     check_options(options)
     # Fewer steps chosen in the form shorten the token's warm-up with them, so any steps are valid.
     assert options.token_warmup_steps == 300
