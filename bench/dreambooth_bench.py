@@ -214,6 +214,7 @@ def main() -> None:
                    help="class half's target: the class image (classic) or the base model's prediction")
     p.add_argument("--cells", type=int, default=2, help="checkerboard cells per side of the subject")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the whole bench")
+    p.add_argument("--train-seed", type=int, default=None, help="the training run's seed (default 0)")
     p.add_argument("--keep", type=Path, default=None, help="copy the trained checkpoint folder here")
     p.add_argument("--sheet", type=Path, default=None, help="save before/after likeness images here")
     a = p.parse_args()
@@ -248,6 +249,7 @@ def main() -> None:
         "steps": a.steps, "learning_rate": a.lr, "lora_rank": a.rank, "batch_size": a.batch,
         "prior_loss_weight": a.prior_weight, "prior_remix_share": a.remix_share, "num_class_images": a.class_images,
         "token_learning_rate": a.token_lr, "prior_target": a.prior_target, "token_warmup_steps": a.token_warmup,
+        "seed": a.train_seed,
     }
     overrides: dict[str, object] = {name: value for name, value in given.items() if value is not None}
     if a.no_prior:
