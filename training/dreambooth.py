@@ -188,10 +188,11 @@ def default_options_for(base_model: str | Path, **overrides: Any) -> TrainingOpt
 
     Tiny models (the 64 px demo) take lr 3e-4, a rank-8 LoRA on the decoder half and the middle
     block, batch 4 and 2300 steps, the first 300 on the token's embedding alone: 6-10 minutes on 2
-    CPU cores with prior preservation (150 class images, weight 6). Fewer `steps` shorten the token's warm-up with them (to a quarter of
-    them at most) unless `token_warmup_steps` is given too. SD-sized models get the usual
-    DreamBooth-LoRA recipe (rank 4, 1e-4, 800 steps, 100 class images, one phase) and, on a GPU,
-    fp16 with gradient checkpointing and 8-bit Adam when bitsandbytes is installed.
+    CPU cores with prior preservation (150 class images, weight 6). Fewer `steps` shorten the
+    token's warm-up with them (to a quarter of them at most) unless `token_warmup_steps` is given
+    too. SD-sized models get the usual DreamBooth-LoRA recipe (rank 4, 1e-4, 800 steps, 100 class
+    images, one phase) and, on a GPU, fp16 with gradient checkpointing and 8-bit Adam when
+    bitsandbytes is installed.
     """
     info = describe_model(str(base_model))  # read once (cached) for the size and the prompts
     resolution, prior_prompts = info.native_size, info.prior_prompts
@@ -203,7 +204,6 @@ def default_options_for(base_model: str | Path, **overrides: Any) -> TrainingOpt
             num_class_images=150, class_inference_steps=20, resolution=resolution,
             # Two-phase pivotal tuning with a stronger, wider prior: the token first (300 steps at
             # 3e-3, ~0.1 s each), then 2000 LoRA steps against 150 class images.
-            # Measured in docs/dreambooth.md (bench/dreambooth_bench.py).
             token_warmup_steps=300, token_learning_rate=3e-3,
             # The LoRA on the decoder half and the middle block (the layout) only, at prior weight
             # 6: likeness as with every block at weight 4 (56% vs 58%), half the drift on held-out
@@ -896,15 +896,16 @@ def _prepare_trainable(unet: Any, text_encoder: Any, options: TrainingOptions, d
 
 def _unet_lora_targets(unet: Any, options: TrainingOptions) -> list[str]:
     """peft target_modules for the UNet: the suffixes as they are, or, with `lora_blocks`, the full
-    names of the matching modules inside those blocks."""
+    names of the modules inside those blocks that peft would match with the suffixes."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
     suffixes = list(options.lora_target_modules)
     if not options.lora_blocks:
         return suffixes
+    by_suffix = LoraConfig(target_modules=suffixes)
     prefixes = tuple(block.rstrip(".") + "." for block in options.lora_blocks)
-    names = [
-        name for name, _ in unet.named_modules()
-        if name.startswith(prefixes) and any(name == s or name.endswith("." + s) for s in suffixes)
-    ]
+    names = [name for name, _ in unet.named_modules() if name.startswith(prefixes) and check_target_module_exists(by_suffix, name)]
     if not names:
         raise ValueError(f"no LoRA target modules in the UNet blocks {', '.join(options.lora_blocks)}")
     return names
