@@ -104,7 +104,9 @@ def test_default_options_fit_the_demo_model() -> None:
     options = default_options_for(DEMO_MODEL)
     assert model_resolution(DEMO_MODEL) == options.resolution == 64
     assert options.method == "lora" and options.prior_preservation
-    assert options.lora_blocks == ("up_blocks", "mid_block")  # the measured demo recipe (docs/dreambooth.md)
+    # The measured demo recipe (docs/dreambooth.md): attention and resnet convolutions, decoder half and middle.
+    assert options.lora_blocks == ("up_blocks", "mid_block")
+    assert set(options.lora_target_modules) == {"to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"}
     check_options(options)
     # Fewer steps chosen in the form shorten the token's warm-up with them, so any steps are valid.
     assert options.token_warmup_steps == 300
@@ -182,6 +184,11 @@ def test_lora_file_loads_changes_the_output_and_unloads_exactly(lora_run, demo_p
     # The LoRA and the learnt token embedding; no staging leftovers.
     assert sorted(p.name for p in (tmp / "out").iterdir()) == [LORA_WEIGHT_NAME, TOKEN_EMBEDDING_NAME]
     assert result.size_bytes == sum(f.stat().st_size for f in result.files) > result.checkpoint_path.stat().st_size
+    from safetensors import safe_open
+
+    with safe_open(str(result.checkpoint_path), "pt") as f:
+        conv_shapes = [f.get_slice(k).get_shape() for k in f.keys() if ".resnets." in k and (".conv1." in k or ".conv2." in k)]
+    assert conv_shapes and all(len(shape) == 4 for shape in conv_shapes)  # LoRA on the convolutions too
 
     base = _render(demo_pipe)
     demo_pipe.load_lora_weights(str(result.checkpoint_path), adapter_name="subject")
