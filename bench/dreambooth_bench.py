@@ -213,6 +213,7 @@ def main() -> None:
     p.add_argument("--token-warmup", type=int, default=None, help="steps that train the token embedding alone first")
     p.add_argument("--prior-target", choices=["images", "base"], default=None,
                    help="class half's target: the class image (classic) or the base model's prediction")
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None)
     p.add_argument("--cells", type=int, default=2, help="checkerboard cells per side of the subject")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the whole bench")
     p.add_argument("--train-seed", type=int, default=None, help="the training run's seed (default 0)")
@@ -250,7 +251,7 @@ def main() -> None:
         "steps": a.steps, "method": a.method, "learning_rate": a.lr, "lora_rank": a.rank, "batch_size": a.batch,
         "prior_loss_weight": a.prior_weight, "prior_remix_share": a.remix_share, "num_class_images": a.class_images,
         "token_learning_rate": a.token_lr, "prior_target": a.prior_target, "token_warmup_steps": a.token_warmup,
-        "seed": a.train_seed,
+        "seed": a.train_seed, "lr_schedule": a.lr_schedule,
     }
     overrides: dict[str, object] = {name: value for name, value in given.items() if value is not None}
     if a.no_prior:

@@ -107,6 +107,7 @@ def test_default_options_fit_the_demo_model() -> None:
     # The measured demo recipe (docs/dreambooth.md): attention and resnet convolutions, decoder half and middle.
     assert options.lora_blocks == ("up_blocks", "mid_block")
     assert set(options.lora_target_modules) == {"to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"}
+    assert options.lr_schedule == "cosine"
     check_options(options)
     # Fewer steps chosen in the form shorten the token's warm-up with them, so any steps are valid.
     assert options.token_warmup_steps == 300
@@ -121,6 +122,8 @@ def test_bad_options_are_refused_with_a_reason() -> None:
         check_options(TrainingOptions(mixed_precision="fp8"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="prior_remix_share"):
         check_options(TrainingOptions(prior_remix_share=1.5))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        check_options(TrainingOptions(lr_schedule="linear"))  # type: ignore[arg-type]
 
 
 def test_prompts_fall_back_and_class_prompts_drop_the_token() -> None:
@@ -383,3 +386,23 @@ def test_base_prior_target_works_for_a_full_fine_tune_too(tmp_path: Path) -> Non
     assert (result.checkpoint_path / "unet").is_dir() and np.isfinite(result.final_loss)
     with pytest.raises(ValueError, match="prior_target"):
         check_options(replace(result.options, prior_target="teacher"))  # type: ignore[arg-type]
+
+
+def test_cosine_schedule_waits_for_the_token_then_falls_towards_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rates: list[list[float]] = []  # every param group's learning rate at each optimizer step (a spy)
+    real = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: rates.append([g["lr"] for g in self.param_groups]) or real(self, *a, **k))
+
+    options = _quick(prior_preservation=False, steps=6, token_warmup_steps=2, lr_schedule="cosine")
+    _train(tmp_path, options)
+    lora, token = [r[0] for r in rates], [r[-1] for r in rates]
+    assert len(rates) == 6
+    # The warm-up (steps 1-2) and the LoRA's first step run at the full rates...
+    assert lora[:3] == [options.learning_rate] * 3 and token[:3] == [options.token_learning_rate] * 3
+    # ...then every rate falls along the cosine.
+    assert lora[3:] == sorted(lora[3:], reverse=True) and lora[2] > lora[3] and lora[-1] < 0.2 * options.learning_rate
+    assert token[-1] / options.token_learning_rate == pytest.approx(lora[-1] / options.learning_rate)
+    # The constant schedule stays constant.
+    rates.clear()
+    _train(tmp_path / "constant", replace(options, lr_schedule="constant"))
+    assert {r[0] for r in rates} == {options.learning_rate}
