@@ -197,8 +197,9 @@ def default_options_for(base_model: str | Path, **overrides: Any) -> TrainingOpt
     attention and resnet convolutions of the decoder half and the middle block, batch 4 and 2100
     steps, the first 300 on the token's embedding alone: about 9 minutes on 2 CPU cores with prior
     preservation (150 class images, weight 6). Fewer `steps` shorten the token's warm-up with them
-    (to a quarter of them at most) unless `token_warmup_steps` is given too. SD-sized models get the usual DreamBooth-LoRA recipe (rank 4, 1e-4, 800 steps, 100 class
-    images, one phase) and, on a GPU, fp16 with gradient checkpointing and 8-bit Adam when
+    (to a quarter of them at most) unless `token_warmup_steps` is given too. SD-sized models get
+    the usual DreamBooth-LoRA recipe (rank 4, 1e-4 constant, 800 steps, 100 class images, one
+    phase, attention only) and, on a GPU, fp16 with gradient checkpointing and 8-bit Adam when
     bitsandbytes is installed.
     """
     info = describe_model(str(base_model))  # read once (cached) for the size and the prompts
@@ -217,8 +218,8 @@ def default_options_for(base_model: str | Path, **overrides: Any) -> TrainingOpt
             # prompts (4.5 vs 8.0 points), 80 s faster. Measured in docs/dreambooth.md.
             lora_blocks=("up_blocks", "mid_block"), prior_loss_weight=6.0,
             # ...on their resnets' convolutions too, 200 steps fewer, the rates falling along a
-            # cosine: likeness 51% -> 70% on the mean of three training seeds (66-78% each),
-            # held-out drift 3.6 -> 3.3 points, 8.7 min (0.27 instead of 0.22 s per LoRA step).
+            # cosine: likeness 51% -> 69% on the mean of five training seeds (66-78% each),
+            # held-out drift 3.6 -> 2.9 points, 8.7 min (0.27 instead of 0.22 s per LoRA step).
             lora_target_modules=TrainingOptions.lora_target_modules + RESNET_CONV_TARGET_MODULES,
             lr_schedule="cosine",
             # Measured with bench/dreambooth_bench.py: the base-prediction prior kept held-out
