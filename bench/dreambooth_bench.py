@@ -274,15 +274,15 @@ def main() -> None:
             print(f"  step {p.step}/{p.total} loss {p.loss:.4f} {p.seconds_per_step:.3f} s/step", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"  # the LoRA or the fine-tuned unet/, and the token's file
         t = time.perf_counter()
         with PeakRss() as rss:
             result = train_dreambooth(
                 base_model=a.model, instance_images=photos, instance_prompts=captions, token=TOKEN,
-                class_noun=CLASS, options=options, output_dir=Path(tmp) / "out", progress=report,
+                class_noun=CLASS, options=options, output_dir=out, progress=report,
                 class_images_dir=Path(tmp) / "class",
             )
         wall = time.perf_counter() - t
-        out = Path(tmp) / "out"
         if a.keep:
             shutil.copytree(out, a.keep, dirs_exist_ok=True)
 
