@@ -234,6 +234,33 @@ def test_text_encoder_lora_is_saved_and_loads(tmp_path: Path, demo_pipe) -> None
     assert torch.equal(after, base)
 
 
+def test_subjects_with_and_without_a_text_encoder_lora_take_turns_on_one_renderer(tmp_path: Path) -> None:
+    # The worker's warm pipeline keeps several LoRAs loaded (LRU) and switches per job: a subject
+    # whose LoRA reaches the text encoder must not stay on for one whose LoRA does not, or for a
+    # job without a subject.
+    from django.conf import settings
+
+    from generation.pipeline import Adapter, Renderer, RenderSettings
+
+    with_te = _train(tmp_path / "te", _quick(prior_preservation=False, steps=2, train_text_encoder=True))
+    unet_only = _train(tmp_path / "unet", _quick(prior_preservation=False, steps=2, train_text_encoder=False))
+    a = Adapter(kind="lora", path=str(with_te.checkpoint_path), key="te")
+    b = Adapter(kind="lora", path=str(unet_only.checkpoint_path), key="unet")
+    s = RenderSettings(prompt="a sks square on a red background", negative_prompt="", seed=3, steps=4, guidance_scale=3.0,
+                       width=64, height=64, scheduler="dpmpp_2m", num_images=1)
+
+    def render(renderer: Renderer, adapter: Adapter | None = None) -> np.ndarray:
+        return np.asarray(renderer.render(s, adapter=adapter)[0])
+
+    fresh_b, fresh_base = render(Renderer(settings.IMAGESITE_MODEL, "cpu"), b), render(Renderer(settings.IMAGESITE_MODEL, "cpu"))
+    r = Renderer(settings.IMAGESITE_MODEL, "cpu")
+    first_a = render(r, a)
+    assert np.array_equal(render(r, b), fresh_b)
+    assert np.array_equal(render(r), fresh_base)
+    assert np.array_equal(render(r, a), first_a)  # still cached, and whole again
+    assert not np.array_equal(first_a, fresh_b)
+
+
 def test_lora_blocks_limit_the_adapter_to_those_blocks(tmp_path: Path, demo_pipe) -> None:
     from safetensors import safe_open
 
