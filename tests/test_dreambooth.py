@@ -234,6 +234,32 @@ def test_text_encoder_lora_is_saved_and_loads(tmp_path: Path, demo_pipe) -> None
     assert torch.equal(after, base)
 
 
+def test_every_trained_lora_weight_loads_back_whatever_module_comes_first(tmp_path: Path, demo_pipe) -> None:
+    # diffusers judges a UNet LoRA file's key layout by its first key. With the LoRA on the decoder
+    # half only, the first key is a resnet convolution's; the file once mixed layouts and the
+    # attention half was silently dropped on load (88 tensors saved, 24 loaded).
+    from safetensors.torch import load_file
+
+    result = _train(tmp_path, _quick(prior_preservation=False, steps=2, lora_blocks=("up_blocks",), train_text_encoder=True))
+    saved = load_file(str(result.checkpoint_path))
+    assert next(k for k in saved if k.startswith("unet.")).startswith("unet.up_blocks.0.resnets.0.conv1.")
+    demo_pipe.load_lora_weights(str(result.checkpoint_path), adapter_name="whole")
+    try:
+        loaded = {
+            f"{part}.{key.replace('.whole.', '.')}": value
+            for part, model in (("unet", demo_pipe.unet), ("text_encoder", demo_pipe.text_encoder))
+            for key, value in model.state_dict().items() if ".whole." in key
+        }
+    finally:
+        demo_pipe.unload_lora_weights()
+    unet_saved = {k: v for k, v in saved.items() if k.startswith("unet.")}
+    assert any(".attn2.to_k." in k for k in unet_saved) and any(".conv1." in k for k in unet_saved)
+    assert unet_saved.keys() <= loaded.keys()
+    assert all(torch.equal(loaded[k], v) for k, v in unet_saved.items())
+    # the text encoder's half loads too (its keys are renamed on load, so count them)
+    assert sum(k.startswith("text_encoder.") for k in loaded) == sum(k.startswith("text_encoder.") for k in saved) > 0
+
+
 def test_subjects_with_and_without_a_text_encoder_lora_take_turns_on_one_renderer(tmp_path: Path) -> None:
     # The worker's warm pipeline keeps several LoRAs loaded (LRU) and switches per job: a subject
     # whose LoRA reaches the text encoder must not stay on for one whose LoRA does not, or for a

@@ -516,15 +516,24 @@ def _make_optimizer(params: list[dict[str, Any]], options: TrainingOptions, devi
 
 
 def _lora_state_dicts(unet: Any, text_encoder: Any | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-    """The LoRA weights in diffusers' key layout (what `save_lora_weights` and `load_lora_weights` use), float32 on the CPU."""
+    """The LoRA weights as `save_lora_weights` takes them and `load_lora_weights` reads them back
+    whole, float32 on the CPU.
+
+    The UNet's keys stay in peft's layout (`lora_A`/`lora_B`) for every module. diffusers'
+    `convert_state_dict_to_diffusers` renames only the attention projections (`lora.down`), and
+    `load_lora_weights` judges the layout of a UNet LoRA by its first key: a file that mixed both
+    loaded only the modules in the first key's layout and silently dropped the rest (e.g. every
+    attention LoRA when the first key was a convolution's). The text encoder keeps diffusers' layout,
+    which its loader converts as a whole.
+    """
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    def export(model: Any) -> dict[str, torch.Tensor]:
-        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+    def cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
 
-    return export(unet), (export(text_encoder) if text_encoder is not None else None)
+    text = cpu(convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))) if text_encoder is not None else None
+    return cpu(get_peft_model_state_dict(unet)), text
 
 
 def _save_checkpoint(
