@@ -109,6 +109,9 @@ def test_default_options_fit_the_demo_model() -> None:
     assert set(options.lora_target_modules) == {"to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"}
     assert options.lr_schedule == "cosine"
     check_options(options)
+    # A full fine-tune drifts at the LoRA's rate: its own, lower default, which a chosen rate overrides.
+    assert options.learning_rate == 3e-4 and default_options_for(DEMO_MODEL, method="full").learning_rate == 1e-4
+    assert default_options_for(DEMO_MODEL, method="full", learning_rate=2e-4).learning_rate == 2e-4
     # Fewer steps chosen in the form shorten the token's warm-up with them, so any steps are valid.
     assert options.token_warmup_steps == 300
     assert default_options_for(DEMO_MODEL, steps=100).token_warmup_steps == 25

@@ -125,6 +125,25 @@ def test_start_training_queues_on_the_training_cluster(owner_client, subject_wit
     assert SubjectPhoto.objects.filter(pk=photo.pk).exists()
 
 
+def test_a_full_fine_tune_with_a_blank_rate_gets_the_full_fine_tunes_own_rate(owner_client, subject_with_photos, django_capture_on_commit_callbacks):
+    from django.conf import settings
+
+    from training.dreambooth import default_options_for
+
+    page = owner_client.get(reverse("subject-detail", args=[subject_with_photos.pk]))
+    form = page.context["training_form"]
+    assert form.fields["learning_rate"].initial is None  # blank: the chosen method's default, named in the field
+    assert 'placeholder="default: LoRA 0.0003, full 0.0001"' in page.content.decode()
+    data = {name: field.initial for name, field in form.fields.items() if field.initial not in (None, False)}
+    data.update(method="full", steps=5)
+    with django_capture_on_commit_callbacks(execute=True):
+        owner_client.post(reverse("subject-train", args=[subject_with_photos.pk]), data)
+    run = TrainingRun.objects.get()
+    assert run.method == "full" and "learning_rate" not in run.options
+    # what the worker builds from the stored run (training.tasks)
+    assert default_options_for(settings.IMAGESITE_MODEL, method=run.method, **run.options).learning_rate == 1e-4
+
+
 def test_bad_training_options_get_field_errors(owner_client, subject_with_photos):
     response = owner_client.post(reverse("subject-train", args=[subject_with_photos.pk]), {"method": "lora", "steps": 0, "learning_rate": 1, "lora_rank": 0})
     errors = response.context["training_form"].errors

@@ -65,7 +65,8 @@ class TrainingForm(forms.Form):
 
     method = forms.ChoiceField(choices=TrainingMethod.choices, initial=TrainingMethod.LORA)
     steps = forms.IntegerField(min_value=rules.STEPS_RANGE[0], max_value=rules.STEPS_RANGE[1])
-    learning_rate = forms.FloatField(min_value=rules.LEARNING_RATE_RANGE[0], max_value=rules.LEARNING_RATE_RANGE[1])
+    # Blank: the chosen method's own default (a full fine-tune needs a lower rate than a LoRA).
+    learning_rate = forms.FloatField(min_value=rules.LEARNING_RATE_RANGE[0], max_value=rules.LEARNING_RATE_RANGE[1], required=False)
     lora_rank = forms.IntegerField(min_value=rules.RANK_RANGE[0], max_value=rules.RANK_RANGE[1], label="LoRA rank")
     train_text_encoder = forms.BooleanField(required=False, help_text="Also adapt the text encoder (slower; stronger likeness).")
     prior_preservation = forms.BooleanField(required=False, help_text="Keeps what the class looks like in general.")
@@ -90,8 +91,10 @@ class TrainingForm(forms.Form):
         super().__init__(*args, **kwargs)
         self.defaults = default_options_for(settings.IMAGESITE_MODEL)
         for name, field in self.fields.items():
-            if name != "method" and hasattr(self.defaults, name):
+            if name not in ("method", "learning_rate") and hasattr(self.defaults, name):
                 field.initial = getattr(self.defaults, name)
+        full_rate = default_options_for(settings.IMAGESITE_MODEL, method=TrainingMethod.FULL).learning_rate
+        self.fields["learning_rate"].widget.attrs["placeholder"] = f"default: LoRA {self.defaults.learning_rate:g}, full {full_rate:g}"
 
     def clean(self):
         data = super().clean()
