@@ -281,7 +281,8 @@ def test_subjects_with_and_without_a_text_encoder_lora_take_turns_on_one_rendere
     def render(renderer: Renderer, adapter: Adapter | None = None) -> np.ndarray:
         return np.asarray(renderer.render(s, adapter=adapter)[0])
 
-    fresh_b, fresh_base = render(Renderer(settings.IMAGESITE_MODEL, "cpu"), b), render(Renderer(settings.IMAGESITE_MODEL, "cpu"))
+    fresh = Renderer(settings.IMAGESITE_MODEL, "cpu")  # nothing loaded before its base job, so its first LoRA job is fresh too
+    fresh_base, fresh_b = render(fresh), render(fresh, b)
     r = Renderer(settings.IMAGESITE_MODEL, "cpu")
     first_a = render(r, a)
     assert np.array_equal(render(r, b), fresh_b)
