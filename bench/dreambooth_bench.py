@@ -197,6 +197,7 @@ def main() -> None:
     p.add_argument("--method", choices=["lora", "full"], default=None, help="full: fine-tune the whole UNet")
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--rank", type=int, default=None)
+    p.add_argument("--lora-plus", type=float, default=None, help="LoRA+: the B matrices' learning rate multiplier")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--train-text-encoder", action="store_true", help="LoRA on the text encoder too")
     p.add_argument("--remix-share", type=float, default=None, help="share of class samples paired with another prompt (base target)")
@@ -251,7 +252,7 @@ def main() -> None:
         "steps": a.steps, "method": a.method, "learning_rate": a.lr, "lora_rank": a.rank, "batch_size": a.batch,
         "prior_loss_weight": a.prior_weight, "prior_remix_share": a.remix_share, "num_class_images": a.class_images,
         "token_learning_rate": a.token_lr, "prior_target": a.prior_target, "token_warmup_steps": a.token_warmup,
-        "seed": a.train_seed, "lr_schedule": a.lr_schedule,
+        "seed": a.train_seed, "lr_schedule": a.lr_schedule, "lora_plus_ratio": a.lora_plus,
     }
     overrides: dict[str, object] = {name: value for name, value in given.items() if value is not None}
     if a.no_prior:

@@ -107,7 +107,7 @@ def test_default_options_fit_the_demo_model() -> None:
     # The measured demo recipe (docs/dreambooth.md): attention and resnet convolutions, decoder half and middle.
     assert options.lora_blocks == ("up_blocks", "mid_block")
     assert set(options.lora_target_modules) == {"to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2"}
-    assert options.lr_schedule == "cosine"
+    assert options.lr_schedule == "cosine" and options.lora_plus_ratio == 16
     check_options(options)
     # A full fine-tune drifts at the LoRA's rate: its own, lower default, which a chosen rate overrides.
     assert options.learning_rate == 3e-4 and default_options_for(DEMO_MODEL, method="full").learning_rate == 1e-4
@@ -307,6 +307,35 @@ def test_lora_blocks_limit_the_adapter_to_those_blocks(tmp_path: Path, demo_pipe
         demo_pipe.unload_lora_weights()
     with pytest.raises(ValueError, match="no LoRA target modules in the UNet blocks nowhere"):
         _train(tmp_path / "bad", _quick(prior_preservation=False, steps=1, lora_blocks=("nowhere",)))
+    # A "block" may also be one top-level module, e.g. the UNet's last convolution.
+    from training.dreambooth import _unet_lora_targets
+
+    only_out = _quick(lora_blocks=("conv_out", "up_blocks.1"), lora_target_modules=("conv_out", "to_q"))
+    names = _unet_lora_targets(demo_pipe.unet, only_out)
+    assert "conv_out" in names and all(n == "conv_out" or n.startswith("up_blocks.1.") for n in names)
+
+
+def test_lora_plus_moves_the_b_matrices_faster_and_the_a_matrices_alike(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    def trained(ratio: float) -> dict[str, torch.Tensor]:
+        options = _quick(prior_preservation=False, steps=1, learning_rate=1e-3, lora_plus_ratio=ratio)
+        return load_file(str(_train(tmp_path / str(ratio), options).checkpoint_path))
+
+    plain, plus = trained(1.0), trained(16.0)
+    assert plain.keys() == plus.keys()
+    b_keys = [k for k in plain if ".lora_B." in k]
+    a_keys = [k for k in plain if ".lora_A." in k]
+    assert b_keys and len(a_keys) == len(b_keys)
+    # B starts at zero and Adam's first step moves every weight by about its rate: 16x for LoRA+.
+    b_plain = torch.cat([plain[k].flatten().abs() for k in b_keys]).max()
+    b_plus = torch.cat([plus[k].flatten().abs() for k in b_keys]).max()
+    assert 0 < b_plain <= 1.5e-3 and 12 < b_plus / b_plain < 20
+    # A starts from the same (seeded) weights and takes a step at the same rate in both runs.
+    for k in a_keys:
+        torch.testing.assert_close(plus[k], plain[k], atol=2.5e-3, rtol=0)
+    with pytest.raises(ValueError, match="lora_plus_ratio"):
+        check_options(TrainingOptions(lora_plus_ratio=0))
 
 
 def test_full_fine_tune_writes_unet_weights_that_load(tmp_path: Path) -> None:

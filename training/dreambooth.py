@@ -84,6 +84,8 @@ class TrainingOptions:
     # "mid_block", "down_blocks.1"); empty: every block. On the demo model the decoder half alone
     # drifts least but learns the subject's colours more than its layout (docs/dreambooth.md).
     lora_blocks: tuple[str, ...] = ()
+    # LoRA+ (Hayou et al. 2024): the LoRA's B matrices learn this many times faster than its A ones.
+    lora_plus_ratio: float = 1.0
     train_text_encoder: bool = False
     text_encoder_learning_rate: float | None = None  # None: same as `learning_rate`
     # Pivotal tuning: also learn the input embedding of the rare token's pieces (only those rows of
@@ -194,8 +196,8 @@ def default_options_for(base_model: str | Path, **overrides: Any) -> TrainingOpt
     """Defaults that fit the base model, with `overrides` applied (any TrainingOptions field).
 
     Tiny models (the 64 px demo) take lr 3e-4 falling along a cosine, a rank-8 LoRA on the
-    attention and resnet convolutions of the decoder half and the middle block, batch 4 and 2100
-    steps, the first 300 on the token's embedding alone: about 9 minutes on 2 CPU cores with prior
+    attention and resnet convolutions of the decoder half and the middle block (its B matrices at
+    16x the rate: LoRA+), batch 4 and 2100 steps, the first 300 on the token's embedding alone: about 9 minutes on 2 CPU cores with prior
     preservation (150 class images, weight 6). Fewer `steps` shorten the token's warm-up with them
     (to a quarter of them at most) unless `token_warmup_steps` is given too. SD-sized models get
     the usual DreamBooth-LoRA recipe (rank 4, 1e-4 constant, 800 steps, 100 class images, one
@@ -225,6 +227,9 @@ def default_options_for(base_model: str | Path, **overrides: Any) -> TrainingOpt
             # held-out drift 3.6 -> 2.9 points, 8.7 min (0.27 instead of 0.22 s per LoRA step).
             lora_target_modules=TrainingOptions.lora_target_modules + RESNET_CONV_TARGET_MODULES,
             lr_schedule="cosine",
+            # LoRA+: the B matrices at 16x the rate (4.8e-3): likeness 69% -> 79% on the mean of
+            # five training seeds, held-out drift 2.9 -> 3.2 points, same time.
+            lora_plus_ratio=16.0,
             # Measured with bench/dreambooth_bench.py: the base-prediction prior kept held-out
             # prompts where they were (vs -42 points with the classic target) and the learnt
             # token embedding nearly doubled likeness; see docs/dreambooth.md.
@@ -257,6 +262,8 @@ def check_options(options: TrainingOptions) -> None:
         raise ValueError("learning_rate must be positive")
     if options.method == "lora" and options.lora_rank < 1:
         raise ValueError("lora_rank must be at least 1")
+    if not options.lora_plus_ratio > 0:
+        raise ValueError("lora_plus_ratio must be positive (1: off)")
     if options.batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if options.prior_preservation and options.num_class_images < 1:
@@ -927,10 +934,23 @@ def _prepare_trainable(unet: Any, text_encoder: Any, options: TrainingOptions, d
         unet.enable_gradient_checkpointing()
         if options.train_text_encoder:
             text_encoder.gradient_checkpointing_enable()
-    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": options.learning_rate}]
+    groups = _param_groups(unet, options.learning_rate, options.lora_plus_ratio)
     if options.train_text_encoder:
-        groups.append({"params": [p for p in text_encoder.parameters() if p.requires_grad], "lr": te_lr})
+        groups += _param_groups(text_encoder, te_lr, options.lora_plus_ratio)
     return groups
+
+
+def _param_groups(model: Any, lr: float, lora_plus_ratio: float) -> list[dict[str, Any]]:
+    """The model's trainable weights as optimizer groups: one at `lr`, or, with LoRA+ (Hayou et al.
+    2024; `lora_plus_ratio` != 1), the LoRA's B matrices in a second group at `lr * lora_plus_ratio`.
+    B starts at zero and is what turns the A projection into a change of the output, so a faster B
+    learns the same update in fewer steps. (peft's `create_loraplus_optimizer` does this for a
+    single model; a run here has up to three param groups and two optimizer classes.)"""
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    faster = [lora_plus_ratio != 1.0 and ".lora_B." in name for name, _ in trainable]
+    fast = [p for (_, p), f in zip(trainable, faster) if f]
+    rest = [p for (_, p), f in zip(trainable, faster) if not f]
+    return [{"params": rest, "lr": lr}] + ([{"params": fast, "lr": lr * lora_plus_ratio}] if fast else [])
 
 
 def _unet_lora_targets(unet: Any, options: TrainingOptions) -> list[str]:
@@ -943,8 +963,12 @@ def _unet_lora_targets(unet: Any, options: TrainingOptions) -> list[str]:
     if not options.lora_blocks:
         return suffixes
     by_suffix = LoraConfig(target_modules=suffixes)
-    prefixes = tuple(block.rstrip(".") + "." for block in options.lora_blocks)
-    names = [name for name, _ in unet.named_modules() if name.startswith(prefixes) and check_target_module_exists(by_suffix, name)]
+    blocks = tuple(block.rstrip(".") for block in options.lora_blocks)
+    prefixes = tuple(block + "." for block in blocks)
+    names = [
+        name for name, _ in unet.named_modules()
+        if (name in blocks or name.startswith(prefixes)) and check_target_module_exists(by_suffix, name)
+    ]
     if not names:
         raise ValueError(f"no LoRA target modules in the UNet blocks {', '.join(options.lora_blocks)}")
     return names
