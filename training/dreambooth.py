@@ -81,8 +81,9 @@ class TrainingOptions:
     # RESNET_CONV_TARGET_MODULES adds the resnets' 3×3 convolutions (LyCORIS calls that LoCon).
     lora_target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
     # UNet blocks whose modules get LoRA (method "lora"), as name prefixes ("up_blocks",
-    # "mid_block", "down_blocks.1"); empty: every block. On the demo model the decoder half alone
-    # drifts least but learns the subject's colours more than its layout (docs/dreambooth.md).
+    # "mid_block", "down_blocks.1") or top-level modules ("conv_out"); empty: every block. On the
+    # demo model the decoder half alone drifts least but learns the subject's colours more than
+    # its layout (docs/dreambooth.md).
     lora_blocks: tuple[str, ...] = ()
     # LoRA+ (Hayou et al. 2024): the LoRA's B matrices learn this many times faster than its A ones.
     lora_plus_ratio: float = 1.0
@@ -197,13 +198,14 @@ def default_options_for(base_model: str | Path, **overrides: Any) -> TrainingOpt
 
     Tiny models (the 64 px demo) take lr 3e-4 falling along a cosine, a rank-8 LoRA on the
     attention and resnet convolutions of the decoder half and the middle block (its B matrices at
-    16x the rate: LoRA+), batch 4 and 2100 steps, the first 300 on the token's embedding alone: about 9 minutes on 2 CPU cores with prior
-    preservation (150 class images, weight 6). Fewer `steps` shorten the token's warm-up with them
-    (to a quarter of them at most) unless `token_warmup_steps` is given too. SD-sized models get
-    the usual DreamBooth-LoRA recipe (rank 4, 1e-4 constant, 800 steps, 100 class images, one
-    phase, attention only) and, on a GPU, fp16 with gradient checkpointing and 8-bit Adam when
-    bitsandbytes is installed. `method="full"` lowers the learning rate (1e-4 on tiny models, 5e-6
-    on SD) unless `learning_rate` is given too.
+    16x the rate: LoRA+), batch 4 and 2100 steps, the first 300 on the token's embedding alone:
+    about 8-9 minutes on 2 CPU cores with prior preservation (150 class images, weight 6). Fewer
+    `steps` shorten the token's warm-up with them (to a quarter of them at most) unless
+    `token_warmup_steps` is given too. SD-sized models get the usual DreamBooth-LoRA recipe (rank
+    4, 1e-4 constant, 800 steps, 100 class images, one phase, attention only, no LoRA+) and, on
+    a GPU, fp16 with gradient checkpointing and 8-bit Adam when bitsandbytes is installed.
+    `method="full"` lowers the learning rate (1e-4 on tiny models, 5e-6 on SD) unless
+    `learning_rate` is given too.
     """
     info = describe_model(str(base_model))  # read once (cached) for the size and the prompts
     resolution, prior_prompts = info.native_size, info.prior_prompts
@@ -945,7 +947,7 @@ def _param_groups(model: Any, lr: float, lora_plus_ratio: float) -> list[dict[st
     2024; `lora_plus_ratio` != 1), the LoRA's B matrices in a second group at `lr * lora_plus_ratio`.
     B starts at zero and is what turns the A projection into a change of the output, so a faster B
     learns the same update in fewer steps. (peft's `create_loraplus_optimizer` does this for a
-    single model; a run here has up to three param groups and two optimizer classes.)"""
+    single model and optimizer class; a run here trains up to three and may use 8-bit AdamW.)"""
     trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     faster = [lora_plus_ratio != 1.0 and ".lora_B." in name for name, _ in trainable]
     fast = [p for (_, p), f in zip(trainable, faster) if f]
