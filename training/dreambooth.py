@@ -957,7 +957,8 @@ def _param_groups(model: Any, lr: float, lora_plus_ratio: float) -> list[dict[st
 
 def _unet_lora_targets(unet: Any, options: TrainingOptions) -> list[str]:
     """peft target_modules for the UNet: the suffixes as they are, or, with `lora_blocks`, the full
-    names of the modules inside those blocks that peft would match with the suffixes."""
+    names of the modules inside those blocks (or a block itself, e.g. "conv_out") that peft would
+    match with the suffixes."""
     from peft import LoraConfig
     from peft.tuners.tuners_utils import check_target_module_exists
 
