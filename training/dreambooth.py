@@ -948,10 +948,11 @@ def _param_groups(model: Any, lr: float, lora_plus_ratio: float) -> list[dict[st
     B starts at zero and is what turns the A projection into a change of the output, so a faster B
     learns the same update in fewer steps. (peft's `create_loraplus_optimizer` does this for a
     single model and optimizer class; a run here trains up to three and may use 8-bit AdamW.)"""
-    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    faster = [lora_plus_ratio != 1.0 and ".lora_B." in name for name, _ in trainable]
-    fast = [p for (_, p), f in zip(trainable, faster) if f]
-    rest = [p for (_, p), f in zip(trainable, faster) if not f]
+    fast: list[torch.nn.Parameter] = []
+    rest: list[torch.nn.Parameter] = []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (fast if lora_plus_ratio != 1.0 and ".lora_B." in name else rest).append(p)
     return [{"params": rest, "lr": lr}] + ([{"params": fast, "lr": lr * lora_plus_ratio}] if fast else [])
 
 
