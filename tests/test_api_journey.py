@@ -66,8 +66,9 @@ def test_journey_through_the_api(owner, owner_client, spawn_worker, workers, rec
     hook = receiver.received[0]
     assert webhooks.verify(secret, hook["headers"]["X-Imagesite-Timestamp"], hook["body"], hook["headers"]["X-Imagesite-Signature"])
     assert json.loads(hook["body"])["event"] == "generation.succeeded"
-    deliveries = api.get("/api/v1/webhook-deliveries/").json()["results"]
-    assert deliveries[0]["status"] == "succeeded" and deliveries[0]["attempts"] == 1
+    # The receiver holds the body before the worker has read the reply and recorded the attempt.
+    delivery = wait_for(lambda: next((d for d in api.get("/api/v1/webhook-deliveries/").json()["results"] if d["status"] != "pending"), None), 30, message="the delivery's outcome")
+    assert delivery["status"] == "succeeded" and delivery["attempts"] == 1
 
     # 3. A subject, its photos, a short training run on the training cluster.
     subject = api.post("/api/v1/subjects/", {"name": "Checkers", "class_noun": "shape"}, format="json").json()
