@@ -9,6 +9,7 @@ import contextlib
 import logging
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -304,7 +305,10 @@ class Renderer:
         else:
             if len(loaded) >= LORA_CACHE_SIZE:
                 self.pipe.delete_adapters(loaded.pop(0))
-            self.pipe.load_lora_weights(adapter.path, adapter_name=adapter.key)
+            with warnings.catch_warnings():
+                # peft warns whenever a model gets a second adapter; keeping a few is the point here.
+                warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+                self.pipe.load_lora_weights(adapter.path, adapter_name=adapter.key)
         loaded.append(adapter.key)
         self.pipe.enable_lora()
         self.pipe.set_adapters([adapter.key])

@@ -436,7 +436,7 @@ def test_token_warmup_trains_the_token_alone_first(tmp_path: Path) -> None:
             return
         lora_b = [w for name, w in pipe.unet.named_parameters() if "lora_B" in name]
         token_moved = not torch.equal(pipe.text_encoder.get_input_embeddings().weight[sks], start)
-        seen[p.step] = (max(float(w.abs().max()) for w in lora_b), token_moved)
+        seen[p.step] = (max(float(w.detach().abs().max()) for w in lora_b), token_moved)
 
     train_dreambooth(
         base_model=pipe, instance_images=PHOTOS, instance_prompts=CAPTIONS, token="sks", class_noun="square",
