@@ -133,7 +133,7 @@ def test_a_full_fine_tune_with_a_blank_rate_gets_the_full_fine_tunes_own_rate(ow
     page = owner_client.get(reverse("subject-detail", args=[subject_with_photos.pk]))
     form = page.context["training_form"]
     assert form.fields["learning_rate"].initial is None  # blank: the chosen method's default, named in the field
-    assert 'placeholder="default: LoRA 0.0003, full 0.0001"' in page.content.decode()
+    assert "Blank: the method&#x27;s default (LoRA 0.0003, full 0.0001)." in page.content.decode()
     data = {name: field.initial for name, field in form.fields.items() if field.initial not in (None, False)}
     data.update(method="full", steps=5)
     with django_capture_on_commit_callbacks(execute=True):

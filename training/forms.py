@@ -94,7 +94,9 @@ class TrainingForm(forms.Form):
             if name not in ("method", "learning_rate") and hasattr(self.defaults, name):
                 field.initial = getattr(self.defaults, name)
         full_rate = default_options_for(settings.IMAGESITE_MODEL, method=TrainingMethod.FULL).learning_rate
-        self.fields["learning_rate"].widget.attrs["placeholder"] = f"default: LoRA {self.defaults.learning_rate:g}, full {full_rate:g}"
+        rate = self.fields["learning_rate"]
+        rate.widget.attrs["placeholder"] = "default"
+        rate.help_text = f"Blank: the method's default (LoRA {self.defaults.learning_rate:g}, full {full_rate:g})."
 
     def clean(self):
         data = super().clean()
