@@ -215,6 +215,8 @@ def main() -> None:
     p.add_argument("--prior-target", choices=["images", "base"], default=None,
                    help="class half's target: the class image (classic) or the base model's prediction")
     p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None)
+    p.add_argument("--no-captions", action="store_true",
+                   help='train on the fallback caption "a photo of <token> <class>" (a photo uploaded without a caption)')
     p.add_argument("--cells", type=int, default=2, help="checkerboard cells per side of the subject")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads for the whole bench")
     p.add_argument("--train-seed", type=int, default=None, help="the training run's seed (default 0)")
@@ -279,7 +281,7 @@ def main() -> None:
         t = time.perf_counter()
         with PeakRss() as rss:
             result = train_dreambooth(
-                base_model=a.model, instance_images=photos, instance_prompts=captions, token=TOKEN,
+                base_model=a.model, instance_images=photos, instance_prompts=None if a.no_captions else captions, token=TOKEN,
                 class_noun=CLASS, options=options, output_dir=out, progress=report,
                 class_images_dir=Path(tmp) / "class",
             )
