@@ -105,8 +105,10 @@ class SubjectPhotoSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = SubjectPhoto
-        fields = ["id", "url", "original_name", "width", "height", "face_found", "image_url", "crop_url", "created_at"]
-        read_only_fields = fields
+        fields = ["id", "url", "original_name", "caption", "width", "height", "face_found", "image_url", "crop_url", "created_at"]
+        read_only_fields = [name for name in fields if name != "caption"]
+        extra_kwargs = {"caption": {"help_text": 'What training calls the photo; it names the subject by its token, e.g. "a sks dog on a beach". '
+                                                 'Blank: "a photo of <token> <class>".'}}
 
     def _link(self, route: str, photo: SubjectPhoto) -> str:
         return absolute(self.context, reverse(route, args=[photo.subject_id, photo.pk]))
@@ -122,6 +124,11 @@ class SubjectPhotoSerializer(serializers.ModelSerializer):
     @extend_schema_field(OpenApiTypes.URI)
     def get_crop_url(self, photo: SubjectPhoto) -> str:
         return self._link("api-subject-photo-crop", photo)
+
+
+class PhotoCaptionSerializer(serializers.Serializer):
+    caption = serializers.CharField(allow_blank=True, max_length=training_rules.CAPTION_MAX_LENGTH, trim_whitespace=True,
+                                    help_text='Names the subject by its token, e.g. "a sks dog on a beach"; blank: "a photo of <token> <class>".')
 
 
 class PhotoUploadSerializer(serializers.Serializer):

@@ -42,7 +42,7 @@ class SubjectViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMo
     def get_queryset(self) -> QuerySet[Subject]:
         if self.is_schema_request():
             return Subject.objects.none()
-        return Subject.objects.for_user(self.request.user).order_by("-created_at", "-pk")
+        return Subject.objects.for_user(self.request.user).prefetch_related("photos").order_by("-created_at", "-pk")
 
     def get_throttles(self):
         if self.action == "train":
@@ -103,11 +103,20 @@ class SubjectViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMo
         return photo
 
     @extend_schema(methods=["GET"], summary="One photo", responses=ts.SubjectPhotoSerializer)
+    @extend_schema(methods=["PATCH"], summary="Caption a photo (not while the subject trains)", request=ts.PhotoCaptionSerializer, responses=ts.SubjectPhotoSerializer)
     @extend_schema(methods=["DELETE"], summary="Remove a photo (not while the subject trains)", responses={204: None})
-    @action(detail=True, methods=["get", "delete"], url_path=PHOTO_PATH, url_name="photo")
+    @action(detail=True, methods=["get", "patch", "delete"], url_path=PHOTO_PATH, url_name="photo")
     def photo(self, request: Request, pk: str | None = None, photo_id: str = "") -> Response:
         photo = self._photo(photo_id)
         if request.method == "GET":
+            return Response(ts.SubjectPhotoSerializer(photo, context=self.get_serializer_context()).data)
+        if request.method == "PATCH":
+            given = ts.PhotoCaptionSerializer(data=request.data)
+            given.is_valid(raise_exception=True)
+            try:
+                (photo,) = services.set_captions(subject=photo.subject, captions={photo.pk: given.validated_data["caption"]})
+            except ValidationError as exc:
+                raise _invalid(exc, "caption" if hasattr(exc, "error_dict") else "non_field_errors") from None
             return Response(ts.SubjectPhotoSerializer(photo, context=self.get_serializer_context()).data)
         try:
             services.remove_photo(photo=photo)

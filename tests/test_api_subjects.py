@@ -136,6 +136,37 @@ def test_remove_a_photo_but_not_while_training(owner_api, subject_with_photos):
     assert subject_with_photos.photos.count() == 2
 
 
+def test_caption_a_photo_and_it_becomes_the_example_prompt(owner_api, subject_with_photos):
+    first, second, _ = subject_with_photos.photos.all()
+    url = f"{URL}{subject_with_photos.pk}/photos/{second.pk}/"
+    body = owner_api.patch(url, {"caption": " a sks shape on a  green background"}, format="json").json()
+    assert body["id"] == second.pk and body["caption"] == "a sks shape on a green background"
+    assert owner_api.get(f"{URL}{subject_with_photos.pk}/").json()["prompt_example"] == "a sks shape on a green background"
+    assert owner_api.patch(url, {"caption": ""}, format="json").json()["caption"] == ""  # blank: the fallback again
+    assert owner_api.get(f"{URL}{subject_with_photos.pk}/").json()["prompt_example"] == "a photo of sks shape"
+    assert [p["caption"] for p in owner_api.get(f"{URL}{subject_with_photos.pk}/photos/").json()] == ["", "", ""]
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"caption": "a dog on a beach"}, "token “sks”"),
+    ({"caption": "a sks shape " + "x" * 200}, "200 characters"),
+    ({}, "required"),
+    ({"caption": None}, "null"),
+])
+def test_a_bad_caption_is_400_on_the_caption_field(owner_api, subject_with_photos, data, message):
+    photo = subject_with_photos.photos.first()
+    body = assert_error(owner_api.patch(f"{URL}{subject_with_photos.pk}/photos/{photo.pk}/", data, format="json"), 400, "caption")
+    assert message in body["errors"]["caption"][0]
+    assert SubjectPhoto.objects.get(pk=photo.pk).caption == ""
+
+
+def test_no_captioning_while_training(owner_api, subject_with_photos):
+    photo = subject_with_photos.photos.first()
+    TrainingRun.objects.create(subject=subject_with_photos)
+    body = assert_error(owner_api.patch(f"{URL}{subject_with_photos.pk}/photos/{photo.pk}/", {"caption": "a sks shape"}, format="json"), 400, "non_field_errors")
+    assert "training" in body["errors"]["non_field_errors"][0] and SubjectPhoto.objects.get(pk=photo.pk).caption == ""
+
+
 def test_upload_throttle(owner, owner_api, subject):
     UserLimits.objects.create(user=owner, uploads_per_hour=1)
     assert owner_api.post(f"{URL}{subject.pk}/photos/", {"photos": [photo_file()]}, format="multipart").status_code == 201
@@ -227,7 +258,7 @@ def _urls(subject: Subject, photo: SubjectPhoto, run: TrainingRun) -> list[tuple
     s, p, r = subject.pk, photo.pk, run.pk
     return [
         ("get", f"{URL}{s}/"), ("delete", f"{URL}{s}/"), ("get", f"{URL}{s}/photos/"), ("post", f"{URL}{s}/photos/"),
-        ("get", f"{URL}{s}/photos/{p}/"), ("delete", f"{URL}{s}/photos/{p}/"), ("get", f"{URL}{s}/photos/{p}/crop/"),
+        ("get", f"{URL}{s}/photos/{p}/"), ("patch", f"{URL}{s}/photos/{p}/"), ("delete", f"{URL}{s}/photos/{p}/"), ("get", f"{URL}{s}/photos/{p}/crop/"),
         ("get", f"{URL}{s}/photos/{p}/image/"), ("post", f"{URL}{s}/train/"),
         ("get", f"/api/v1/training-runs/{r}/"), ("post", f"/api/v1/training-runs/{r}/cancel/"), ("get", f"/api/v1/training-runs/{r}/checkpoint/"),
         ("get", f"/api/v1/training-runs/{r}/token-embedding/"),

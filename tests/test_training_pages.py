@@ -119,10 +119,45 @@ def test_start_training_queues_on_the_training_cluster(owner_client, subject_wit
     assert response["Location"] == run.get_absolute_url()
     assert run.status == JobStatus.QUEUED and run.options["steps"] == 5
     assert OrmQ.objects.get().key == "training"
-    # photos are locked while it trains
+    # photos are locked while it trains, and so are their captions
     photo = subject_with_photos.photos.first()
     owner_client.post(reverse("subject-photo-delete", args=[subject_with_photos.pk, photo.pk]))
     assert SubjectPhoto.objects.filter(pk=photo.pk).exists()
+    response = owner_client.post(reverse("subject-photo-captions", args=[subject_with_photos.pk]), {f"caption_{photo.pk}": "a sks shape"})
+    assert response.status_code == 400 and "can&#x27;t change while the subject is training" in response.content.decode()
+    assert SubjectPhoto.objects.get(pk=photo.pk).caption == ""
+
+
+def test_captions_are_saved_together_and_prefill_the_prompt(owner_client, subject_with_photos):
+    first, second, third = subject_with_photos.photos.all()
+    third.caption = "a sks shape in the old caption"
+    third.save()
+    url = reverse("subject-photo-captions", args=[subject_with_photos.pk])
+    response = owner_client.post(url, {f"caption_{first.pk}": "  a SKS shape on a  green background ", f"caption_{second.pk}": "", f"caption_{third.pk}": ""})
+    assert response.status_code == 302
+    assert [p.caption for p in subject_with_photos.photos.all()] == ["a SKS shape on a green background", "", ""]
+    page = owner_client.get(reverse("subject-detail", args=[subject_with_photos.pk])).content.decode()
+    assert "Saved the captions." in page and 'value="a SKS shape on a green background"' in page
+    assert 'placeholder="a photo of sks shape"' in page  # what a blank caption trains as
+    # the first caption is the subject's example prompt: the generate form starts from it
+    form = owner_client.get(reverse("generation-new") + f"?subject={subject_with_photos.pk}").context["form"]
+    assert form.initial["prompt"] == "a SKS shape on a green background "
+
+
+@pytest.mark.parametrize("caption, message", [
+    ("a dog on a beach", "Name the subject with its token “sks”"),
+    ("a sksx shape", "Name the subject with its token “sks”"),  # the token as a word, not inside one
+    ("a sks shape " + "x" * 200, "200 characters"),
+])
+def test_a_bad_caption_is_refused_with_its_reason_and_nothing_is_saved(owner_client, subject_with_photos, caption, message):
+    first, second, _ = subject_with_photos.photos.all()
+    response = owner_client.post(reverse("subject-photo-captions", args=[subject_with_photos.pk]),
+                                 {f"caption_{first.pk}": "a sks shape on a red background", f"caption_{second.pk}": caption})
+    assert response.status_code == 400
+    errors = response.context["captions_form"].errors
+    assert list(errors) == [f"caption_{second.pk}"] and message in errors[f"caption_{second.pk}"][0]
+    assert response.context["captions_form"][f"caption_{second.pk}"].value() == caption  # what was typed stays
+    assert [p.caption for p in subject_with_photos.photos.all()] == ["", "", ""]
 
 
 def test_a_full_fine_tune_with_a_blank_rate_gets_the_full_fine_tunes_own_rate(owner_client, subject_with_photos, django_capture_on_commit_callbacks):
@@ -157,6 +192,7 @@ def _subject_urls(subject, photo, run):
         "subject-photo-upload": (reverse("subject-photo-upload", args=[subject.pk]), "post"),
         "subject-photo-delete": (reverse("subject-photo-delete", args=[subject.pk, photo.pk]), "post"),
         "subject-photo-crop": (reverse("subject-photo-crop", args=[subject.pk, photo.pk]), "get"),
+        "subject-photo-captions": (reverse("subject-photo-captions", args=[subject.pk]), "post"),
         "subject-train": (reverse("subject-train", args=[subject.pk]), "post"),
         "subject-delete": (reverse("subject-delete", args=[subject.pk]), "post"),
         "training-run-detail": (reverse("training-run-detail", args=[run.pk]), "get"),
@@ -166,7 +202,7 @@ def _subject_urls(subject, photo, run):
     }
 
 
-NAMES = ["subject-detail", "subject-photo-upload", "subject-photo-delete", "subject-photo-crop", "subject-train", "subject-delete", "training-run-detail", "training-run-cancel", "training-run-checkpoint", "training-run-token-embedding"]
+NAMES = ["subject-detail", "subject-photo-upload", "subject-photo-delete", "subject-photo-crop", "subject-photo-captions", "subject-train", "subject-delete", "training-run-detail", "training-run-cancel", "training-run-checkpoint", "training-run-token-embedding"]
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ def test_train_a_lora_then_generate_with_it_without_leaking(owner, workers):
     subject = Subject.objects.create(owner=owner, name="Checkers", token="sks", class_noun="shape")
     outcome = services.add_photos(subject=subject, files=[checkered_photo(i) for i in range(3)])
     assert len(outcome.accepted) == 3
+    services.set_captions(subject=subject, captions={outcome.accepted[1].pk: "a sks shape on a green background"})
     trainer = workers.start(Q_CLUSTER_NAME="training")
     try:
         run = services.start_training(subject=subject, options={"steps": 12, "prior_preservation": False, "learning_rate": 5e-3})
@@ -44,8 +45,9 @@ def test_train_a_lora_then_generate_with_it_without_leaking(owner, workers):
     assert default_storage.exists(run.checkpoint)
     # the demo model's default is pivotal tuning: the token's learnt rows are stored beside the LoRA
     assert run.token_embedding_name() and default_storage.exists(run.token_embedding_name())
-    # validation images landed in the gallery as the subject's generations
-    assert Generation.objects.filter(training_run=run, status=JobStatus.SUCCEEDED).exists()
+    # validation images landed in the gallery as the subject's generations, drawn from its caption
+    validation = Generation.objects.filter(training_run=run, status=JobStatus.SUCCEEDED)
+    assert validation.exists() and all(g.prompt.startswith("a sks shape on a green background (training step ") for g in validation)
 
     workers.ensure_shared()
     base_before = create_generation(owner=owner, prompt="a photo of sks shape", seed=4, **SETTINGS)

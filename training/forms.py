@@ -60,6 +60,36 @@ class PhotoUploadForm(forms.Form):
     photos = MultipleFileField()
 
 
+class CaptionsForm(forms.Form):
+    """One caption field per photo (`caption_<photo id>`), saved together; training.services checks them."""
+
+    def __init__(self, *args, subject: Subject, photos, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.photos = list(photos)
+        fallback = f"a photo of {subject.token} {subject.class_noun}"
+        for photo in self.photos:
+            self.fields[self.field_name(photo.pk)] = forms.CharField(
+                required=False, max_length=rules.CAPTION_MAX_LENGTH, initial=photo.caption, label=f"Caption of {photo.original_name or 'the photo'}",
+                widget=forms.TextInput(attrs={"form": "captions", "placeholder": fallback}),
+            )
+
+    @staticmethod
+    def field_name(photo_pk: int) -> str:
+        return f"caption_{photo_pk}"
+
+    def rows(self) -> list[tuple]:
+        return [(photo, self[self.field_name(photo.pk)]) for photo in self.photos]
+
+    def captions(self) -> dict[int, str]:
+        return {photo.pk: self.cleaned_data[self.field_name(photo.pk)] for photo in self.photos}
+
+    def add_service_errors(self, errors: dict[str, list[str]]) -> None:
+        """The per-photo messages of services.set_captions, each on its photo's field."""
+        for pk, messages in errors.items():
+            for message in messages:
+                self.add_error(self.field_name(int(pk)), message)
+
+
 class TrainingForm(forms.Form):
     """Start a run: the defaults fit the base model; the rest are the advanced options."""
 

@@ -46,7 +46,10 @@ class Subject(models.Model):
 
     @property
     def prompt_example(self) -> str:
-        return f"a photo of {self.token} {self.class_noun}"
+        """A prompt that draws the subject: its first photo caption (what it trained on), else the
+        caption training gives an uncaptioned photo."""
+        captions = [photo.caption for photo in self.photos.all() if photo.caption]
+        return captions[0] if captions else f"a photo of {self.token} {self.class_noun}"
 
     def latest_run(self) -> "TrainingRun | None":
         return self.runs.order_by("-created_at", "-pk").first()

@@ -63,3 +63,19 @@ def validate_class_noun(value: str) -> str:
     if not value or len(value) > 40 or not re.match(r"^[a-z][a-z \-]*$", value):
         raise ValidationError('Say what the subject is in a word or two, e.g. "person", "dog", "shape".')
     return value
+
+
+CAPTION_MAX_LENGTH = 200
+
+
+def validate_caption(value: str, *, token: str) -> str:
+    """A photo's training caption: blank (training then says "a photo of <token> <class>"), or text
+    that names the subject by its token, so the model ties what the photo shows to the token."""
+    value = " ".join(value.split())
+    if not value:
+        return ""
+    if len(value) > CAPTION_MAX_LENGTH:
+        raise ValidationError(f"Keep the caption to {CAPTION_MAX_LENGTH} characters (it has {len(value)}).")
+    if not re.search(rf"\b{re.escape(token)}\b", value, flags=re.IGNORECASE):
+        raise ValidationError(f"Name the subject with its token “{token}”, e.g. “a {token} dog on a beach”.")
+    return value

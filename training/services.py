@@ -10,6 +10,7 @@ from django.db import transaction
 
 from generation.modelinfo import describe_model, model_kind
 
+from . import rules
 from .models import Subject, SubjectPhoto, TrainingMethod, TrainingRun
 from .photos import MAX_FILE_BYTES, MIN_PHOTOS, prepare_many
 
@@ -72,6 +73,26 @@ def delete_subject(*, subject: Subject) -> None:
 def remove_photo(*, photo: SubjectPhoto) -> None:
     _ensure_photos_editable(photo.subject)
     photo.delete()
+
+
+def set_captions(*, subject: Subject, captions: dict[int, str]) -> list[SubjectPhoto]:
+    """Save the captions of the subject's photos ({photo id: caption}; blank clears one) all or
+    nothing: a ValidationError keyed by photo id names every caption that is refused."""
+    _ensure_photos_editable(subject)
+    photos = {photo.pk: photo for photo in subject.photos.filter(pk__in=captions)}
+    errors: dict[str, list[str]] = {}
+    for pk, text in captions.items():
+        if pk not in photos:
+            errors[str(pk)] = ["No such photo of this subject."]
+            continue
+        try:
+            photos[pk].caption = rules.validate_caption(text, token=subject.token)
+        except ValidationError as exc:
+            errors[str(pk)] = exc.messages
+    if errors:
+        raise ValidationError(errors)
+    SubjectPhoto.objects.bulk_update(photos.values(), ["caption"])
+    return list(photos.values())
 
 
 def start_training(*, subject: Subject, method: str = TrainingMethod.LORA, options: dict | None = None, webhook_url: str = "") -> TrainingRun:

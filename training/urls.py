@@ -6,6 +6,7 @@ urlpatterns = [
     path("subjects/", views.subject_list, name="subject-list"),
     path("subjects/<int:pk>/", views.subject_detail, name="subject-detail"),
     path("subjects/<int:pk>/photos/", views.photo_upload, name="subject-photo-upload"),
+    path("subjects/<int:pk>/photos/captions/", views.photo_captions, name="subject-photo-captions"),
     path("subjects/<int:pk>/photos/<int:photo_pk>/delete/", views.photo_delete, name="subject-photo-delete"),
     path("subjects/<int:pk>/photos/<int:photo_pk>/crop.png", views.photo_crop, name="subject-photo-crop"),
     path("subjects/<int:pk>/train/", views.training_start, name="subject-train"),

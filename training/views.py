@@ -10,7 +10,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from generation.views import private_download, private_file_response
 
 from . import services
-from .forms import PhotoUploadForm, SubjectForm, TrainingForm
+from .forms import CaptionsForm, PhotoUploadForm, SubjectForm, TrainingForm
 from .models import Subject, SubjectPhoto, TrainingRun
 
 
@@ -38,10 +38,12 @@ def subject_list(request: HttpRequest) -> HttpResponse:
     return render(request, "training/subjects.html", {"form": form, "subjects": subjects})
 
 
-def _subject_page(request: HttpRequest, subject: Subject, *, upload_form=None, training_form=None, upload_result=None, status: int = 200) -> HttpResponse:
+def _subject_page(request: HttpRequest, subject: Subject, *, upload_form=None, training_form=None, captions_form=None, upload_result=None, status: int = 200) -> HttpResponse:
+    photos = subject.photos.all()
     context = {
         "subject": subject,
-        "photos": subject.photos.all(),
+        "photos": photos,
+        "captions_form": captions_form or CaptionsForm(subject=subject, photos=photos),
         "runs": subject.runs.all()[:10],
         "latest_run": subject.latest_run(),
         "upload_form": upload_form or PhotoUploadForm(),
@@ -71,6 +73,25 @@ def photo_upload(request: HttpRequest, pk: int) -> HttpResponse:
         form.add_error("photos", exc)
         return _subject_page(request, subject, upload_form=form, status=400)
     return _subject_page(request, subject, upload_result=outcome)
+
+
+@login_required
+@require_POST
+def photo_captions(request: HttpRequest, pk: int) -> HttpResponse:
+    subject = _get_subject_for_user(request, pk)
+    form = CaptionsForm(request.POST, subject=subject, photos=subject.photos.all())
+    if form.is_valid():
+        try:
+            services.set_captions(subject=subject, captions=form.captions())
+        except ValidationError as exc:
+            if hasattr(exc, "error_dict"):
+                form.add_service_errors(exc.message_dict)
+            else:
+                form.add_error(None, exc)
+    if not form.is_valid():
+        return _subject_page(request, subject, captions_form=form, status=400)
+    messages.info(request, "Saved the captions.")
+    return redirect(subject)
 
 
 @login_required
