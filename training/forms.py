@@ -70,7 +70,7 @@ class CaptionsForm(forms.Form):
         for photo in self.photos:
             self.fields[self.field_name(photo.pk)] = forms.CharField(
                 required=False, max_length=rules.CAPTION_MAX_LENGTH, initial=photo.caption, label=f"Caption of {photo.original_name or 'the photo'}",
-                widget=forms.TextInput(attrs={"form": "captions", "placeholder": fallback}),
+                widget=forms.Textarea(attrs={"form": "captions", "placeholder": fallback, "rows": 2}),
             )
 
     @staticmethod
