@@ -44,6 +44,8 @@ sys.path.insert(0, str(ROOT))
 
 from bench.demo_fidelity import generate, measure_colours, score, train_shape_classifier  # noqa: E402
 from generation.demo.data import COLOUR_NAMES, COLOURS, HELD_OUT, TRAIN_COMBOS, caption  # noqa: E402
+from generation.modelinfo import describe_model  # noqa: E402
+from training.captions import suggest_caption  # noqa: E402
 from training.dreambooth import (  # noqa: E402
     TOKEN_EMBEDDING_NAME, TrainingProgress, class_prompt_for, default_options_for, load_token_embedding,
     swap_token_embedding, train_dreambooth,
@@ -237,6 +239,9 @@ def main() -> None:
     photo_arrays = [np.asarray(im) for im in photos]
     captions = [f"a {TOKEN} {CLASS} on a {bg} background" for bg in PHOTO_BACKGROUNDS]
     print(f"photos: detector finds the checkered subject in {np.mean([subject_found(x)[1] for x in photo_arrays]):.0%} of them")
+    backgrounds = describe_model(str(a.model)).caption_backgrounds
+    suggested = [suggest_caption(im, token=TOKEN, class_noun=CLASS, backgrounds=backgrounds) for im in photos]
+    print(f"captions the upload suggests for these photos: {sum(s == c for s, c in zip(suggested, captions))} of {len(captions)} equal the bench's")
 
     net, acc = train_shape_classifier()
     print(f"shape classifier (bench/demo_fidelity.py): {acc:.1%} on fresh synthetic masks")

@@ -45,6 +45,9 @@ class ModelInfo:
     example_prompts: tuple[str, ...] = field(default_factory=tuple)
     # Prompts typical of the model, for DreamBooth's prior preservation (imagesite.json "prior_prompts").
     prior_prompts: tuple[str, ...] = field(default_factory=tuple)
+    # Plain background colours the model's captions name, as (name, (r, g, b)) (imagesite.json
+    # "caption_backgrounds"): subject photos on one of them get a caption suggested.
+    caption_backgrounds: tuple[tuple[str, tuple[int, int, int]], ...] = field(default_factory=tuple)
 
     @property
     def native_size(self) -> int:
@@ -107,4 +110,5 @@ def describe_model(source: str) -> ModelInfo:
         max_size=int(extra.get("max_size", native * 2)),
         example_prompts=tuple(extra.get("example_prompts", ())),
         prior_prompts=tuple(extra.get("prior_prompts", ())),
+        caption_backgrounds=tuple((str(name), tuple(int(v) for v in rgb)) for name, rgb in extra.get("caption_backgrounds", {}).items()),
     )

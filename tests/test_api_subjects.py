@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -23,10 +24,14 @@ pytestmark = pytest.mark.django_db
 URL = "/api/v1/subjects/"
 
 
-def photo_file(name: str = "p.jpg", color=(200, 40, 40), size=(96, 80), fmt: str = "JPEG") -> SimpleUploadedFile:
+def upload(name: str, image: Image.Image, fmt: str = "PNG") -> SimpleUploadedFile:
     buffer = io.BytesIO()
-    Image.new("RGB", size, color).save(buffer, format=fmt)
+    image.save(buffer, format=fmt)
     return SimpleUploadedFile(name, buffer.getvalue(), content_type="image/jpeg")
+
+
+def photo_file(name: str = "p.jpg", color=(200, 40, 40), size=(96, 80), fmt: str = "JPEG") -> SimpleUploadedFile:
+    return upload(name, Image.new("RGB", size, color), fmt)
 
 
 @pytest.fixture
@@ -136,15 +141,24 @@ def test_remove_a_photo_but_not_while_training(owner_api, subject_with_photos):
     assert subject_with_photos.photos.count() == 2
 
 
+def test_uploads_get_a_caption_suggested_from_a_background_the_model_knows(owner_api, subject):
+    # The demo model lists its plain background colours (imagesite.json "caption_backgrounds").
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 96, 3), dtype=np.uint8))
+    files = [photo_file("green.png", (30, 170, 50), fmt="PNG"), photo_file("orange.png", (250, 140, 20), fmt="PNG"), upload("noise.png", noise)]
+    accepted = owner_api.post(f"{URL}{subject.pk}/photos/", {"photos": files}, format="multipart").json()["accepted"]
+    assert [p["caption"] for p in accepted] == ["a sks shape on a green background", "a sks shape on an orange background", ""]
+
+
 def test_caption_a_photo_and_it_becomes_the_example_prompt(owner_api, subject_with_photos):
-    first, second, _ = subject_with_photos.photos.all()
-    url = f"{URL}{subject_with_photos.pk}/photos/{second.pk}/"
-    body = owner_api.patch(url, {"caption": " a sks shape on a  green background"}, format="json").json()
+    subject_url = f"{URL}{subject_with_photos.pk}/"
+    for photo in subject_with_photos.photos.all():  # start from no captions at all
+        assert owner_api.patch(f"{subject_url}photos/{photo.pk}/", {"caption": ""}, format="json").json()["caption"] == ""
+    assert owner_api.get(subject_url).json()["prompt_example"] == "a photo of sks shape"
+    second = subject_with_photos.photos.all()[1]
+    body = owner_api.patch(f"{subject_url}photos/{second.pk}/", {"caption": " a sks shape on a  green background"}, format="json").json()
     assert body["id"] == second.pk and body["caption"] == "a sks shape on a green background"
-    assert owner_api.get(f"{URL}{subject_with_photos.pk}/").json()["prompt_example"] == "a sks shape on a green background"
-    assert owner_api.patch(url, {"caption": ""}, format="json").json()["caption"] == ""  # blank: the fallback again
-    assert owner_api.get(f"{URL}{subject_with_photos.pk}/").json()["prompt_example"] == "a photo of sks shape"
-    assert [p["caption"] for p in owner_api.get(f"{URL}{subject_with_photos.pk}/photos/").json()] == ["", "", ""]
+    assert owner_api.get(subject_url).json()["prompt_example"] == "a sks shape on a green background"
+    assert [p["caption"] for p in owner_api.get(f"{subject_url}photos/").json()] == ["", "a sks shape on a green background", ""]
 
 
 @pytest.mark.parametrize("data, message", [
@@ -157,14 +171,14 @@ def test_a_bad_caption_is_400_on_the_caption_field(owner_api, subject_with_photo
     photo = subject_with_photos.photos.first()
     body = assert_error(owner_api.patch(f"{URL}{subject_with_photos.pk}/photos/{photo.pk}/", data, format="json"), 400, "caption")
     assert message in body["errors"]["caption"][0]
-    assert SubjectPhoto.objects.get(pk=photo.pk).caption == ""
+    assert SubjectPhoto.objects.get(pk=photo.pk).caption == photo.caption
 
 
 def test_no_captioning_while_training(owner_api, subject_with_photos):
     photo = subject_with_photos.photos.first()
     TrainingRun.objects.create(subject=subject_with_photos)
     body = assert_error(owner_api.patch(f"{URL}{subject_with_photos.pk}/photos/{photo.pk}/", {"caption": "a sks shape"}, format="json"), 400, "non_field_errors")
-    assert "training" in body["errors"]["non_field_errors"][0] and SubjectPhoto.objects.get(pk=photo.pk).caption == ""
+    assert "training" in body["errors"]["non_field_errors"][0] and SubjectPhoto.objects.get(pk=photo.pk).caption == photo.caption
 
 
 def test_upload_throttle(owner, owner_api, subject):

@@ -125,7 +125,7 @@ def test_start_training_queues_on_the_training_cluster(owner_client, subject_wit
     assert SubjectPhoto.objects.filter(pk=photo.pk).exists()
     response = owner_client.post(reverse("subject-photo-captions", args=[subject_with_photos.pk]), {f"caption_{photo.pk}": "a sks shape"})
     assert response.status_code == 400 and "can&#x27;t change while the subject is training" in response.content.decode()
-    assert SubjectPhoto.objects.get(pk=photo.pk).caption == ""
+    assert SubjectPhoto.objects.get(pk=photo.pk).caption == photo.caption
 
 
 def test_captions_are_saved_together_and_prefill_the_prompt(owner_client, subject_with_photos):
@@ -151,13 +151,14 @@ def test_captions_are_saved_together_and_prefill_the_prompt(owner_client, subjec
 ])
 def test_a_bad_caption_is_refused_with_its_reason_and_nothing_is_saved(owner_client, subject_with_photos, caption, message):
     first, second, _ = subject_with_photos.photos.all()
+    before = [p.caption for p in subject_with_photos.photos.all()]
     response = owner_client.post(reverse("subject-photo-captions", args=[subject_with_photos.pk]),
                                  {f"caption_{first.pk}": "a sks shape on a red background", f"caption_{second.pk}": caption})
     assert response.status_code == 400
     errors = response.context["captions_form"].errors
     assert list(errors) == [f"caption_{second.pk}"] and message in errors[f"caption_{second.pk}"][0]
     assert response.context["captions_form"][f"caption_{second.pk}"].value() == caption  # what was typed stays
-    assert [p.caption for p in subject_with_photos.photos.all()] == ["", "", ""]
+    assert [p.caption for p in subject_with_photos.photos.all()] == before
 
 
 def test_a_full_fine_tune_with_a_blank_rate_gets_the_full_fine_tunes_own_rate(owner_client, subject_with_photos, django_capture_on_commit_callbacks):

@@ -34,7 +34,8 @@ def test_train_a_lora_then_generate_with_it_without_leaking(owner, workers):
     subject = Subject.objects.create(owner=owner, name="Checkers", token="sks", class_noun="shape")
     outcome = services.add_photos(subject=subject, files=[checkered_photo(i) for i in range(3)])
     assert len(outcome.accepted) == 3
-    services.set_captions(subject=subject, captions={outcome.accepted[1].pk: "a sks shape on a green background"})
+    first, second, third = outcome.accepted
+    services.set_captions(subject=subject, captions={first.pk: "", second.pk: "a sks shape on a green background", third.pk: ""})
     trainer = workers.start(Q_CLUSTER_NAME="training")
     try:
         run = services.start_training(subject=subject, options={"steps": 12, "prior_preservation": False, "learning_rate": 5e-3})

@@ -1,16 +1,19 @@
 """Subjects: work that spans rows, files and the queue."""
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import transaction
+from PIL import Image
 
 from generation.modelinfo import describe_model, model_kind
 
 from . import rules
+from .captions import suggest_caption
 from .models import Subject, SubjectPhoto, TrainingMethod, TrainingRun
 from .photos import MAX_FILE_BYTES, MIN_PHOTOS, prepare_many
 
@@ -35,16 +38,18 @@ def add_photos(*, subject: Subject, files) -> PhotoUploadOutcome:
     cropped and stored (files first, then the row; a failure removes that photo's files), each bad
     one comes back with its reason."""
     _ensure_photos_editable(subject)
-    resolution = describe_model(settings.IMAGESITE_MODEL).native_size
+    info = describe_model(settings.IMAGESITE_MODEL)
     # A file over the limit is refused from its declared size, without reading it into memory.
     too_big = [(f.name, f"The file is larger than {MAX_FILE_BYTES // 2**20} MB.") for f in files if f.size > MAX_FILE_BYTES]
     readable = [(f.name, f.read()) for f in files if f.size <= MAX_FILE_BYTES]
-    result = prepare_many(readable, resolution=resolution, already_stored=subject.photos.count())
+    result = prepare_many(readable, resolution=info.native_size, already_stored=subject.photos.count())
     accepted: list[SubjectPhoto] = []
     for name, prepared in result.accepted:
+        caption = suggest_caption(Image.open(io.BytesIO(prepared.crop_bytes)), token=subject.token,
+                                  class_noun=subject.class_noun, backgrounds=info.caption_backgrounds)
         photo = SubjectPhoto(
             subject=subject, face_found=prepared.face_found, width=prepared.width, height=prepared.height,
-            original_name=(name or "")[:255],
+            original_name=(name or "")[:255], caption=caption,
         )
         written = []
         try:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -7,6 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from generation.modelinfo import describe_model
 from generation.views import private_download, private_file_response
 
 from . import services
@@ -50,6 +52,7 @@ def _subject_page(request: HttpRequest, subject: Subject, *, upload_form=None, t
         "training_form": training_form or TrainingForm(),
         "upload_result": upload_result,
         "is_training": subject.is_training(),
+        "caption_backgrounds": describe_model(settings.IMAGESITE_MODEL).caption_backgrounds,
     }
     return render(request, "training/subject_detail.html", context, status=status)
 

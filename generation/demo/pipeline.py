@@ -9,7 +9,7 @@ from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionMod
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .configs import sampling_scheduler
-from .data import IMAGE_SIZE, TRAIN_COMBOS, caption
+from .data import COLOURS, IMAGE_SIZE, TRAIN_COMBOS, caption
 
 EXAMPLE_PROMPTS: list[str] = [
     "a red circle on a blue background",
@@ -31,6 +31,9 @@ MODEL_DEFAULTS: dict = {
     # What the model draws, for DreamBooth's prior preservation (training/dreambooth.py). Training
     # captions only: the held-out combinations stay unseen, so benchmarks on them stay fair.
     "prior_prompts": [caption(*c) for c in TRAIN_COMBOS],
+    # The plain backgrounds its captions name: an uploaded subject photo on one of them gets the
+    # caption "a <token> <class> on a <colour> background" suggested (training/captions.py).
+    "caption_backgrounds": {name: list(rgb) for name, rgb in COLOURS.items()},
 }
 
 
