@@ -142,6 +142,10 @@ def test_captions_are_saved_together_and_prefill_the_prompt(owner_client, subjec
     # the first caption is the subject's example prompt: the generate form starts from it
     form = owner_client.get(reverse("generation-new") + f"?subject={subject_with_photos.pk}").context["form"]
     assert form.initial["prompt"] == "a SKS shape on a green background "
+    # a photo added in another tab since the page was drawn sends no field and keeps its caption
+    SubjectPhoto.objects.filter(pk=third.pk).update(caption="a sks shape on a blue background")
+    owner_client.post(url, {f"caption_{first.pk}": "a sks shape", f"caption_{second.pk}": ""})
+    assert [p.caption for p in subject_with_photos.photos.all()] == ["a sks shape", "", "a sks shape on a blue background"]
 
 
 @pytest.mark.parametrize("caption, message", [

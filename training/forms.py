@@ -81,7 +81,8 @@ class CaptionsForm(forms.Form):
         return [(photo, self[self.field_name(photo.pk)]) for photo in self.photos]
 
     def captions(self) -> dict[int, str]:
-        return {photo.pk: self.cleaned_data[self.field_name(photo.pk)] for photo in self.photos}
+        """The captions sent; a photo added since the page was drawn (no field sent) keeps its own."""
+        return {photo.pk: self.cleaned_data[self.field_name(photo.pk)] for photo in self.photos if self.field_name(photo.pk) in self.data}
 
     def add_service_errors(self, errors: dict[str, list[str]]) -> None:
         """The per-photo messages of services.set_captions, each on its photo's field."""
