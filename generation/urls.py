@@ -11,5 +11,6 @@ urlpatterns = [
     path("images/<int:pk>/", views.image_detail, name="image-detail"),
     path("images/<int:pk>/file.png", views.image_file, name="image-file"),
     path("images/<int:pk>/thumb.png", views.image_thumbnail, name="image-thumbnail"),
+    path("images/<int:pk>/favourite/", views.image_favourite, name="image-favourite"),
     path("images/<int:pk>/delete/", views.image_delete, name="image-delete"),
 ]

@@ -84,9 +84,12 @@ def generation_delete(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def gallery(request: HttpRequest) -> HttpResponse:
     query = request.GET.get("q", "")
+    favourites = request.GET.get("favourites") == "1"
     images = GeneratedImage.objects.for_user(request.user).search(query).select_related("generation")
+    if favourites:
+        images = images.filter(favourite=True)
     page = Paginator(images, GALLERY_PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "generation/gallery.html", {"page": page, "query": query})
+    return render(request, "generation/gallery.html", {"page": page, "query": query, "favourites": favourites})
 
 
 @login_required
@@ -133,6 +136,16 @@ def image_file(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def image_thumbnail(request: HttpRequest, pk: int) -> HttpResponse:
     return private_file_response(_get_image_for_user(request, pk).thumbnail)
+
+
+@login_required
+@require_POST
+def image_favourite(request: HttpRequest, pk: int) -> HttpResponse:
+    """favourite=1 marks the image, favourite=0 unmarks it (the page's star button sends the other state)."""
+    image = _get_image_for_user(request, pk)
+    image.favourite = request.POST.get("favourite") == "1"
+    image.save(update_fields=["favourite"])
+    return redirect(image)
 
 
 @login_required

@@ -23,24 +23,28 @@ def _urls(image):
         "image-file": (reverse("image-file", args=[image.pk]), "get"),
         "image-thumbnail": (reverse("image-thumbnail", args=[image.pk]), "get"),
         "image-delete": (reverse("image-delete", args=[image.pk]), "post"),
+        "image-favourite": (reverse("image-favourite", args=[image.pk]), "post"),
     }
 
 
-@pytest.mark.parametrize("name", ["generation-detail", "generation-cancel", "generation-delete", "image-detail", "image-file", "image-thumbnail", "image-delete"])
+PAGES = ["generation-detail", "generation-cancel", "generation-delete", "image-detail", "image-file", "image-thumbnail", "image-delete", "image-favourite"]
+
+
+@pytest.mark.parametrize("name", PAGES)
 def test_other_user_gets_404(name, owner, other_client):
     url, method = _urls(make_image(owner))[name]
-    assert getattr(other_client, method)(url).status_code == 404
-    assert GeneratedImage.objects.count() == 1 and Generation.objects.count() == 1
+    assert getattr(other_client, method)(url, {"favourite": "1"} if method == "post" else {}).status_code == 404
+    assert GeneratedImage.objects.count() == 1 and Generation.objects.count() == 1 and not GeneratedImage.objects.get().favourite
 
 
-@pytest.mark.parametrize("name", ["generation-detail", "generation-cancel", "generation-delete", "image-detail", "image-file", "image-thumbnail", "image-delete"])
+@pytest.mark.parametrize("name", PAGES)
 def test_anonymous_is_sent_to_login(name, owner, client):
     url, method = _urls(make_image(owner))[name]
     response = getattr(client, method)(url)
     assert response.status_code == 302 and response["Location"].startswith(reverse("login"))
 
 
-@pytest.mark.parametrize("name", ["generation-detail", "generation-cancel", "generation-delete", "image-detail", "image-file", "image-thumbnail", "image-delete"])
+@pytest.mark.parametrize("name", PAGES)
 def test_wrong_method_is_405(name, owner, owner_client):
     url, method = _urls(make_image(owner))[name]
     wrong = owner_client.post if method == "get" else owner_client.get
@@ -93,6 +97,25 @@ def test_gallery_lists_only_own_images_newest_first_and_searches(owner, other_us
     assert theirs not in found.object_list
 
 
+def test_star_an_image_and_show_only_favourites(owner, owner_client):
+    circle = make_image(owner, prompt="a red circle on a blue background")
+    star = make_image(owner, prompt="a yellow star on a purple background")
+    response = owner_client.post(reverse("image-favourite", args=[circle.pk]), {"favourite": "1"})
+    assert response["Location"] == circle.get_absolute_url()
+    circle.refresh_from_db()
+    assert circle.favourite
+    page = owner_client.get(circle.get_absolute_url()).content.decode()
+    assert "★ Favourite" in page and 'name="favourite" value="0"' in page  # the button now unmarks it
+    gallery = owner_client.get(reverse("gallery"), {"favourites": "1"})
+    assert list(gallery.context["page"].object_list) == [circle]
+    assert list(owner_client.get(reverse("gallery"), {"favourites": "1", "q": "star"}).context["page"].object_list) == []
+    assert 'title="Favourite">★' in owner_client.get(reverse("gallery")).content.decode()
+    owner_client.post(reverse("image-favourite", args=[circle.pk]), {"favourite": "0"})
+    circle.refresh_from_db()
+    assert not circle.favourite and not star.favourite
+    assert "No favourite images." in owner_client.get(reverse("gallery"), {"favourites": "1"}).content.decode()
+
+
 def test_gallery_paginates(owner, owner_client):
     generation = make_generation(owner, status=JobStatus.SUCCEEDED, num_images=1)
     for _ in range(25):
@@ -100,6 +123,9 @@ def test_gallery_paginates(owner, owner_client):
     first = owner_client.get(reverse("gallery")).context["page"]
     second = owner_client.get(reverse("gallery"), {"page": 2}).context["page"]
     assert len(first.object_list) == 24 and len(second.object_list) == 1
+    # the favourites filter stays on from page to page
+    GeneratedImage.objects.update(favourite=True)
+    assert 'href="?q=&favourites=1&page=2"' in owner_client.get(reverse("gallery"), {"favourites": "1"}).content.decode()
 
 
 def test_image_file_is_served_privately_and_downloads(owner, owner_client):
