@@ -5,7 +5,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -143,7 +143,9 @@ def image_thumbnail(request: HttpRequest, pk: int) -> HttpResponse:
 def image_favourite(request: HttpRequest, pk: int) -> HttpResponse:
     """favourite=1 marks the image, favourite=0 unmarks it (the page's star button sends the other state)."""
     image = _get_image_for_user(request, pk)
-    image.favourite = request.POST.get("favourite") == "1"
+    if request.POST.get("favourite") not in ("0", "1"):
+        return HttpResponseBadRequest("Send favourite=1 to mark the image or favourite=0 to unmark it.", content_type="text/plain")
+    image.favourite = request.POST["favourite"] == "1"
     image.save(update_fields=["favourite"])
     return redirect(image)
 

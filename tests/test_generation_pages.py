@@ -110,6 +110,10 @@ def test_star_an_image_and_show_only_favourites(owner, owner_client):
     assert list(gallery.context["page"].object_list) == [circle]
     assert list(owner_client.get(reverse("gallery"), {"favourites": "1", "q": "star"}).context["page"].object_list) == []
     assert 'title="Favourite">★' in owner_client.get(reverse("gallery")).content.decode()
+    refused = owner_client.post(reverse("image-favourite", args=[circle.pk]), {"favourite": "yes"})
+    assert refused.status_code == 400 and b"favourite=1" in refused.content
+    circle.refresh_from_db()
+    assert circle.favourite
     owner_client.post(reverse("image-favourite", args=[circle.pk]), {"favourite": "0"})
     circle.refresh_from_db()
     assert not circle.favourite and not star.favourite
