@@ -46,6 +46,7 @@ from bench.demo_fidelity import generate, measure_colours, score, train_shape_cl
 from generation.demo.data import COLOUR_NAMES, COLOURS, HELD_OUT, TRAIN_COMBOS, caption  # noqa: E402
 from generation.modelinfo import describe_model  # noqa: E402
 from training.captions import suggest_caption  # noqa: E402
+from training.checkpoint_names import LORA_WEIGHT_NAME  # noqa: E402
 from training.dreambooth import (  # noqa: E402
     TOKEN_EMBEDDING_NAME, TrainingProgress, class_prompt_for, default_options_for, load_token_embedding,
     swap_token_embedding, train_dreambooth,
@@ -187,6 +188,32 @@ def fidelity(pipe, net, seeds: int, guidance: float, steps: int) -> tuple[dict[s
     return score(net, images[: len(held)], held), score(net, images[len(held):], squares), images
 
 
+def attach_subject(pipe, folder: Path) -> tuple[object, dict | None]:
+    """Put a run's result onto `pipe` as the worker does: a fine-tuned `unet/` replaces the UNet, else
+    the LoRA file is loaded; the token's learnt rows go into the text encoder. Returns what
+    detach_subject needs to undo it (the base UNet and the token's base rows)."""
+    from diffusers import UNet2DConditionModel
+
+    base_unet = pipe.unet
+    if (folder / "unet").is_dir():
+        pipe.unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    else:
+        pipe.load_lora_weights(str(folder / LORA_WEIGHT_NAME), adapter_name="subject")
+    token_file = folder / TOKEN_EMBEDDING_NAME
+    base_rows = swap_token_embedding(pipe.text_encoder, load_token_embedding(token_file)) if token_file.exists() else None
+    return base_unet, base_rows
+
+
+def detach_subject(pipe, attached: tuple[object, dict | None]) -> None:
+    base_unet, base_rows = attached
+    if pipe.unet is base_unet:
+        pipe.unload_lora_weights()
+    else:
+        pipe.unet = base_unet
+    if base_rows is not None:
+        swap_token_embedding(pipe.text_encoder, base_rows)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, default=ROOT / "generation" / "demo_model")
@@ -230,7 +257,7 @@ def main() -> None:
 
     import json
 
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline
 
     defaults = json.loads((a.model / "imagesite.json").read_text())
     steps, guidance = int(defaults["steps"]), float(defaults["guidance_scale"])
@@ -295,24 +322,13 @@ def main() -> None:
             shutil.copytree(out, a.keep, dirs_exist_ok=True)
 
         t = time.perf_counter()
-        base_unet = pipe.unet
-        if result.method == "full":  # the fine-tuned UNet replaces the base one, as the worker does
-            pipe.unet = UNet2DConditionModel.from_pretrained(out / "unet")
-        else:
-            pipe.load_lora_weights(str(result.checkpoint_path), adapter_name="subject")
-        token_file = out / TOKEN_EMBEDDING_NAME
-        base_rows = swap_token_embedding(pipe.text_encoder, load_token_embedding(token_file)) if token_file.exists() else None
+        attached = attach_subject(pipe, out)
         attach_s = time.perf_counter() - t
         after = likeness(pipe, photo_arrays, a.seeds, guidance, steps)
         after_high = likeness(pipe, photo_arrays, a.seeds, HIGH_GUIDANCE, steps)
         lora_held, lora_sq, _ = fidelity(pipe, net, a.fidelity_seeds, guidance, steps)
         t = time.perf_counter()
-        if result.method == "full":
-            pipe.unet = base_unet
-        else:
-            pipe.unload_lora_weights()
-        if base_rows is not None:
-            swap_token_embedding(pipe.text_encoder, base_rows)
+        detach_subject(pipe, attached)
         detach_s = time.perf_counter() - t
         off_held, off_sq, off_images = fidelity(pipe, net, a.fidelity_seeds, guidance, steps)
 

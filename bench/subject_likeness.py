@@ -4,7 +4,7 @@
 
 For the bench's subject (bench/dreambooth_bench.py: the yellow/purple 2×2 checkered square, token
 "sks", class "square") uploaded through the pages or the API and trained there: loads the run's
-LoRA and token file onto the demo model, as the worker does, and prints the bench's likeness rates
+LoRA (or fine-tuned UNet) and token file onto the demo model, as the worker does, and prints the bench's likeness rates
 over "a sks square on a <colour> background". So a run made through the app can be compared with
 the bench's own runs at the same training seed.
 """
@@ -21,14 +21,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.dreambooth_bench import PHOTO_BACKGROUNDS, draw_subject, likeness  # noqa: E402
-from training.checkpoint_names import TOKEN_EMBEDDING_NAME  # noqa: E402
-from training.dreambooth import load_token_embedding, swap_token_embedding  # noqa: E402
+from bench.dreambooth_bench import PHOTO_BACKGROUNDS, attach_subject, draw_subject, likeness  # noqa: E402
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", type=Path, help="the run's folder: pytorch_lora_weights.safetensors and the token file")
+    p.add_argument("run", type=Path, help="the run's folder: its LoRA file (or unet/ for a full fine-tune) and the token file")
     p.add_argument("--model", type=Path, default=ROOT / "generation" / "demo_model")
     p.add_argument("--seeds", type=int, default=16, help="images per background")
     p.add_argument("--cells", type=int, default=2, help="checkerboard cells per side of the photos' subject")
@@ -42,10 +40,7 @@ def main() -> None:
     defaults = json.loads((a.model / "imagesite.json").read_text())
     pipe = StableDiffusionPipeline.from_pretrained(a.model, local_files_only=True, safety_checker=None)
     pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(a.run / "pytorch_lora_weights.safetensors"), adapter_name="subject")
-    token_file = a.run / TOKEN_EMBEDDING_NAME
-    if token_file.exists():
-        swap_token_embedding(pipe.text_encoder, load_token_embedding(token_file))
+    attach_subject(pipe, a.run)
     rng = np.random.default_rng(0)  # the bench's photos, for the histogram score
     photos = [np.asarray(draw_subject(bg, rng, a.cells)) for bg in PHOTO_BACKGROUNDS]
     rates = likeness(pipe, photos, a.seeds, float(defaults["guidance_scale"]), int(defaults["steps"]))

@@ -35,8 +35,13 @@ def validate_prompt(value: str) -> str:
     return value
 
 
-def validate_subject_in_prompt(prompt: str, token: str) -> None:
+def mentions_token(text: str, token: str) -> bool:
+    """Whether `text` has the subject's token as a word of its own (any case), as the tokenizer sees it."""
     import re
 
-    if not re.search(rf"\b{re.escape(token)}\b", prompt, flags=re.IGNORECASE):
+    return re.search(rf"\b{re.escape(token)}\b", text, flags=re.IGNORECASE) is not None
+
+
+def validate_subject_in_prompt(prompt: str, token: str) -> None:
+    if not mentions_token(prompt, token):
         raise ValidationError(f"Put the subject's token “{token}” in the prompt, e.g. “a photo of {token} …”.")

@@ -9,6 +9,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from generation.rules import mentions_token
+
 # Rare single CLIP tokens (vocabulary ids above 45,000), the DreamBooth habit ("sks").
 SUGGESTED_TOKENS = ("sks", "ohwx", "bnha", "yql", "kprs", "icz", "izz", "evp")
 # CLIP's BPE vocabulary is ordered by frequency: a whole word among the first entries is an
@@ -76,6 +78,6 @@ def validate_caption(value: str, *, token: str) -> str:
         return ""
     if len(value) > CAPTION_MAX_LENGTH:
         raise ValidationError(f"Keep the caption to {CAPTION_MAX_LENGTH} characters (it has {len(value)}).")
-    if not re.search(rf"\b{re.escape(token)}\b", value, flags=re.IGNORECASE):
+    if not mentions_token(value, token):
         raise ValidationError(f"Name the subject with its token “{token}”, e.g. “a {token} dog on a beach”.")
     return value
