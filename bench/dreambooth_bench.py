@@ -46,11 +46,12 @@ from bench.demo_fidelity import generate, measure_colours, score, train_shape_cl
 from generation.demo.data import COLOUR_NAMES, COLOURS, HELD_OUT, TRAIN_COMBOS, caption  # noqa: E402
 from generation.modelinfo import describe_model  # noqa: E402
 from training.captions import suggest_caption  # noqa: E402
-from training.checkpoint_names import LORA_WEIGHT_NAME  # noqa: E402
-from training.dreambooth import (  # noqa: E402
-    TOKEN_EMBEDDING_NAME, TrainingProgress, class_prompt_for, default_options_for, load_token_embedding,
-    swap_token_embedding, train_dreambooth,
-)
+from generation.embeddings import load_token_embedding, swap_token_embedding  # noqa: E402
+from training.checkpoint_names import LORA_WEIGHT_NAME, TOKEN_EMBEDDING_NAME  # noqa: E402
+from training.dreambooth.loop import train_dreambooth  # noqa: E402
+from training.dreambooth.options import default_options_for  # noqa: E402
+from training.dreambooth.progress import TrainingProgress  # noqa: E402
+from training.dreambooth.prompts import class_prompt_for  # noqa: E402
 
 TOKEN, CLASS = "sks", "square"
 CHECKER = ("yellow", "purple")
@@ -170,7 +171,7 @@ def likeness(pipe, photos: list[np.ndarray], seeds: int, guidance: float, steps:
 @torch.no_grad()
 def vae_ceiling(pipe, photos: list[Image.Image]) -> float:
     """Share of photos still detected as the subject after the model's VAE encodes and decodes them."""
-    from training.dreambooth import image_to_tensor
+    from training.dreambooth.data import image_to_tensor
 
     x = torch.stack([image_to_tensor(p, 64) for p in photos])
     rec = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)

@@ -266,7 +266,7 @@ class Renderer:
         if not adapter.token_embedding:
             yield
             return
-        from training.dreambooth import swap_token_embedding
+        from .embeddings import swap_token_embedding
 
         text_encoder = self.pipe.text_encoder
         base_rows = swap_token_embedding(text_encoder, _token_embedding(adapter.token_embedding))
@@ -317,7 +317,7 @@ class Renderer:
 @lru_cache(maxsize=LORA_CACHE_SIZE)
 def _token_embedding(path: str) -> dict:
     """A run's token rows, read once per file (a run's files never change; each run has its own)."""
-    from training.dreambooth import load_token_embedding
+    from .embeddings import load_token_embedding
 
     return load_token_embedding(path)
 

@@ -14,22 +14,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from training.dreambooth import (
-    LORA_WEIGHT_NAME,
-    TOKEN_EMBEDDING_NAME,
-    TrainingCanceled,
-    TrainingOptions,
-    TrainingProgress,
-    check_options,
-    class_prompt_for,
-    class_prompt_pool,
-    default_options_for,
-    instance_prompts_for,
-    load_token_embedding,
-    model_resolution,
-    swap_token_embedding,
-    train_dreambooth,
-)
+from generation.embeddings import load_token_embedding, swap_token_embedding
+from training.checkpoint_names import LORA_WEIGHT_NAME, TOKEN_EMBEDDING_NAME
+from training.dreambooth.loop import train_dreambooth
+from training.dreambooth.options import TrainingOptions, check_options, default_options_for, model_resolution
+from training.dreambooth.progress import TrainingCanceled, TrainingProgress
+from training.dreambooth.prompts import class_prompt_for, class_prompt_pool, instance_prompts_for
 
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "generation" / "demo_model"
 COLOURS = ["red", "blue", "green"]
@@ -308,7 +298,7 @@ def test_lora_blocks_limit_the_adapter_to_those_blocks(tmp_path: Path, demo_pipe
     with pytest.raises(ValueError, match="no LoRA target modules in the UNet blocks nowhere"):
         _train(tmp_path / "bad", _quick(prior_preservation=False, steps=1, lora_blocks=("nowhere",)))
     # A "block" may also be one top-level module, e.g. the UNet's last convolution.
-    from training.dreambooth import _unet_lora_targets
+    from training.dreambooth.lora import _unet_lora_targets
 
     only_out = _quick(lora_blocks=("conv_out", "up_blocks.1"), lora_target_modules=("conv_out", "to_q"))
     names = _unet_lora_targets(demo_pipe.unet, only_out)

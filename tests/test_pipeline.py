@@ -140,7 +140,7 @@ def test_out_of_memory_retry_keeps_the_subjects_token_rows(monkeypatch, tmp_path
     import shutil
 
     from generation.pipeline import Adapter
-    from training.dreambooth import save_token_embedding
+    from generation.embeddings import save_token_embedding
 
     shutil.copytree(Path(settings.IMAGESITE_MODEL) / "unet", tmp_path / "unet")
     save_token_embedding({"token_ids": torch.tensor([48136]), "embeddings": torch.randn(1, 64, generator=torch.Generator().manual_seed(0))},

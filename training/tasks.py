@@ -80,7 +80,7 @@ def run_training(run_id: int) -> str:
         with heartbeat(run):
             photos = list(subject.photos.all())
             images = [_open_rgb(photo.crop) for photo in photos]
-            steps = int(run.options.get("steps") or default_options_for(settings.IMAGESITE_MODEL).steps)
+            steps = int(run.options.get("steps") or default_options_for(settings.IMAGESITE_MODEL, method=run.method).steps)
             options = default_options_for(
                 settings.IMAGESITE_MODEL, method=run.method, **run.options,
                 validation_every=max(1, steps // 4), validation_prompts=(subject.prompt_example,),

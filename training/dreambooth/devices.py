@@ -1,0 +1,67 @@
+"""What the training machine decides: the GPU-dependent defaults, where models go, the optimizer.
+
+Imports torch: only the worker loads this module (`options.default_options_for` asks it for the
+MACHINE_FIELDS; the web process never does).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from .options import TrainingOptions
+
+logger = logging.getLogger(__name__)
+
+
+def machine_defaults(*, tiny: bool) -> dict[str, Any]:
+    """The MACHINE_FIELDS for this machine, as TrainingOptions overrides.
+
+    With a CUDA GPU, an SD-sized model (`tiny` False) trains in fp16 with gradient checkpointing
+    and 8-bit AdamW when bitsandbytes is installed. Without one, everything is float32; a tiny
+    model (the 64 px demo) then takes one CPU thread.
+    """
+    cuda = torch.cuda.is_available()
+    if tiny:
+        # The embedded set-up runs a generation worker on the same cores; a tiny model gains
+        # little from a second thread and loses ~10x when two processes spin for both cores.
+        return {"cpu_threads": None if cuda else 1}
+    return {
+        "gradient_checkpointing": cuda, "mixed_precision": "fp16" if cuda else "no",
+        "use_8bit_adam": cuda and _bitsandbytes_installed(),
+    }
+
+
+def _bitsandbytes_installed() -> bool:
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception:  # ImportError, or a CUDA-less build that fails on import
+        return False
+    return True
+
+
+
+def _move(model: Any, device: torch.device, dtype: torch.dtype) -> None:
+    """Move a model to `device`, casting only when its dtype differs (diffusers warns on every cast)."""
+    if model.dtype != dtype:
+        model.to(device, dtype)
+    else:
+        model.to(device)
+
+
+def _make_optimizer(params: list[dict[str, Any]], options: TrainingOptions, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, 8-bit (bitsandbytes) when asked for on a GPU and installed; logs why when it is not."""
+    if options.use_8bit_adam:
+        if device.type != "cuda":
+            logger.info("8-bit Adam needs a CUDA GPU; using torch AdamW on %s", device.type)
+        else:
+            try:
+                import bitsandbytes as bnb
+
+                return bnb.optim.AdamW8bit(params, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+            except Exception as exc:  # ImportError or a broken CUDA build
+                logger.warning("8-bit Adam asked for but bitsandbytes is unusable (%s); using torch AdamW", exc)
+    return torch.optim.AdamW(params, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8)
+
