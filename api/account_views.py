@@ -1,14 +1,11 @@
-"""API views about the server and the signed-in user: the model, usage and limits, webhook secret
+"""API views about the signed-in user: usage and limits, webhook secret
 and deliveries; and the JSON 404 for unknown API paths."""
 from __future__ import annotations
-
-from datetime import timedelta
 
 from django.apps import apps
 from django.db.models import QuerySet
 from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
-from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import generics, viewsets
@@ -16,39 +13,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from generation import rules
-from generation.models import GeneratedImage, Generation
-from generation.modelinfo import SCHEDULERS
+from imagesite import quotas
 
 from . import serializers as s
 from .errors import error_body
-from .models import WebhookDelivery, WebhookSettings, limits_for
-from .throttles import active_job_count
+from .models import WebhookDelivery, WebhookSettings
 from .views import OwnedViewSetMixin
-
-
-# --- the model -----------------------------------------------------------------------------------
-def model_description() -> dict:
-    info = rules.current_model()
-    return {
-        "name": info.name,
-        "kind": info.kind,
-        "native_size": info.native_size,
-        "defaults": info.defaults(),
-        "limits": {
-            "min_size": info.min_size, "max_size": info.max_size, "size_multiple_of": 8,
-            "steps": list(rules.STEPS_RANGE), "guidance_scale": list(rules.GUIDANCE_RANGE),
-            "num_images": list(rules.NUM_IMAGES_RANGE), "max_prompt_chars": rules.MAX_PROMPT_CHARS,
-        },
-        "schedulers": [{"id": key, "label": choice.label} for key, choice in SCHEDULERS.items()],
-        "example_prompts": list(info.example_prompts),
-    }
-
-
-class ModelsView(APIView):
-    @extend_schema(summary="What the server generates with: the model, its native size, defaults and limits", responses=s.ModelInfoSerializer(many=True))
-    def get(self, request: Request) -> Response:
-        return Response(s.ModelInfoSerializer([model_description()], many=True).data)
 
 
 # --- me ------------------------------------------------------------------------------------------
@@ -60,15 +30,16 @@ def _count(label: str, **filters) -> int:
 
 
 def usage_for(user) -> dict[str, int]:
-    now = timezone.now()
-    hour, day = now - timedelta(hours=1), now - timedelta(days=1)
+    """What the user uses of each limit (counted as the services admit work), and their totals."""
+    used = quotas.usage(user)
     return {
-        "active_jobs": active_job_count(user),
-        "generations_last_hour": Generation.objects.for_user(user).filter(created_at__gte=hour, training_run__isnull=True).count(),
-        "photos_uploaded_last_hour": _count("training.SubjectPhoto", subject__owner=user, created_at__gte=hour),
-        "trainings_last_day": _count("training.TrainingRun", subject__owner=user, created_at__gte=day),
-        "generations_total": Generation.objects.for_user(user).count(),
-        "images_total": GeneratedImage.objects.for_user(user).count(),
+        "active_jobs": used["max_queued_jobs"],
+        "generations_last_hour": used["generations_per_hour"],
+        "photos_uploaded_last_hour": used["uploads_per_hour"],
+        "trainings_last_day": used["trainings_per_day"],
+        # By label: the api app sits below the apps whose rows it counts.
+        "generations_total": _count("generation.Generation", owner=user),
+        "images_total": _count("generation.GeneratedImage", generation__owner=user),
         "subjects_total": _count("training.Subject", owner=user),
     }
 
@@ -85,7 +56,7 @@ class MeView(generics.RetrieveUpdateAPIView):
             "id": user.pk,
             "username": user.get_username(),
             "usage": usage_for(user),
-            "limits": limits_for(user),
+            "limits": quotas.limits_for(user),
             "default_webhook_url": WebhookSettings.for_user(user).default_url,
             "webhook_deliveries_url": self.request.build_absolute_uri(reverse("api-webhook-delivery-list")),
         }

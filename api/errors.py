@@ -15,6 +15,8 @@ from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from imagesite.quotas import QuotaExceeded
+
 
 def _field_errors(detail) -> dict[str, list[str]]:
     if isinstance(detail, dict):
@@ -35,6 +37,9 @@ def error_body(status_code: int, code: str, detail: str, errors: dict | None = N
 
 
 def exception_handler(exc, context):
+    if isinstance(exc, QuotaExceeded):  # a service's limit: the same refusal the pages show
+        body = error_body(429, "throttled", exc.message, {})
+        return Response(body, status=status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": str(exc.retry_after_s)})
     if isinstance(exc, DjangoValidationError):  # a shared rule raised outside a serializer field
         exc = exceptions.ValidationError(as_serializer_error(exc))
     response = drf_exception_handler(exc, context)

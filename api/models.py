@@ -1,4 +1,4 @@
-"""API tokens, per-user limits and webhook deliveries."""
+"""API tokens and webhook deliveries. (Per-user limits are imagesite.UserLimits: they bind pages too.)"""
 from __future__ import annotations
 
 import hashlib
@@ -56,38 +56,6 @@ class ApiToken(models.Model):
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at"])
-
-
-class UserLimits(models.Model):
-    """Per-user overrides of the API limits, set by staff in the admin. Blank = the site default
-    (settings.IMAGESITE_API_LIMITS)."""
-
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_limits")
-    generations_per_hour = models.PositiveIntegerField(null=True, blank=True)
-    uploads_per_hour = models.PositiveIntegerField(null=True, blank=True, help_text="Photos uploaded per hour.")
-    trainings_per_day = models.PositiveIntegerField(null=True, blank=True)
-    max_queued_jobs = models.PositiveIntegerField(null=True, blank=True, help_text="Queued or running jobs at once.")
-
-    class Meta:
-        verbose_name = "user limits"
-        verbose_name_plural = "user limits"
-
-    def __str__(self) -> str:
-        return f"limits for {self.user}"
-
-
-LIMIT_NAMES = ("generations_per_hour", "uploads_per_hour", "trainings_per_day", "max_queued_jobs")
-
-
-def limits_for(user) -> dict[str, int]:
-    """The user's effective limits: their overrides over the site defaults."""
-    values = dict(settings.IMAGESITE_API_LIMITS)
-    override = UserLimits.objects.filter(user=user).first()
-    if override:
-        for name in LIMIT_NAMES:
-            if getattr(override, name) is not None:
-                values[name] = getattr(override, name)
-    return values
 
 
 class WebhookSettings(models.Model):

@@ -1,24 +1,16 @@
-"""API views for generations and images, and the helpers every API view shares. Every queryset is the
-request user's own rows, so another user's ids are 404 (never 403: no existence oracle)."""
+"""What every app's API views share: ids in URLs, owner-scoped viewsets, file downloads, the status
+filter. Every queryset is the request user's own rows, so another user's ids are 404 (never 403: no
+existence oracle). Each app keeps its own views in its `api.py`."""
 from __future__ import annotations
 
 from django.db.models import QuerySet
 from django.http import Http404
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.decorators import action
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework import serializers
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
-from rest_framework.response import Response
 
-from generation.models import GeneratedImage, Generation
-from generation.services import create_generation
-from generation.views import private_file_response
 from imagesite.jobs import JobStatus
-
-from . import serializers as s
-from .throttles import GenerationRateThrottle, QueuedJobsThrottle
 
 
 class FileNegotiation(BaseContentNegotiation):
@@ -56,7 +48,6 @@ class OwnedViewSetMixin:
 
 
 STATUS_PARAM = OpenApiParameter("status", str, enum=[c for c, _ in JobStatus.choices], description="Only jobs in this status.")
-SEARCH_PARAM = OpenApiParameter("search", str, description="Words the prompt contains.")
 
 
 def filter_status(queryset: QuerySet, request: Request) -> QuerySet:
@@ -66,142 +57,3 @@ def filter_status(queryset: QuerySet, request: Request) -> QuerySet:
     if value not in JobStatus.values:
         raise serializers.ValidationError({"status": [f"Choose one of {', '.join(JobStatus.values)}."]})
     return queryset.filter(status=value)
-
-
-def search_prompt(queryset: QuerySet, request: Request, field: str = "prompt") -> QuerySet:
-    text = request.query_params.get("search", "").strip()
-    return queryset.filter(**{f"{field}__icontains": text}) if text else queryset
-
-
-# --- generations -----------------------------------------------------------------------------------
-@extend_schema_view(
-    list=extend_schema(summary="List your generations, newest first", parameters=[STATUS_PARAM, SEARCH_PARAM]),
-    retrieve=extend_schema(summary="A generation: status, progress and its images when done"),
-    destroy=extend_schema(summary="Delete a generation and its images (cancels it if it is still running)"),
-)
-class GenerationViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
-    serializer_class = s.GenerationSerializer
-
-    def get_queryset(self) -> QuerySet[Generation]:
-        if self.is_schema_request():
-            return Generation.objects.none()
-        queryset = Generation.objects.for_user(self.request.user).prefetch_related("images")
-        if self.action == "list":
-            queryset = search_prompt(filter_status(queryset, self.request), self.request)
-        return queryset.order_by("-created_at", "-pk")
-
-    def get_throttles(self):
-        if self.action == "create":
-            return [QueuedJobsThrottle(), GenerationRateThrottle()]
-        return super().get_throttles()
-
-    @extend_schema(
-        summary="Queue a generation",
-        description="Returns 202 with the queued job; poll its `url` until `status` is succeeded, failed or canceled.",
-        request=s.GenerationCreateSerializer,
-        responses={202: s.GenerationSerializer},
-        examples=[
-            OpenApiExample("A prompt with the model's defaults", value={"prompt": "a red circle on a blue background"}, request_only=True),
-            OpenApiExample(
-                "The queued job",
-                response_only=True,
-                status_codes=["202"],
-                value={
-                    "id": 42, "url": "https://imagesite.example/api/v1/generations/42/",
-                    "cancel_url": "https://imagesite.example/api/v1/generations/42/cancel/",
-                    "page_url": "https://imagesite.example/generations/42/", "status": "queued",
-                    "progress": {"step": 0, "total": 0, "percent": 0, "eta_seconds": None}, "error": "", "attempts": 0,
-                    "prompt": "a red circle on a blue background", "negative_prompt": "", "seed": 1234567, "steps": 20,
-                    "guidance_scale": 7.5, "width": 64, "height": 64, "scheduler": "dpmpp_2m", "num_images": 1,
-                    "model_name": "imagesite-demo", "subject": None, "subject_name": "", "webhook_url": "",
-                    "created_at": "2026-11-25T03:00:00Z", "started_at": None, "finished_at": None, "images": [],
-                },
-            ),
-            OpenApiExample(
-                "Every setting",
-                value={"prompt": "a red circle on a blue background", "negative_prompt": "blurry", "seed": 42, "steps": 20,
-                       "guidance_scale": 7.5, "width": 64, "height": 64, "scheduler": "dpmpp_2m", "num_images": 2,
-                       "webhook_url": "https://example.com/hooks/imagesite"},
-                request_only=True,
-            ),
-        ],
-    )
-    def create(self, request: Request) -> Response:
-        serializer = s.GenerationCreateSerializer(data=request.data, context=self.get_serializer_context())
-        serializer.is_valid(raise_exception=True)
-        generation = self.perform_create(serializer)
-        data = s.GenerationSerializer(generation, context=self.get_serializer_context()).data
-        return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["url"]})
-
-    def perform_create(self, serializer) -> Generation:
-        return create_generation(owner=self.request.user, **serializer.validated_data)
-
-    def perform_destroy(self, instance: Generation) -> None:
-        instance.cancel()  # a running worker sees the row canceled or gone and removes its files
-        instance.delete()
-
-    @extend_schema(summary="Cancel a queued or running generation", request=None, responses={200: s.GenerationSerializer})
-    @action(detail=True, methods=["post"])
-    def cancel(self, request: Request, pk: str | None = None) -> Response:
-        generation = self.get_object()
-        generation.cancel()  # no-op once it has ended; the response shows the status either way
-        generation.refresh_from_db()
-        return Response(self.get_serializer(generation).data)
-
-
-# --- images ------------------------------------------------------------------------------------------
-FILE_RESPONSE = {(200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY, description="The PNG, with its settings in a `parameters` text chunk.")}
-
-
-@extend_schema_view(
-    list=extend_schema(
-        summary="List your images, newest first",
-        parameters=[SEARCH_PARAM, OpenApiParameter("favourite", bool, description="Only favourites (true) or only the others (false)."),
-                    OpenApiParameter("generation", int, description="Only this generation's images.")],
-    ),
-    retrieve=extend_schema(summary="An image with its settings and seed"),
-    destroy=extend_schema(summary="Delete an image and its file"),
-)
-class ImageViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
-    serializer_class = s.ImageSerializer
-
-    def get_queryset(self) -> QuerySet[GeneratedImage]:
-        if self.is_schema_request():
-            return GeneratedImage.objects.none()
-        queryset = GeneratedImage.objects.for_user(self.request.user).select_related("generation")
-        if self.action == "list":
-            queryset = self._filter(search_prompt(queryset, self.request, "generation__prompt"))
-        return queryset.order_by("-created_at", "-pk")
-
-    def _filter(self, queryset: QuerySet) -> QuerySet:
-        params = self.request.query_params
-        if "favourite" in params:
-            value = params["favourite"].lower()
-            if value not in ("true", "false", "1", "0"):
-                raise serializers.ValidationError({"favourite": ["Use true or false."]})
-            queryset = queryset.filter(favourite=value in ("true", "1"))
-        if "generation" in params:
-            generation_id = parse_id(params["generation"])
-            if generation_id is None:
-                raise serializers.ValidationError({"generation": ["A generation id."]})
-            queryset = queryset.filter(generation_id=generation_id)
-        return queryset
-
-    @extend_schema(summary="Download the PNG", responses=FILE_RESPONSE)
-    @action(detail=True, methods=["get"], content_negotiation_class=FileNegotiation)
-    def download(self, request: Request, pk: str | None = None):
-        image = self.get_object()
-        return private_file_response(image.file, download_name=image.download_name())
-
-    @extend_schema(summary="The thumbnail PNG", responses=FILE_RESPONSE)
-    @action(detail=True, methods=["get"], content_negotiation_class=FileNegotiation)
-    def thumbnail(self, request: Request, pk: str | None = None):
-        return private_file_response(self.get_object().thumbnail)
-
-    @extend_schema(summary="Mark as favourite (POST) or not (DELETE)", request=None, responses={200: s.ImageSerializer})
-    @action(detail=True, methods=["post", "delete"])
-    def favourite(self, request: Request, pk: str | None = None) -> Response:
-        image = self.get_object()
-        image.favourite = request.method == "POST"
-        image.save(update_fields=["favourite"])
-        return Response(self.get_serializer(image).data)

@@ -102,11 +102,20 @@ EVENT_KINDS = {"generation": "generation", "trainingrun": "training_run"}
 
 
 # --- queueing on job end -----------------------------------------------------------------------------
-def job_payload(job) -> dict:
-    from .serializers import webhook_job_data  # late: serializers import models of other apps
+# The serializer that shows each job model in payloads, registered by its app (AppConfig.ready), so
+# this shared module imports no app above it.
+JOB_SERIALIZERS: dict[type, type] = {}
 
+
+def register_job_serializer(model: type, serializer_class: type) -> None:
+    JOB_SERIALIZERS[model] = serializer_class
+
+
+def job_payload(job) -> dict:
+    """The job as the API shows it (links are paths: there is no request here)."""
     kind = EVENT_KINDS.get(job._meta.model_name, job._meta.model_name)
-    return {"event": f"{kind}.{job.status}", "created_at": timezone.now().isoformat(), "data": webhook_job_data(job)}
+    data = dict(JOB_SERIALIZERS[type(job)](job, context={}).data)
+    return {"event": f"{kind}.{job.status}", "created_at": timezone.now().isoformat(), "data": data}
 
 
 @receiver(job_finished)

@@ -111,7 +111,8 @@ def main() -> None:
     from django.conf import settings
     from django.contrib.auth import get_user_model
 
-    from api.models import ApiToken, UserLimits
+    from api.models import ApiToken
+    from imagesite.models import UserLimits
     from generation.modelinfo import describe_model
     from generation.pipeline import Renderer
 

@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 from django.apps import AppConfig
 
 
@@ -6,4 +8,15 @@ class GenerationConfig(AppConfig):
     verbose_name = "Generation"
 
     def ready(self) -> None:
+        from api.webhooks import register_job_serializer
+        from imagesite import quotas
+
         from . import signals  # noqa: F401  (deletes files with their rows)
+        from .models import Generation
+        from .serializers import GenerationSerializer
+
+        quotas.register("max_queued_jobs", lambda user: Generation.objects.for_user(user).active())
+        # Validation images a training run draws are generations too, but the user did not ask for them.
+        quotas.register("generations_per_hour", lambda user: Generation.objects.for_user(user).filter(training_run__isnull=True),
+                        window=timedelta(hours=1))
+        register_job_serializer(Generation, GenerationSerializer)

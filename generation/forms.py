@@ -3,7 +3,7 @@ from __future__ import annotations
 from django import forms
 
 from . import rules
-from .models import MAX_SEED, SCHEDULER_CHOICES
+from .models import MAX_SEED, SCHEDULER_CHOICES, usable_subjects
 
 
 class GenerateForm(forms.Form):
@@ -21,12 +21,10 @@ class GenerateForm(forms.Form):
     subject = forms.ModelChoiceField(queryset=None, required=False, empty_label="(none)", help_text="One of your trained subjects; put its token in the prompt.")
 
     def __init__(self, *args, owner, **kwargs):
-        from training.models import Subject
-
         self.model_info = rules.current_model()
         super().__init__(*args, **kwargs)
         # Only the user's own trained subjects: another user's id is "not one of the choices".
-        self.fields["subject"].queryset = Subject.objects.for_user(owner).ready()
+        self.fields["subject"].queryset = usable_subjects(owner)
         for name, value in self.model_info.defaults().items():
             self.fields[name].initial = value
         for name in ("width", "height"):

@@ -77,6 +77,17 @@ class Generation(Job):
         return {name: getattr(self, name) for name in fields}
 
 
+def subjects_of(owner) -> models.QuerySet:
+    """The owner's subjects. The subject model is training's, reached through the foreign key:
+    training builds on generation, never the other way round."""
+    return Generation._meta.get_field("subject").related_model.objects.for_user(owner)
+
+
+def usable_subjects(owner) -> models.QuerySet:
+    """The owner's subjects that a generation may use (trained ones)."""
+    return subjects_of(owner).ready()
+
+
 class GeneratedImageQuerySet(models.QuerySet):
     def for_user(self, user) -> "GeneratedImageQuerySet":
         return self.filter(generation__owner=user)

@@ -4,26 +4,43 @@ from __future__ import annotations
 import secrets
 from typing import Callable
 
+from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import transaction
 
+from imagesite import quotas
 from imagesite.jobs import JobCanceled
 
-from .models import MAX_SEED, GeneratedImage, Generation
-from .rules import current_model
+from .models import MAX_SEED, GeneratedImage, Generation, usable_subjects
+from .rules import current_model, validate_subject_in_prompt
+
+
+DEFAULTED_SETTINGS = ("steps", "guidance_scale", "width", "height", "scheduler")
 
 
 def create_generation(*, owner, prompt: str, seed: int | None = None, subject=None, **settings) -> Generation:
-    """Create the row and queue its task in one transaction; a blank seed becomes a random one, and
-    the seed used is recorded. `subject` must be one of the owner's trained subjects (the form and
-    serializer check)."""
-    model_name = current_model().name
+    """Create the row and queue its task in one transaction, after the owner's limits admit it (pages
+    and the API both come here). Omitted settings take the model's defaults; a blank seed becomes a
+    random one, and the seed used is recorded. `subject` must be one of the owner's trained subjects
+    with its token in the prompt (ValidationError keyed by field otherwise)."""
+    info = current_model()
+    for name in DEFAULTED_SETTINGS:
+        if settings.get(name) is None:
+            settings[name] = getattr(info, name)
+    if subject is not None:
+        if not usable_subjects(owner).filter(pk=subject.pk).exists():
+            raise ValidationError({"subject": ["Choose one of your trained subjects."]})
+        try:
+            validate_subject_in_prompt(prompt, subject.token)
+        except ValidationError as exc:
+            raise ValidationError({"prompt": exc.messages}) from None
     with transaction.atomic():
+        quotas.admit(owner, "max_queued_jobs", "generations_per_hour")
         generation = Generation.objects.create(
             owner=owner,
             prompt=prompt,
             seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
-            model_name=f"{model_name} + {subject.name}" if subject else model_name,
+            model_name=f"{info.name} + {subject.name}" if subject else info.name,
             subject=subject,
             subject_name=subject.name if subject else "",
             **settings,

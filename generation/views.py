@@ -1,16 +1,18 @@
 from __future__ import annotations
 
-from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from imagesite.files import private_file_response
+from imagesite.quotas import QuotaExceeded
+
 from .forms import GenerateForm
-from .models import GeneratedImage, Generation
+from .models import GeneratedImage, Generation, subjects_of
 from .services import create_generation
 
 GALLERY_PAGE_SIZE = 24
@@ -30,25 +32,31 @@ def generate(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = GenerateForm(request.POST, owner=request.user)
         if form.is_valid():
-            generation = create_generation(owner=request.user, **form.cleaned_data)
-            return redirect(generation)
+            try:
+                return redirect(create_generation(owner=request.user, **form.cleaned_data))
+            except QuotaExceeded as exc:
+                form.add_error(None, exc.message)
+                status = 429
+            except ValidationError as exc:
+                form.add_error(None, exc)
+                status = 400
+        else:
+            status = 400
     else:
-        form = GenerateForm(initial=_initial_from_query(request), owner=request.user)
+        form, status = GenerateForm(initial=_initial_from_query(request), owner=request.user), 200
     recent = Generation.objects.for_user(request.user).prefetch_related("images")[:6]
     subjects = form.fields["subject"].queryset
-    return render(request, "generation/generate.html", {"form": form, "model": form.model_info, "recent": recent, "subjects": subjects})
+    return render(request, "generation/generate.html", {"form": form, "model": form.model_info, "recent": recent, "subjects": subjects}, status=status)
 
 
 def _initial_from_query(request: HttpRequest) -> dict:
     """?again=<generation> fills the form with its settings; ?subject=<subject> preselects a subject
     and starts the prompt with its token. Only the user's own rows count."""
-    from training.models import Subject
-
     if request.GET.get("again", "").isdigit():
         source = Generation.objects.for_user(request.user).filter(pk=request.GET["again"]).first()
         return source.form_initial() if source else {}
     if request.GET.get("subject", "").isdigit():
-        subject = Subject.objects.for_user(request.user).filter(pk=request.GET["subject"]).first()
+        subject = subjects_of(request.user).filter(pk=request.GET["subject"]).first()
         return {"subject": subject, "prompt": f"{subject.prompt_example} "} if subject else {}
     return {}
 
@@ -97,31 +105,6 @@ def gallery(request: HttpRequest) -> HttpResponse:
 def image_detail(request: HttpRequest, pk: int) -> HttpResponse:
     image = _get_image_for_user(request, pk)
     return render(request, "generation/image_detail.html", {"image": image, "generation": image.generation})
-
-
-def private_file_response(file, *, download_name: str | None = None, content_type: str = "image/png") -> HttpResponse:
-    """Serve a private file (a FieldFile, or a storage name) after the caller checked ownership:
-    through nginx (X-Accel-Redirect) when configured, else streamed by Django."""
-    name = file if isinstance(file, str) else file.name
-    disposition = f'attachment; filename="{download_name}"' if download_name else "inline"
-    if settings.IMAGESITE_X_ACCEL_REDIRECT:
-        response = HttpResponse(content_type=content_type)
-        response["X-Accel-Redirect"] = settings.IMAGESITE_X_ACCEL_REDIRECT + name
-    else:
-        response = FileResponse(default_storage.open(name, "rb"), content_type=content_type)
-    response["Content-Disposition"] = disposition
-    response["Cache-Control"] = "private, max-age=3600"
-    response["X-Content-Type-Options"] = "nosniff"
-    return response
-
-
-def private_download(found: tuple[str, str] | None, missing: str | None = None) -> HttpResponse:
-    """A run's file as an attachment, from a model's (storage name, download name) answer; 404
-    (with `missing` as the reason, when given) when there is no such file."""
-    if found is None:
-        raise Http404(missing) if missing else Http404()
-    name, download_name = found
-    return private_file_response(name, download_name=download_name, content_type="application/octet-stream")
 
 
 @login_required

@@ -12,6 +12,9 @@ urlpatterns = [
     path("accounts/password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path("accounts/api/", include("api.page_urls")),
     path("admin/", admin.site.urls),
+    # Each app's API first; the shared routes end with the JSON 404 for any other /api/ path.
+    path("api/v1/", include("generation.api_urls")),
+    path("api/v1/", include("training.api_urls")),
     path("api/", include("api.urls")),
     path("", include("training.urls")),
     path("", include("generation.urls")),

@@ -8,7 +8,8 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.test import APIClient
 
-from api.models import ApiToken, UserLimits, WebhookSettings, hash_token
+from api.models import ApiToken, WebhookSettings, hash_token
+from imagesite.models import UserLimits
 
 from .api_support import anon_api, assert_error, other_api, owner_api  # noqa: F401  (fixtures)
 from .factories import make_generation, make_image

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from api.models import UserLimits
+from imagesite.models import UserLimits
 from generation.models import Generation
 from imagesite.jobs import JobStatus
 
@@ -62,8 +62,8 @@ def test_invalid_input_under_the_limit_is_still_400(owner, owner_api):
 def test_staff_set_limits_in_the_admin(owner, django_user_model, client):
     staff = django_user_model.objects.create_superuser("boss", password="x" * 12)
     client.force_login(staff)
-    assert client.get("/admin/api/userlimits/add/").status_code == 200
-    response = client.post("/admin/api/userlimits/add/", {"user": owner.pk, "generations_per_hour": 3, "max_queued_jobs": 1})
+    assert client.get("/admin/imagesite/userlimits/add/").status_code == 200
+    response = client.post("/admin/imagesite/userlimits/add/", {"user": owner.pk, "generations_per_hour": 3, "max_queued_jobs": 1})
     assert response.status_code == 302
     limits = UserLimits.objects.get(user=owner)
     assert limits.generations_per_hour == 3 and limits.uploads_per_hour is None

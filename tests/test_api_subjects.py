@@ -11,7 +11,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django_q.models import OrmQ
 from PIL import Image
 
-from api.models import UserLimits
+from imagesite.models import UserLimits
 from generation.models import Generation
 from imagesite.jobs import JobStatus
 from training.checkpoint_names import TOKEN_EMBEDDING_NAME

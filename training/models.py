@@ -74,6 +74,11 @@ def _crop_path(instance: "SubjectPhoto", filename: str) -> str:
     return f"photos/{instance.subject.owner_id}/{uuid.uuid4().hex}-crop.png"
 
 
+class SubjectPhotoQuerySet(models.QuerySet):
+    def for_user(self, user) -> "SubjectPhotoQuerySet":
+        return self.filter(subject__owner=user)
+
+
 class SubjectPhoto(models.Model):
     """An uploaded photo, stored only after it was checked, decoded and re-encoded without metadata."""
 
@@ -87,6 +92,8 @@ class SubjectPhoto(models.Model):
     caption = models.CharField(max_length=200, blank=True, help_text='Describes the photo with the token, e.g. "a sks dog on a beach".')
     created_at = models.DateTimeField(auto_now_add=True)
 
+    objects = SubjectPhotoQuerySet.as_manager()
+
     class Meta:
         ordering = ["created_at", "pk"]
 
@@ -94,6 +101,11 @@ class SubjectPhoto(models.Model):
 class TrainingMethod(models.TextChoices):
     LORA = "lora", "LoRA"
     FULL = "full", "Full fine-tune"
+
+
+class TrainingRunQuerySet(JobQuerySet):
+    def for_user(self, user) -> "TrainingRunQuerySet":
+        return self.filter(subject__owner=user)
 
 
 class TrainingRun(Job):
@@ -113,7 +125,7 @@ class TrainingRun(Job):
     files_dir = models.CharField(max_length=255, blank=True, help_text="Storage folder of this run's outputs.")
     webhook_url = models.URLField(blank=True, help_text="POSTed a signed JSON payload when the job ends.")
 
-    objects = JobQuerySet.as_manager()
+    objects = TrainingRunQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at", "-pk"]

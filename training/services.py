@@ -11,6 +11,7 @@ from django.db import transaction
 from PIL import Image
 
 from generation.modelinfo import describe_model, model_kind
+from imagesite import quotas
 
 from . import rules
 from .captions import suggest_caption
@@ -24,8 +25,24 @@ class PhotoUploadOutcome:
     rejected: list[tuple[str, str]]  # (file name as sent, reason)
 
 
-def create_subject(*, owner, name: str, token: str, class_noun: str) -> Subject:
-    return Subject.objects.create(owner=owner, name=name, token=token, class_noun=class_noun)
+def create_subject(*, owner, name: str, class_noun: str, token: str = "") -> Subject:
+    """Make the owner's subject; a blank token gets a suggested one. Names and tokens are unique per
+    owner: checked under the owner's lock, in the transaction of the insert, so simultaneous creates
+    get a readable refusal (ValidationError keyed by field), never an IntegrityError."""
+    with transaction.atomic():
+        quotas.lock_user(owner)
+        mine = Subject.objects.for_user(owner)
+        taken = set(mine.values_list("token", flat=True))
+        errors: dict[str, list[str]] = {}
+        try:
+            token = rules.validate_token(token, taken=taken) if token else rules.suggest_token(taken)
+        except ValidationError as exc:
+            errors["token"] = exc.messages
+        if mine.filter(name__iexact=name.strip()).exists():
+            errors["name"] = ["You already have a subject with this name."]
+        if errors:
+            raise ValidationError(errors)
+        return Subject.objects.create(owner=owner, name=name.strip(), token=token, class_noun=class_noun)
 
 
 def _ensure_photos_editable(subject: Subject) -> None:
@@ -105,8 +122,8 @@ def start_training(*, subject: Subject, method: str = TrainingMethod.LORA, optio
     if model_kind(settings.IMAGESITE_MODEL) != "folder":
         raise ValidationError("Training needs the base model as a diffusers folder (IMAGESITE_MODEL).")
     with transaction.atomic():
-        # Lock out a concurrent second start for the same subject.
-        Subject.objects.select_for_update().filter(pk=subject.pk).first()
+        # The owner's lock also keeps a concurrent second start for the same subject out.
+        quotas.admit(subject.owner, "max_queued_jobs", "trainings_per_day")
         if subject.is_training():
             raise ValidationError("This subject is already training.")
         count = subject.photos.count()

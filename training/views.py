@@ -9,7 +9,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from generation.modelinfo import describe_model
-from generation.views import private_download, private_file_response
+from imagesite.files import private_download, private_file_response
+from imagesite.quotas import QuotaExceeded
 
 from . import services
 from .forms import CaptionsForm, PhotoUploadForm, SubjectForm, TrainingForm
@@ -21,11 +22,11 @@ def _get_subject_for_user(request: HttpRequest, pk: int) -> Subject:
 
 
 def _get_photo_for_user(request: HttpRequest, subject_pk: int, pk: int) -> SubjectPhoto:
-    return get_object_or_404(SubjectPhoto.objects.filter(subject__owner=request.user, subject_id=subject_pk), pk=pk)
+    return get_object_or_404(SubjectPhoto.objects.for_user(request.user).filter(subject_id=subject_pk), pk=pk)
 
 
 def _get_run_for_user(request: HttpRequest, pk: int) -> TrainingRun:
-    return get_object_or_404(TrainingRun.objects.filter(subject__owner=request.user).select_related("subject"), pk=pk)
+    return get_object_or_404(TrainingRun.objects.for_user(request.user).select_related("subject"), pk=pk)
 
 
 @login_required
@@ -33,9 +34,13 @@ def _get_run_for_user(request: HttpRequest, pk: int) -> TrainingRun:
 def subject_list(request: HttpRequest) -> HttpResponse:
     form = SubjectForm(request.POST or None, owner=request.user)
     if request.method == "POST" and form.is_valid():
-        subject = form.save()
-        messages.info(request, f"Created {subject.name}. Now upload 3-30 photos of it.")
-        return redirect(subject)
+        try:
+            subject = services.create_subject(owner=request.user, **form.cleaned_data)
+        except ValidationError as exc:
+            form.add_error(None, exc)
+        else:
+            messages.info(request, f"Created {subject.name}. Now upload 3-30 photos of it.")
+            return redirect(subject)
     subjects = Subject.objects.for_user(request.user).prefetch_related("photos", "runs")
     return render(request, "training/subjects.html", {"form": form, "subjects": subjects})
 
@@ -72,6 +77,9 @@ def photo_upload(request: HttpRequest, pk: int) -> HttpResponse:
         return _subject_page(request, subject, upload_form=form, status=400)
     try:
         outcome = services.add_photos(subject=subject, files=form.cleaned_data["photos"])
+    except QuotaExceeded as exc:
+        form.add_error("photos", exc.message)
+        return _subject_page(request, subject, upload_form=form, status=429)
     except ValidationError as exc:
         form.add_error("photos", exc)
         return _subject_page(request, subject, upload_form=form, status=400)
@@ -123,6 +131,9 @@ def training_start(request: HttpRequest, pk: int) -> HttpResponse:
         return _subject_page(request, subject, training_form=form, status=400)
     try:
         run = services.start_training(subject=subject, method=form.cleaned_data["method"], options=form.options())
+    except QuotaExceeded as exc:
+        form.add_error(None, exc.message)
+        return _subject_page(request, subject, training_form=form, status=429)
     except ValidationError as exc:
         form.add_error(None, exc)
         return _subject_page(request, subject, training_form=form, status=400)

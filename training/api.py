@@ -14,14 +14,14 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from generation.views import private_download, private_file_response
-from training import services
-from training.forms import PhotoUploadForm
-from training.models import Subject, SubjectPhoto, TrainingRun
+from api.serializers import form_errors
+from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_status, parse_id
+from imagesite.files import private_download, private_file_response
 
-from . import training_serializers as ts
-from .throttles import QueuedJobsThrottle, TrainingRateThrottle, UploadRateThrottle
-from .views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_status, parse_id
+from . import serializers as ts
+from . import services
+from .forms import PhotoUploadForm
+from .models import Subject, SubjectPhoto, TrainingRun
 
 PHOTO_PATH = r"photos/(?P<photo_id>[0-9]+)"
 
@@ -43,13 +43,6 @@ class SubjectViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMo
         if self.is_schema_request():
             return Subject.objects.none()
         return Subject.objects.for_user(self.request.user).prefetch_related("photos").order_by("-created_at", "-pk")
-
-    def get_throttles(self):
-        if self.action == "train":
-            return [QueuedJobsThrottle(), TrainingRateThrottle()]
-        if self.action == "photos" and self.request.method == "POST":
-            return [UploadRateThrottle()]
-        return super().get_throttles()
 
     @extend_schema(
         summary="Create a subject",
@@ -84,7 +77,7 @@ class SubjectViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMo
             return Response(ts.SubjectPhotoSerializer(subject.photos.all(), many=True, context=self.get_serializer_context()).data)
         form = PhotoUploadForm(data={}, files=request.FILES)
         if not form.is_valid():
-            raise serializers.ValidationError(ts.form_errors(form))
+            raise serializers.ValidationError(form_errors(form))
         try:
             outcome = services.add_photos(subject=subject, files=form.cleaned_data["photos"])
         except ValidationError as exc:
@@ -168,7 +161,7 @@ class TrainingRunViewSet(OwnedViewSetMixin, viewsets.ReadOnlyModelViewSet):
     def get_queryset(self) -> QuerySet[TrainingRun]:
         if self.is_schema_request():
             return TrainingRun.objects.none()
-        queryset = TrainingRun.objects.filter(subject__owner=self.request.user).select_related("subject")
+        queryset = TrainingRun.objects.for_user(self.request.user).select_related("subject")
         if self.action == "list":
             queryset = filter_status(queryset, self.request)
             if "subject" in self.request.query_params:

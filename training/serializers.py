@@ -8,16 +8,11 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from training import rules as training_rules
-from training.models import Subject, SubjectPhoto, TrainingMethod, TrainingRun
+from api.serializers import LinkField, ProgressSerializer, StrictSerializer, absolute, form_errors
+from api.webhooks import check_webhook_url
 
-from . import webhooks
-from .serializers import LinkField, ProgressSerializer, absolute
-
-
-def form_errors(form) -> dict[str, list[str]]:
-    """A Django form's errors in the API's field-error shape (`__all__` → non_field_errors)."""
-    return {("non_field_errors" if name == "__all__" else name): list(messages) for name, messages in form.errors.items()}
+from . import rules as training_rules
+from .models import Subject, SubjectPhoto, TrainingMethod, TrainingRun
 
 
 # --- runs -----------------------------------------------------------------------------------------
@@ -62,7 +57,7 @@ class TrainingRunSerializer(serializers.ModelSerializer):
         return absolute(self.context, reverse("api-training-run-token-embedding", args=[run.pk]))
 
 
-class TrainingStartSerializer(serializers.Serializer):
+class TrainingStartSerializer(StrictSerializer):
     """Options of a run. Omitted ones take the defaults that fit the base model."""
 
     method = serializers.ChoiceField(choices=TrainingMethod.choices, required=False)
@@ -82,10 +77,10 @@ class TrainingStartSerializer(serializers.Serializer):
     webhook_url = serializers.CharField(max_length=200, required=False, allow_blank=True, default="", help_text="POSTed a signed JSON payload when the run ends.")
 
     def validate_webhook_url(self, value: str) -> str:
-        return webhooks.check_webhook_url(value) if value else value
+        return check_webhook_url(value) if value else value
 
     def validate(self, attrs: dict) -> dict:
-        from training.forms import TrainingForm  # imports torch (the model's defaults): only when used
+        from .forms import TrainingForm  # imports torch (the model's defaults): only when used
 
         webhook_url = attrs.pop("webhook_url", "")
         blank = TrainingForm()
@@ -126,7 +121,7 @@ class SubjectPhotoSerializer(serializers.ModelSerializer):
         return self._link("api-subject-photo-crop", photo)
 
 
-class PhotoCaptionSerializer(serializers.Serializer):
+class PhotoCaptionSerializer(StrictSerializer):
     caption = serializers.CharField(allow_blank=True, max_length=training_rules.CAPTION_MAX_LENGTH, trim_whitespace=True,
                                     help_text='Names the subject by its token, e.g. "a sks dog on a beach"; blank: "a photo of <token> <class>".')
 
@@ -185,13 +180,13 @@ class SubjectSerializer(serializers.ModelSerializer):
         return run.pk if run else None
 
 
-class SubjectCreateSerializer(serializers.Serializer):
+class SubjectCreateSerializer(StrictSerializer):
     name = serializers.CharField(max_length=60)
     class_noun = serializers.CharField(max_length=40, help_text='What it is: "person", "dog", "shape".')
     token = serializers.CharField(max_length=32, required=False, help_text="A rare word for the subject in prompts; omit for a suggestion (e.g. sks).")
 
     def validate(self, attrs: dict) -> dict:
-        from training.forms import SubjectForm
+        from .forms import SubjectForm
 
         owner = self.context["request"].user
         data = dict(attrs)

@@ -1,0 +1,11 @@
+"""Generation's API routes, mounted at /api/v1/ by imagesite/urls.py."""
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from . import api
+
+router = SimpleRouter()
+router.register("generations", api.GenerationViewSet, basename="api-generation")
+router.register("images", api.ImageViewSet, basename="api-image")
+
+urlpatterns = [path("models/", api.ModelsView.as_view(), name="api-models"), *router.urls]

@@ -1,0 +1,173 @@
+"""Serializers for generations, images and the model. Validation rules come from generation.rules,
+shared with the forms (STYLE.md habit 4); quotas and defaults are generation.services'."""
+from __future__ import annotations
+
+from django.urls import reverse
+from drf_spectacular.extensions import OpenApiSerializerFieldExtension
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from api.serializers import LinkField, ProgressSerializer, StrictSerializer, absolute
+from api.webhooks import check_webhook_url
+
+from . import rules
+from .models import MAX_SEED, SCHEDULER_CHOICES, GeneratedImage, Generation, usable_subjects
+
+
+class ImageSizeField(serializers.IntegerField):
+    """Width or height in pixels; the schema states the model's limits (see api/schema.py)."""
+
+    SIZE_MULTIPLE = 8
+
+
+
+class ImageSizeFieldSchema(OpenApiSerializerFieldExtension):
+    """Width and height limits are the loaded model's, read when the schema is made; the rule itself
+    is generation.rules.validate_size."""
+
+    target_class = "generation.serializers.ImageSizeField"
+
+    def map_serializer_field(self, auto_schema, direction):
+        info = rules.current_model()
+        return {"type": "integer", "minimum": info.min_size, "maximum": info.max_size, "multipleOf": 8}
+
+
+# --- generations and images ----------------------------------------------------------------------
+class ImageSummarySerializer(serializers.ModelSerializer):
+    url = LinkField("api-image-detail")
+    file_url = LinkField("api-image-download")
+    thumbnail_url = LinkField("api-image-thumbnail")
+
+    class Meta:
+        model = GeneratedImage
+        fields = ["id", "url", "index", "seed", "width", "height", "favourite", "file_url", "thumbnail_url"]
+        read_only_fields = fields
+
+
+class GenerationSerializer(serializers.ModelSerializer):
+    """A generation as a job: status and progress, its settings and, when done, its images."""
+
+    url = LinkField("api-generation-detail")
+    cancel_url = LinkField("api-generation-cancel")
+    page_url = LinkField("generation-detail")
+    progress = ProgressSerializer(source="*", read_only=True)
+    images = serializers.SerializerMethodField()
+    webhook_url = serializers.CharField(read_only=True, help_text="Blank when none was given.")
+
+    class Meta:
+        model = Generation
+        fields = [
+            "id", "url", "cancel_url", "page_url", "status", "progress", "error", "attempts",
+            "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler",
+            "num_images", "model_name", "subject", "subject_name", "webhook_url", "created_at", "started_at", "finished_at", "images",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(ImageSummarySerializer(many=True))
+    def get_images(self, obj: Generation) -> list[dict]:
+        images = sorted(obj.images.all(), key=lambda image: image.index)
+        return ImageSummarySerializer(images, many=True, context=self.context).data
+
+
+class GenerationCreateSerializer(StrictSerializer):
+    """What to render. Omitted settings take the loaded model's defaults (see /api/v1/models/); the
+    service (generation.services.create_generation) applies them and every cross-field rule."""
+
+    prompt = serializers.CharField(max_length=rules.MAX_PROMPT_CHARS, trim_whitespace=False)
+    negative_prompt = serializers.CharField(max_length=rules.MAX_PROMPT_CHARS, required=False, allow_blank=True, default="")
+    seed = serializers.IntegerField(min_value=0, max_value=MAX_SEED, required=False, allow_null=True, default=None, help_text="Omit or null for a random seed; the seed used is returned.")
+    steps = serializers.IntegerField(min_value=rules.STEPS_RANGE[0], max_value=rules.STEPS_RANGE[1], required=False)
+    guidance_scale = serializers.FloatField(min_value=rules.GUIDANCE_RANGE[0], max_value=rules.GUIDANCE_RANGE[1], required=False)
+    width = ImageSizeField(required=False, help_text="A multiple of 8 within the model's limits.")
+    height = ImageSizeField(required=False, help_text="A multiple of 8 within the model's limits.")
+    scheduler = serializers.ChoiceField(choices=SCHEDULER_CHOICES, required=False)
+    num_images = serializers.IntegerField(min_value=rules.NUM_IMAGES_RANGE[0], max_value=rules.NUM_IMAGES_RANGE[1], required=False, default=1)
+    webhook_url = serializers.CharField(max_length=200, required=False, allow_blank=True, default="", help_text="POSTed a signed JSON payload when the job ends.")
+    subject = serializers.PrimaryKeyRelatedField(
+        queryset=GeneratedImage.objects.none(), required=False, allow_null=True, default=None,
+        help_text="One of your trained subjects (its id); put its token in the prompt.",
+    )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        if request is not None and request.user.is_authenticated:
+            # Only the user's own trained subjects: another user's id reads as "does not exist".
+            self.fields["subject"].queryset = usable_subjects(request.user)
+
+    def validate_prompt(self, value: str) -> str:
+        return rules.validate_prompt(value)
+
+    def validate_width(self, value: int) -> int:
+        return rules.validate_size(value)
+
+    def validate_height(self, value: int) -> int:
+        return rules.validate_size(value)
+
+    def validate_webhook_url(self, value: str) -> str:
+        return check_webhook_url(value) if value else value
+
+class ImageSerializer(serializers.ModelSerializer):
+    """An image with everything needed to make it again."""
+
+    url = LinkField("api-image-detail")
+    file_url = LinkField("api-image-download")
+    thumbnail_url = LinkField("api-image-thumbnail")
+    favourite_url = LinkField("api-image-favourite")
+    generation_url = serializers.SerializerMethodField()
+    prompt = serializers.CharField(source="generation.prompt", read_only=True)
+    negative_prompt = serializers.CharField(source="generation.negative_prompt", read_only=True)
+    steps = serializers.IntegerField(source="generation.steps", read_only=True)
+    guidance_scale = serializers.FloatField(source="generation.guidance_scale", read_only=True)
+    scheduler = serializers.CharField(source="generation.scheduler", read_only=True)
+    model_name = serializers.CharField(source="generation.model_name", read_only=True)
+    subject = serializers.IntegerField(source="generation.subject_id", read_only=True, allow_null=True, help_text="The subject's id; null when none or deleted.")
+    subject_name = serializers.CharField(source="generation.subject_name", read_only=True, help_text="Kept when the subject is deleted.")
+
+    class Meta:
+        model = GeneratedImage
+        fields = [
+            "id", "url", "generation", "generation_url", "index", "seed", "width", "height", "favourite",
+            "prompt", "negative_prompt", "steps", "guidance_scale", "scheduler", "model_name", "subject", "subject_name", "created_at",
+            "file_url", "thumbnail_url", "favourite_url",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.URI)
+    def get_generation_url(self, obj: GeneratedImage) -> str:
+        return absolute(self.context, reverse("api-generation-detail", args=[obj.generation_id]))
+
+
+class SchedulerSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    label = serializers.CharField()
+
+
+class ModelLimitsSerializer(serializers.Serializer):
+    min_size = serializers.IntegerField()
+    max_size = serializers.IntegerField()
+    size_multiple_of = serializers.IntegerField()
+    steps = serializers.ListField(child=serializers.IntegerField(), help_text="[min, max]")
+    guidance_scale = serializers.ListField(child=serializers.FloatField(), help_text="[min, max]")
+    num_images = serializers.ListField(child=serializers.IntegerField(), help_text="[min, max]")
+    max_prompt_chars = serializers.IntegerField()
+
+
+class ModelDefaultsSerializer(serializers.Serializer):
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    steps = serializers.IntegerField()
+    guidance_scale = serializers.FloatField()
+    scheduler = serializers.CharField()
+    num_images = serializers.IntegerField()
+
+
+class ModelInfoSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    kind = serializers.CharField(help_text="folder, single_file or hub")
+    native_size = serializers.IntegerField()
+    defaults = ModelDefaultsSerializer()
+    limits = ModelLimitsSerializer()
+    schedulers = SchedulerSerializer(many=True)
+    example_prompts = serializers.ListField(child=serializers.CharField())
