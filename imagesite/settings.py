@@ -6,6 +6,7 @@ demo model), so a fresh clone runs with nothing set. DESIGN.md lists the variabl
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -53,6 +54,7 @@ CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
+    "axes",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
@@ -75,6 +77,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as axes asks: it turns a locked-out login into the lock-out page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "imagesite.urls"
@@ -122,6 +126,10 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+AUTHENTICATION_BACKENDS = [
+    "imagesite.login_throttle.LoginThrottleBackend",  # first: refuses locked-out logins (axes)
+    "django.contrib.auth.backends.ModelBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "generation-new"
@@ -279,3 +287,27 @@ IMAGESITE_WEBHOOK_ALLOW_PRIVATE = env_bool("IMAGESITE_WEBHOOK_ALLOW_PRIVATE", Fa
 IMAGESITE_WEBHOOK_TIMEOUT_S = env_int("IMAGESITE_WEBHOOK_TIMEOUT_S", 10)
 # Seconds to wait before each retry; one attempt more than retries in all.
 IMAGESITE_WEBHOOK_BACKOFF_S = [int(s) for s in env_list("IMAGESITE_WEBHOOK_BACKOFF_S", ["30", "120", "600", "3600", "14400"])]
+
+# --- Login throttling (django-axes; our rules in imagesite/login_throttle.py) ---------------------------
+# Either criterion locks: one account guessed at from many addresses, or one address guessing at many
+# accounts. The lock-out ends by itself after the cool-off; each attempt during it starts it again.
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_FAILURE_LIMIT = env_int("IMAGESITE_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("IMAGESITE_LOGIN_COOLOFF_MINUTES", 15))
+AXES_RESET_ON_SUCCESS = True
+AXES_HANDLER = "imagesite.login_throttle.LoginThrottleHandler"
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_DISABLE_ACCESS_LOG = True  # throttling only: no row per successful login
+# Behind reverse proxies that each append the client's address to X-Forwarded-For, how many there
+# are (nginx in front: 1). 0 uses REMOTE_ADDR, which a client cannot forge.
+IMAGESITE_PROXY_COUNT = env_int("IMAGESITE_PROXY_COUNT", 0)
+AXES_CLIENT_IP_CALLABLE = "imagesite.login_throttle.client_ip"
+
+# --- HTTPS (off by default: the embedded set-up serves plain HTTP on 127.0.0.1) ---------------------
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SSL_REDIRECT", False)
+if env_bool("DJANGO_BEHIND_TLS_PROXY", False):
+    # Only behind a proxy that sets this header itself on every request (and drops the client's).
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
