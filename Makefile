@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test install migrate bench clean
+.PHONY: run test test-fast install migrate bench clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ run: migrate
 
 test: install
 	$(PY) -m pytest
+
+# The inner loop: everything but the slow lanes (real qcluster workers, the browser, PostgreSQL and
+# Redis). `make test` stays the complete run CI does.
+test-fast: install
+	$(PY) -m pytest -m "not worker and not browser and not scale_out"
 
 bench: install
 	$(PY) bench/worker_overhead.py

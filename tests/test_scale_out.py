@@ -19,6 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 pytestmark = [
+    pytest.mark.scale_out,
     pytest.mark.worker,
     pytest.mark.skipif(not PG_BIN or not shutil.which("redis-server"), reason="needs Debian's postgresql and redis-server (.ci/run installs them)"),
 ]
