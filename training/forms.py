@@ -4,6 +4,7 @@ from django import forms
 from django.conf import settings
 
 from . import rules
+from .dreambooth.options import MACHINE_FIELDS, method_defaults
 from .models import Subject, TrainingMethod
 
 
@@ -91,8 +92,32 @@ class CaptionsForm(forms.Form):
                 self.add_error(self.field_name(int(pk)), message)
 
 
+AUTO = "auto"
+AUTO_LABEL = "auto (decided by the worker's GPU)"
+
+
+class AutoSwitchField(forms.TypedChoiceField):
+    """A switch whose default depends on the GPU that trains: "auto" (the initial: nothing is
+    stored, the worker decides), "on" or "off"; cleaned to None, True or False."""
+
+    def __init__(self, **kwargs):
+        choices = [(AUTO, AUTO_LABEL), ("on", "on"), ("off", "off")]
+        super().__init__(choices=choices, coerce={"on": True, "off": False}.get, empty_value=None, required=False, initial=AUTO, **kwargs)
+
+    def to_python(self, value):
+        # A serializer hands over booleans, not the page's words.
+        if isinstance(value, bool) or value in ("True", "False", "true", "false"):
+            value = "on" if value in (True, "True", "true") else "off"
+        return super().to_python(value)
+
+
 class TrainingForm(forms.Form):
-    """Start a run: the defaults fit the base model; the rest are the advanced options."""
+    """Start a run: the defaults fit the base model; the rest are the advanced options.
+
+    The page shows the model's defaults (torch-free: `method_defaults` reads its config files);
+    what the machine decides (fp16, gradient checkpointing, 8-bit Adam) shows as "auto". The
+    choices are judged and stored by `rules.clean_training_options`, as the API's are.
+    """
 
     method = forms.ChoiceField(choices=TrainingMethod.choices, initial=TrainingMethod.LORA)
     steps = forms.IntegerField(min_value=rules.STEPS_RANGE[0], max_value=rules.STEPS_RANGE[1])
@@ -102,7 +127,7 @@ class TrainingForm(forms.Form):
     train_text_encoder = forms.BooleanField(required=False, help_text="Also give the text encoder a LoRA (on the demo model it did not raise likeness on average).")
     prior_preservation = forms.BooleanField(required=False, help_text="Keeps what the class looks like in general.")
     num_class_images = forms.IntegerField(min_value=rules.CLASS_IMAGES_RANGE[0], max_value=rules.CLASS_IMAGES_RANGE[1], label="Class images")
-    prior_loss_weight = forms.FloatField(min_value=0.0, max_value=10.0)
+    prior_loss_weight = forms.FloatField(min_value=rules.PRIOR_LOSS_WEIGHT_RANGE[0], max_value=rules.PRIOR_LOSS_WEIGHT_RANGE[1])
     prior_target = forms.ChoiceField(
         choices=[("base", "the base model's prediction (keeps other prompts as they were)"), ("images", "the class images (classic DreamBooth)")],
         label="Prior target", help_text="What the class images are trained towards.",
@@ -111,30 +136,36 @@ class TrainingForm(forms.Form):
         required=False, label="Learn the token's embedding",
         help_text="Pivotal tuning: the rare token gets its own learnt meaning; only prompts with it change.",
     )
-    gradient_checkpointing = forms.BooleanField(required=False)
-    mixed_precision = forms.ChoiceField(choices=[("no", "no (float32)"), ("fp16", "fp16 (GPU)"), ("bf16", "bf16 (GPU)")])
-    use_8bit_adam = forms.BooleanField(required=False, label="8-bit Adam (GPU + bitsandbytes)")
-    seed = forms.IntegerField(min_value=0, max_value=2**31 - 1, required=False, help_text="Blank: the default seed.")
+    gradient_checkpointing = AutoSwitchField(help_text="auto: on with a GPU for SD-sized models.")
+    mixed_precision = forms.ChoiceField(
+        choices=[(AUTO, AUTO_LABEL), ("no", "no (float32)"), ("fp16", "fp16 (GPU)"), ("bf16", "bf16 (GPU)")],
+        required=False, initial=AUTO, help_text="auto: fp16 with a GPU for SD-sized models, else float32.",
+    )
+    use_8bit_adam = AutoSwitchField(label="8-bit Adam (GPU + bitsandbytes)", help_text="auto: on with a GPU and bitsandbytes for SD-sized models.")
+    seed = forms.IntegerField(min_value=rules.SEED_RANGE[0], max_value=rules.SEED_RANGE[1], required=False, help_text="Blank: the default seed.")
 
     def __init__(self, *args, **kwargs):
-        from .dreambooth import default_options_for  # imports torch: only where the form is built
-
         super().__init__(*args, **kwargs)
-        self.defaults = default_options_for(settings.IMAGESITE_MODEL)
+        self.defaults = method_defaults(settings.IMAGESITE_MODEL, TrainingMethod.LORA)
         for name, field in self.fields.items():
-            if name not in ("method", "learning_rate") and hasattr(self.defaults, name):
+            if name not in ("method", "learning_rate") and name not in MACHINE_FIELDS and hasattr(self.defaults, name):
                 field.initial = getattr(self.defaults, name)
-        full_rate = default_options_for(settings.IMAGESITE_MODEL, method=TrainingMethod.FULL).learning_rate
+        full_rate = method_defaults(settings.IMAGESITE_MODEL, TrainingMethod.FULL).learning_rate
         rate = self.fields["learning_rate"]
         rate.widget.attrs["placeholder"] = "default"
         rate.help_text = f"Blank: the method's default (LoRA {self.defaults.learning_rate:g}, full {full_rate:g})."
 
     def clean(self):
         data = super().clean()
-        if data.get("prior_preservation") and not data.get("num_class_images"):
-            self.add_error("num_class_images", "Prior preservation needs at least one class image.")
+        if "method" in data:
+            given = {name: value for name, value in data.items() if name != "method" and value not in (None, "", AUTO)}
+            try:
+                self.chosen = rules.clean_training_options(data["method"], given)
+            except forms.ValidationError as exc:
+                self.add_error(None, exc)
         return data
 
     def options(self) -> dict:
-        """The chosen values that differ from the defaults (what the run stores)."""
-        return {name: value for name, value in self.cleaned_data.items() if name != "method" and value is not None}
+        """What the run stores: the values set on the page, without the blank and "auto" ones
+        (the worker decides those for the chosen method and its GPU)."""
+        return self.chosen

@@ -11,6 +11,8 @@ from django.core.exceptions import ValidationError
 
 from generation.rules import mentions_token
 
+from .dreambooth.options import check_options, method_defaults
+
 # Rare single CLIP tokens (vocabulary ids above 45,000), the DreamBooth habit ("sks").
 SUGGESTED_TOKENS = ("sks", "ohwx", "bnha", "yql", "kprs", "icz", "izz", "evp")
 # CLIP's BPE vocabulary is ordered by frequency: a whole word among the first entries is an
@@ -81,3 +83,87 @@ def validate_caption(value: str, *, token: str) -> str:
     if not mentions_token(value, token):
         raise ValidationError(f"Name the subject with its token “{token}”, e.g. “a {token} dog on a beach”.")
     return value
+
+
+# --- training options ---------------------------------------------------------------------------
+PRIOR_LOSS_WEIGHT_RANGE = (0.0, 10.0)
+SEED_RANGE = (0, 2**31 - 1)
+PRIOR_TARGETS = ("base", "images")
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+TRAINING_METHODS = ("lora", "full")  # models.TrainingMethod's values
+# What a user may choose for a run, each with its type and its range or choices; every other
+# TrainingOptions field is the model's, the method's or the training machine's to decide.
+TRAINING_OPTION_RULES: dict[str, tuple[type, tuple]] = {
+    "steps": (int, STEPS_RANGE),
+    "learning_rate": (float, LEARNING_RATE_RANGE),
+    "lora_rank": (int, RANK_RANGE),
+    "train_text_encoder": (bool, ()),
+    "prior_preservation": (bool, ()),
+    "num_class_images": (int, CLASS_IMAGES_RANGE),
+    "prior_loss_weight": (float, PRIOR_LOSS_WEIGHT_RANGE),
+    "prior_target": (str, PRIOR_TARGETS),
+    "train_token_embedding": (bool, ()),
+    "gradient_checkpointing": (bool, ()),
+    "mixed_precision": (str, MIXED_PRECISIONS),
+    "use_8bit_adam": (bool, ()),
+    "seed": (int, SEED_RANGE),
+}
+
+
+def clean_training_options(method: str, chosen: dict) -> dict:
+    """Judge a user's choices for a training run; return the options to store in `TrainingRun.options`.
+
+    Every edge that starts a run calls this (the training form, the API's start serializer) with the
+    method and ONLY the options the user gave: never fill in defaults first. An option left out, or
+    given as None, stays out of the result, and the worker decides it for the chosen method and its
+    own GPU (`training.dreambooth.options.default_options_for`): e.g. a full fine-tune's lower
+    learning rate, or fp16 only where there is a GPU. Values come with their Python types (int,
+    float, bool, str), as form and serializer fields clean them; the names are TRAINING_OPTION_RULES'.
+
+    Cross-field rules judge the choices together with the defaults they leave in place (prior
+    preservation is on by default and needs at least one class image). Torch-free: the model's
+    defaults come from its config files (`method_defaults`).
+
+    Raises ValidationError with a dict keyed by field ("method", an option's name, or an unknown
+    name the caller passed), each with a list of messages. Returns {name: value} of the chosen
+    options, in TRAINING_OPTION_RULES' order: {} when nothing was chosen.
+    """
+    if method not in TRAINING_METHODS:
+        raise ValidationError({"method": f"Choose one of: {', '.join(TRAINING_METHODS)}."})
+    errors: dict[str, list[str]] = {}
+    for name in chosen:
+        if name not in TRAINING_OPTION_RULES:
+            errors.setdefault(name, []).append("Not an option a run can be given.")
+    options = {name: chosen[name] for name in TRAINING_OPTION_RULES if chosen.get(name) is not None}
+    for name, value in options.items():
+        message = _option_problem(value, *TRAINING_OPTION_RULES[name])
+        if message:
+            errors.setdefault(name, []).append(message)
+    if errors:
+        raise ValidationError(errors)
+
+    resolved = method_defaults(settings.IMAGESITE_MODEL, method, **options)
+    if resolved.prior_preservation and resolved.num_class_images < 1:
+        field = "num_class_images" if "num_class_images" in options else "prior_preservation"
+        raise ValidationError({field: "Prior preservation needs at least one class image."})
+    try:  # what the training module itself would refuse (the rules above should leave nothing)
+        check_options(resolved)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from None
+    return options
+
+
+def _option_problem(value: object, kind: type, allowed: tuple) -> str | None:
+    """Why `value` is not a valid option of that type and range (or choices), or None."""
+    # bool is an int to Python, but True steps or a learning rate of False are mistakes.
+    if kind is bool:
+        return None if isinstance(value, bool) else "Must be true or false."
+    if kind is str:
+        return None if value in allowed else f"Choose one of: {', '.join(allowed)}."
+    numbers = (int, float) if kind is float else (int,)
+    if isinstance(value, bool) or not isinstance(value, numbers):
+        return "Must be a whole number." if kind is int else "Must be a number."
+    low, high = allowed
+    if not low <= value <= high:
+        return f"Must be from {low:g} to {high:g}."
+    return None
