@@ -25,7 +25,6 @@ def token_embedding_state(text_encoder: Any, rows: Sequence[int]) -> dict[str, t
     return {"token_ids": ids, "embeddings": weight.detach()[ids.to(weight.device)].to("cpu", torch.float32).contiguous()}
 
 
-
 def _lora_state_dicts(unet: Any, text_encoder: Any | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
     """The LoRA weights as `save_lora_weights` takes them and `load_lora_weights` reads them back
     whole, float32 on the CPU.

@@ -42,7 +42,6 @@ def _bitsandbytes_installed() -> bool:
     return True
 
 
-
 def _move(model: Any, device: torch.device, dtype: torch.dtype) -> None:
     """Move a model to `device`, casting only when its dtype differs (diffusers warns on every cast)."""
     if model.dtype != dtype:

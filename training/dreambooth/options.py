@@ -102,7 +102,6 @@ class TrainingOptions:
     cpu_threads: int | None = None
 
 
-
 def model_resolution(base_model: str | Path) -> int:
     """Native image size in pixels (generation.modelinfo's reading of the model: unet sample_size
     × VAE downscale factor for a diffusers folder, 512 (SD 1.x) for anything else)."""

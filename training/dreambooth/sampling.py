@@ -44,7 +44,6 @@ def _load_pipeline(base_model: Any) -> Any:
     return pipe
 
 
-
 def _load_class_images(folder: Path | None, wanted: Sequence[str]) -> tuple[list[tuple[Image.Image, str]], list[str], int]:
     """Reuse cached class images for the `wanted` prompts (one image per entry).
 
@@ -107,7 +106,6 @@ def _generate_class_images(
                 _write_atomically(folder / f"class_{index:05d}.png", buf.getvalue())
         progress(TrainingProgress(phase="class_images", step=done_before + len(made), total=total))
     return made
-
 
 
 def _validation_images(pipe: Any, unet: Any, text_encoder: Any, train_te: bool, options: TrainingOptions, autocast: Any) -> list[Image.Image]:
