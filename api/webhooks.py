@@ -28,6 +28,7 @@ from django.utils import timezone
 from requests_hardened import Config as HardenedConfig
 from requests_hardened import HTTPSession
 from requests_hardened.ip_filter import InvalidIPAddress
+from requests_hardened.ip_filter_adapter import IPFilterAdapter
 
 from imagesite.jobs import job_finished
 
@@ -44,12 +45,49 @@ DELIVERY_HEADER = "X-Imagesite-Delivery"
 # --- the URL rule (serializers and pages both call it) ------------------------------------------------
 PRIVATE_REFUSED = "Webhook URLs may not point at loopback, private or link-local addresses."
 
+# Not globally routable, though some Python releases' is_global says otherwise (3.11.7: all of them).
+_NOT_GLOBAL = tuple(ipaddress.ip_network(net) for net in (
+    "192.0.0.0/24",    # IETF protocol assignments
+    "192.88.99.0/24",  # 6to4 relay anycast
+    "::/96",           # IPv4-compatible (deprecated): ::7f00:1 is 127.0.0.1 on some stacks
+    "64:ff9b:1::/48",  # NAT64 for local use: where the IPv4 address sits depends on the network
+    "fec0::/10",       # site-local (deprecated, still routed inside some networks)
+    "3fff::/20",       # documentation
+    "5f00::/16",       # segment routing
+))
+# NAT64's well-known prefix: the last 32 bits are the IPv4 address the translator connects to.
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _destinations(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses a packet to `ip` ends up at: IPv6 forms that carry an IPv4 address (mapped, NAT64,
+    6to4, Teredo's server and client) reach that IPv4 address, so it is the one judged."""
+    if ip.version == 4:
+        return [ip]
+    if ip.ipv4_mapped:
+        return [ip.ipv4_mapped]
+    if ip in _NAT64:
+        return [ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)]
+    if ip.sixtofour:
+        return [ip.sixtofour]
+    if ip.teredo:
+        return list(ip.teredo)
+    return [ip]
+
+
+def _routable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if not ip.is_global or ip.is_multicast or ip.is_reserved or ip.is_unspecified:
+        return False
+    if ip.version == 6 and ip.is_site_local:
+        return False
+    return not any(ip in net for net in _NOT_GLOBAL if net.version == ip.version)
+
 
 def _blocked_address(address: str) -> bool:
+    """True unless `address`, and every IPv4 address it carries, is globally routable unicast.
+    Checked when a URL is saved and again on the address each delivery connects to."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return not ip.is_global or ip.is_multicast
+    return not all(_routable(destination) for destination in _destinations(ip))
 
 
 def resolve_host(host: str, port: int) -> list[str]:
@@ -162,15 +200,31 @@ def _schedule_retry(delivery: WebhookDelivery) -> None:
 
 
 # --- the task ------------------------------------------------------------------------------------
+class _PublicAddressAdapter(IPFilterAdapter):
+    """requests-hardened's adapter resolves the host once, refuses the private ranges it knows and pins
+    the connection to that address; our rule (_blocked_address) then judges the pinned address too."""
+
+    def build_connection_pool_key_attributes(self, request, verify, cert=None):
+        host_params, pool_kwargs = super().build_connection_pool_key_attributes(request, verify, cert)
+        pinned = host_params["host"].strip("[]")
+        if _blocked_address(pinned):
+            log.warning("webhook to %s refused at connect time: %s", request.url, pinned)
+            raise InvalidIPAddress(pinned)
+        return host_params, pool_kwargs
+
+
 def _session() -> requests.Session:
-    """A session that connects to the address it checked (requests-hardened pins the resolved IP and
-    refuses private ones at connect time), so a DNS answer that changes between check_webhook_url and
-    the connection (DNS rebinding) cannot reach the server's own network. Never follows redirects."""
+    """A session that connects to the address it checked (pinned, and checked again at connect time),
+    so a DNS answer that changes between check_webhook_url and the connection (DNS rebinding) cannot
+    reach the server's own network. Never follows redirects."""
     if settings.IMAGESITE_WEBHOOK_ALLOW_PRIVATE:
         return requests.Session()
     # The timeout and no-redirects are given per request (below), for both kinds of session.
-    return HTTPSession(HardenedConfig(ip_filter_enable=True, ip_filter_allow_loopback_ips=False, never_redirect=True,
-                                      default_timeout=None))
+    session = HTTPSession(HardenedConfig(ip_filter_enable=False, ip_filter_allow_loopback_ips=False, never_redirect=True,
+                                         default_timeout=None))
+    session.mount("http://", _PublicAddressAdapter(is_https_proto=False))
+    session.mount("https://", _PublicAddressAdapter(is_https_proto=True))
+    return session
 
 
 def deliver(delivery_id: int) -> str:
