@@ -49,7 +49,7 @@ from training.captions import suggest_caption  # noqa: E402
 from generation.embeddings import load_token_embedding, swap_token_embedding  # noqa: E402
 from training.checkpoint_names import LORA_WEIGHT_NAME, TOKEN_EMBEDDING_NAME  # noqa: E402
 from training.dreambooth.loop import train_dreambooth  # noqa: E402
-from training.dreambooth.options import default_options_for  # noqa: E402
+from training.dreambooth.devices import default_options_for  # noqa: E402
 from training.dreambooth.progress import TrainingProgress  # noqa: E402
 from training.dreambooth.prompts import class_prompt_for  # noqa: E402
 

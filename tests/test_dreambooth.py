@@ -17,7 +17,8 @@ from PIL import Image, ImageDraw
 from generation.embeddings import load_token_embedding, swap_token_embedding
 from training.checkpoint_names import LORA_WEIGHT_NAME, TOKEN_EMBEDDING_NAME
 from training.dreambooth.loop import train_dreambooth
-from training.dreambooth.options import TrainingOptions, check_options, default_options_for, model_resolution
+from training.dreambooth.devices import default_options_for
+from training.dreambooth.options import TrainingOptions, check_options, model_resolution
 from training.dreambooth.progress import TrainingCanceled, TrainingProgress
 from training.dreambooth.prompts import class_prompt_for, class_prompt_pool, instance_prompts_for
 

@@ -11,7 +11,8 @@ import pytest
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from training.dreambooth.options import default_options_for, method_defaults
+from training.dreambooth.devices import default_options_for
+from training.dreambooth.options import method_defaults
 from training.forms import TrainingForm
 from training.rules import clean_training_options
 

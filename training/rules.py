@@ -116,7 +116,7 @@ def clean_training_options(method: str, chosen: dict) -> dict:
     Every edge that starts a run calls this (the training form, the API's start serializer) with the
     method and ONLY the options the user gave: never fill in defaults first. An option left out, or
     given as None, stays out of the result, and the worker decides it for the chosen method and its
-    own GPU (`training.dreambooth.options.default_options_for`): e.g. a full fine-tune's lower
+    own GPU (`training.dreambooth.devices.default_options_for`): e.g. a full fine-tune's lower
     learning rate, or fp16 only where there is a GPU. Values come with their Python types (int,
     float, bool, str), as form and serializer fields clean them; the names are TRAINING_OPTION_RULES'.
 

@@ -15,16 +15,15 @@ this project:
 5. Write the checkpoint at the very end, through a temporary name, so a cancel or a crash never
    leaves a half-written file.
 
-
 Devices: float32 on the CPU. On a GPU: fp16/bf16 autocast, gradient checkpointing and
 bitsandbytes' 8-bit AdamW when asked for (and installed).
 
 The modules, by meaning: `options` (TrainingOptions, the defaults per model and method, their
 check; torch-free), `progress` (what a run reports back; torch-free), `prompts`, `data`,
 `sampling` (base pipeline, class and validation images), `lora` (what trains), `objective` (the
-loss and the schedule), `checkpoints` (the files), `devices` (what the machine decides) and `loop`
-(`train_dreambooth`). The token-embedding file and swap live in generation.embeddings (inference
-needs them too).
+loss and the schedule), `checkpoints` (the files), `devices` (what the machine decides:
+`default_options_for`, the optimizer) and `loop` (`train_dreambooth`). The token-embedding file
+and swap live in generation.embeddings (inference needs them too).
 
 The names below are re-exported lazily, so `import training.dreambooth.options` (the web process:
 the training form) loads no torch; `from training.dreambooth import train_dreambooth` loads it.
@@ -38,8 +37,8 @@ from typing import TYPE_CHECKING, Any
 # Public name -> the module that holds it.
 _EXPORTS = {
     "TrainingOptions": ".options", "MACHINE_FIELDS": ".options", "RESNET_CONV_TARGET_MODULES": ".options",
-    "check_options": ".options", "default_options_for": ".options", "method_defaults": ".options",
-    "model_resolution": ".options",
+    "check_options": ".options", "method_defaults": ".options", "model_resolution": ".options",
+    "default_options_for": ".devices",
     "ProgressCallback": ".progress", "TrainingCanceled": ".progress", "TrainingError": ".progress",
     "TrainingProgress": ".progress", "TrainingResult": ".progress",
     "EMPTY_PROMPT_SHARE": ".prompts", "class_prompt_for": ".prompts", "class_prompt_pool": ".prompts",
@@ -74,11 +73,12 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and editors
     from ..checkpoint_names import LORA_WEIGHT_NAME, TOKEN_EMBEDDING_NAME
     from .checkpoints import token_embedding_state
     from .data import image_to_tensor
+    from .devices import default_options_for
     from .lora import TEXT_ENCODER_TARGET_MODULES
     from .loop import train_dreambooth
     from .options import (
-        MACHINE_FIELDS, RESNET_CONV_TARGET_MODULES, TrainingOptions, check_options, default_options_for,
-        method_defaults, model_resolution,
+        MACHINE_FIELDS, RESNET_CONV_TARGET_MODULES, TrainingOptions, check_options, method_defaults,
+        model_resolution,
     )
     from .progress import ProgressCallback, TrainingCanceled, TrainingError, TrainingProgress, TrainingResult
     from .prompts import EMPTY_PROMPT_SHARE, class_prompt_for, class_prompt_pool, instance_prompts_for

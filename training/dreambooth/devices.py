@@ -1,19 +1,29 @@
 """What the training machine decides: the GPU-dependent defaults, where models go, the optimizer.
 
-Imports torch: only the worker loads this module (`options.default_options_for` asks it for the
-MACHINE_FIELDS; the web process never does).
+Imports torch: only the worker loads this module. The web process decides nothing here; it shows
+and checks `options.method_defaults` and stores what the user chose, which `default_options_for`
+completes on the worker.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from .options import TrainingOptions
+from .options import TrainingOptions, is_tiny_model, method_defaults
 
 logger = logging.getLogger(__name__)
+
+
+def default_options_for(base_model: str | Path, method: str = "lora", **overrides: Any) -> TrainingOptions:
+    """Everything a run on this machine needs: `method_defaults` for the model and the method,
+    with the MACHINE_FIELDS decided for this machine's GPU (`machine_defaults`), then `overrides`
+    (what the user chose, e.g. a run's stored options: they win over both)."""
+    machine = machine_defaults(tiny=is_tiny_model(base_model))
+    return method_defaults(base_model, method, **{**machine, **overrides})
 
 
 def machine_defaults(*, tiny: bool) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 No torch here, at import or inside any default: the web process builds the training form and
 checks a user's choices with this module (`method_defaults`), reading only the model's config
 files. The few defaults that depend on the machine that trains (MACHINE_FIELDS: fp16, gradient
-checkpointing, 8-bit Adam, CPU threads) are decided by `default_options_for` on the worker, which
-asks `devices.machine_defaults` (torch) for them.
+checkpointing, 8-bit Adam, CPU threads) are decided on the worker by
+`devices.default_options_for` (torch).
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ def method_defaults(base_model: str | Path, method: str = "lora", **overrides: A
     may call it (the form's displayed defaults, the check of a user's choices).
 
     The MACHINE_FIELDS keep their neutral values (float32, no gradient checkpointing, torch's
-    AdamW, torch's threads) unless overridden: `default_options_for` decides them on the worker.
+    AdamW, torch's threads) unless overridden: `devices.default_options_for` decides them on the
+    worker.
 
     Tiny models (the 64 px demo) take lr 3e-4 falling along a cosine, a rank-8 LoRA on the
     attention and resnet convolutions of the decoder half and the middle block (its B matrices at
@@ -171,20 +172,6 @@ def method_defaults(base_model: str | Path, method: str = "lora", **overrides: A
     if "token_warmup_steps" not in overrides:
         options = replace(options, token_warmup_steps=min(options.token_warmup_steps, options.steps // 4))
     return options
-
-
-def default_options_for(base_model: str | Path, method: str = "lora", **overrides: Any) -> TrainingOptions:
-    """Everything a run on this machine needs: `method_defaults`, with the MACHINE_FIELDS decided
-    for this machine's GPU (`devices.machine_defaults`: on a CUDA GPU and an SD-sized model fp16,
-    gradient checkpointing and 8-bit Adam when bitsandbytes is installed; one CPU thread for a tiny
-    model without a GPU), then `overrides` (what the user chose wins over both).
-
-    Imports torch: the worker calls it, never the web process (`method_defaults` is for that).
-    """
-    from .devices import machine_defaults
-
-    machine = machine_defaults(tiny=is_tiny_model(base_model))
-    return method_defaults(base_model, method, **{**machine, **overrides})
 
 
 def check_options(options: TrainingOptions) -> None:
