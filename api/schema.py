@@ -1,7 +1,7 @@
 """OpenAPI additions: the token security scheme and the error responses every operation can give."""
 from __future__ import annotations
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerFieldExtension
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -32,19 +32,6 @@ class ApiTokenScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):
         return {"type": "http", "scheme": "bearer", "description": "A token from the account page: `Authorization: Bearer isk_…`."}
-
-
-class ImageSizeFieldSchema(OpenApiSerializerFieldExtension):
-    """Width and height limits are the loaded model's, read when the schema is made; the rule itself
-    is generation.rules.validate_size."""
-
-    target_class = "api.serializers.ImageSizeField"
-
-    def map_serializer_field(self, auto_schema, direction):
-        from generation.rules import current_model
-
-        info = current_model()
-        return {"type": "integer", "minimum": info.min_size, "maximum": info.max_size, "multipleOf": 8}
 
 
 def add_error_responses(result: dict, generator, request, public) -> dict:

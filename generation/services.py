@@ -7,9 +7,10 @@ from typing import Callable
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import transaction
+from django.utils import timezone
 
 from imagesite import quotas
-from imagesite.jobs import JobCanceled
+from imagesite.jobs import JobCanceled, JobStatus
 
 from .models import MAX_SEED, GeneratedImage, Generation, usable_subjects
 from .rules import current_model, validate_subject_in_prompt
@@ -71,3 +72,22 @@ def store_images(generation: Generation, pngs: list[tuple[bytes, bytes]], seeds:
         for field_file in written:
             field_file.storage.delete(field_file.name)
         raise
+
+
+def record_finished_images(*, owner, subject, training_run, prompt: str, seed: int, steps: int, guidance_scale: float,
+                           scheduler: str, model_name: str, pngs: list[tuple[bytes, bytes]], size: tuple[int, int]) -> Generation:
+    """A finished generation drawn by someone else's job (a training run's validation images): files
+    first, then the row (already succeeded) and its images in one transaction, so no row is ever
+    "running" without a worker's heartbeat behind it. A failure removes the files written."""
+    width, height = size
+    now = timezone.now()
+    generation = Generation(
+        owner=owner, prompt=prompt, seed=seed, steps=steps, guidance_scale=guidance_scale, width=width, height=height,
+        scheduler=scheduler, num_images=len(pngs), model_name=model_name, subject=subject,
+        subject_name=subject.name if subject else "", training_run=training_run, status=JobStatus.SUCCEEDED,
+        started_at=now, finished_at=now, progress_step=steps, progress_total=steps,
+    )
+    with transaction.atomic():
+        generation.save()
+        store_images(generation, pngs, [seed + i for i in range(len(pngs))], finish=lambda: True)
+    return generation

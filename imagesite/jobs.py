@@ -7,10 +7,12 @@ written with a conditional UPDATE so that a cancel racing a finish can never be 
 from __future__ import annotations
 
 import logging
+import re
 import threading
+import time
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Iterator
+from typing import Callable, Iterator
 
 from django.apps import apps
 from django.conf import settings
@@ -131,11 +133,13 @@ class Job(models.Model):
             self.refresh_from_db()
         return bool(updated)
 
-    def report_progress(self, step: int, total: int) -> None:
-        """Write progress and heartbeat; raise JobCanceled when the row was canceled meanwhile."""
+    def report_progress(self, step: int, total: int, *, pace_starts: bool = True, **extra) -> None:
+        """Write progress, heartbeat and `extra` fields of the concrete model; raise JobCanceled when
+        the row was canceled meanwhile. The ETA's pace starts at the first report with `pace_starts`
+        (a training run's class images come before its own steps)."""
         now = timezone.now()
-        fields = {"progress_step": step, "progress_total": total, "heartbeat_at": now}
-        if self.first_step_at is None:
+        fields = {"progress_step": step, "progress_total": total, "heartbeat_at": now, **extra}
+        if self.first_step_at is None and pace_starts:
             fields["first_step_at"] = now
         if not self._transition([JobStatus.RUNNING], **fields):
             raise JobCanceled()
@@ -154,7 +158,7 @@ class Job(models.Model):
 
     def fail(self, reason: str) -> bool:
         return self._transition(
-            ACTIVE_STATUSES, status=JobStatus.FAILED, error=reason, finished_at=timezone.now()
+            ACTIVE_STATUSES, status=JobStatus.FAILED, error=without_paths(reason), finished_at=timezone.now()
         )
 
     def cancel(self) -> bool:
@@ -198,6 +202,79 @@ def heartbeat(job: Job, every_s: float | None = None) -> Iterator[None]:
         thread.join(timeout=5)
 
 
+class ProgressReporter:
+    """Progress callback for the ML code: writes at most every `interval_s` (and on the last step),
+    and between writes reads the row for a cancel at most every `cancel_check_s`, so a cancel stops
+    the job within a step or so without a query per step on fast models. Raises JobCanceled."""
+
+    def __init__(self, job: Job, interval_s: float = 0.25, cancel_check_s: float = 0.1):
+        self.job = job
+        self.interval_s, self.cancel_check_s = interval_s, cancel_check_s
+        self.last_write = self.last_check = 0.0
+
+    def __call__(self, step: int, total: int, **extra) -> None:
+        now = time.monotonic()
+        if step >= total or now - self.last_write >= self.interval_s:
+            self.last_write = self.last_check = now
+            self.job.report_progress(step, total, **extra)
+        elif now - self.last_check >= self.cancel_check_s:
+            self.last_check = now
+            if self.job.is_canceled():
+                raise JobCanceled()
+
+
+# Absolute file-system paths (two segments or more) in a message: a person sees the file's name only.
+_PATH_RE = re.compile(r"(?<![\w:/.~-])/(?:[^\s/'\"]+/)+([^\s/'\",;:)]*)")
+
+
+def without_paths(message: str) -> str:
+    """`message` with every server path cut to its last part ("/srv/media/runs/7/x.bin" → "x.bin"),
+    so a failure never shows where the server keeps its files."""
+    return _PATH_RE.sub(lambda m: m.group(1) or "(a folder)", message)
+
+
+def run_job(
+    job: Job | None,
+    work: Callable[[Job], None],
+    *,
+    label: str,
+    readable: tuple[type[BaseException], ...] = (),
+    canceled: tuple[type[BaseException], ...] = (),
+    cleanup: Callable[[Job], None] | None = None,
+) -> str:
+    """The life of one job on a worker, the same for every kind: claim the row (or explain why not),
+    beat the heartbeat while `work(job)` runs, and end every way out in a state a person can read.
+
+    `work` ends the job itself with `job.succeed()` in the transaction that stores its results (and
+    raises JobCanceled if that says the job moved on). Exceptions in `readable` carry a message meant
+    for the person; `canceled` are the ML code's own cancel signals; anything else fails as
+    "<label> failed: <type>: <message>". Messages never show server paths. `cleanup(job)` removes
+    partial outputs of a job that did not succeed. Returns a short outcome for django-q2's task log."""
+    if job is None:
+        return "deleted before it ran"
+    if not job.claim():
+        job.refresh_from_db()
+        if job.status == JobStatus.QUEUED:  # attempts used up by earlier, killed workers
+            job.fail(f"Gave up after {job.attempts} attempts: the worker kept stopping during this job.")
+        return f"not run: {job.status}"
+    try:
+        with heartbeat(job):
+            work(job)
+        return "succeeded"
+    except (JobCanceled, *canceled):
+        outcome = "canceled"
+    except readable as exc:
+        job.fail(str(exc))
+        outcome = "failed"
+    except Exception as exc:  # noqa: BLE001 - any failure must end the job, readably
+        log.exception("%s %s failed", label, job.pk)
+        job.fail(f"{label} failed: {type(exc).__name__}: {str(exc)[:300]}")
+        outcome = "failed"
+    if cleanup is not None:
+        cleanup(job)
+    return outcome
+
+
 JOB_MODELS = ("generation.Generation", "training.TrainingRun")
 
 
@@ -226,3 +303,15 @@ def reap_stale_jobs(stale_after_s: float | None = None) -> dict[str, int]:
                 log.warning("failed %s %s after %s attempts", label, job.pk, job.attempts)
                 counts["failed"] += 1
     return counts
+
+
+REAPER = "imagesite.jobs.reap_stale_jobs"
+
+
+def ensure_reaper_schedule(**kwargs) -> None:
+    """Run reap_stale_jobs every minute on the default cluster (post_migrate receiver)."""
+    from django_q.models import Schedule
+
+    Schedule.objects.update_or_create(
+        func=REAPER, defaults={"name": "reap stale jobs", "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
+    )

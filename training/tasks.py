@@ -1,118 +1,105 @@
-"""django-q2 task for training runs (cluster "training"): thin, like generation's."""
+"""django-q2 tasks for training runs (cluster "training"): thin, like generation's. Photo intake
+(process_photo, requeue_stale_photos) runs on the default cluster: it is seconds of CPU per photo."""
 from __future__ import annotations
 
+import io
 import logging
-import time
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
+from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
+from django.db import transaction
 from django.utils import timezone
 from PIL import Image
 
-from imagesite.files import delete_tree_on_commit
-from imagesite.jobs import JobStatus, heartbeat
+from generation.modelinfo import describe_model
 
-from .models import TrainingRun
+from imagesite.files import delete_tree_on_commit
+from imagesite.jobs import JobStatus, ProgressReporter, run_job
+
+from .captions import suggest_caption
+from .models import MAX_PHOTO_ATTEMPTS, PhotoStatus, SubjectPhoto, TrainingRun
+from .photos import PhotoRejected, check_and_prepare
 
 log = logging.getLogger("training.tasks")
 
 
 class TrainingReporter:
-    """Progress callback: progress, loss and phase at most every `interval_s`; validation images go
-    to the gallery as finished generations of the subject."""
+    """Progress callback of the training loop: progress, phase and loss through the job runner's
+    throttled reporter (which also notices a cancel); validation images go to the gallery as
+    finished generations of the subject."""
 
     def __init__(self, run: TrainingRun, options, interval_s: float = 0.5):
-        self.run, self.options, self.interval_s = run, options, interval_s
-        self.last_write = 0.0
-        self.training_started = False
+        self.run, self.options = run, options
+        self.report = ProgressReporter(run, interval_s=interval_s)
 
     def __call__(self, progress) -> None:
-        now = time.monotonic()
         if progress.validation_images:
             self._save_validation_images(progress)
-        if progress.step >= progress.total or now - self.last_write >= self.interval_s:
-            self.last_write = now
-            fields = dict(
-                progress_step=progress.step, progress_total=progress.total, phase=progress.phase,
-                loss=progress.loss, seconds_per_step=progress.seconds_per_step,
-            )
-            if progress.phase == "training" and not self.training_started:
-                self.training_started = True  # the ETA's pace starts here, after the class images
-                fields["first_step_at"] = timezone.now()
-            TrainingRun.objects.filter(pk=self.run.pk, status=JobStatus.RUNNING).update(**fields)
+        self.report(
+            progress.step, progress.total, phase=progress.phase, loss=progress.loss,
+            seconds_per_step=progress.seconds_per_step,
+            pace_starts=progress.phase == "training",  # the ETA's pace leaves out the class images
+        )
 
     def _save_validation_images(self, progress) -> None:
-        from generation.models import Generation
         from generation.pipeline import RenderSettings, encode_for_gallery
         from generation.rules import current_model
-        from generation.services import store_images
+        from generation.services import record_finished_images
 
         info = current_model()
         subject = self.run.subject
+        model_name = f"{info.name} + {subject.name}"
+        steps, seed = self.options.validation_inference_steps, self.options.seed
         for prompt, image in zip(progress.validation_prompts, progress.validation_images):
-            generation = Generation.objects.create(
-                owner=subject.owner, prompt=f"{prompt} (training step {progress.step})", seed=self.options.seed,
-                steps=self.options.validation_inference_steps, guidance_scale=7.5, width=image.width, height=image.height,
-                scheduler=info.scheduler, num_images=1, model_name=f"{info.name} + {subject.name}",
-                status=JobStatus.RUNNING, subject=subject, subject_name=subject.name, training_run=self.run,
+            settings_ = RenderSettings(prompt, "", seed, steps, 7.5, image.width, image.height, info.scheduler, 1)
+            record_finished_images(
+                owner=subject.owner, subject=subject, training_run=self.run, prompt=f"{prompt} (training step {progress.step})",
+                seed=seed, steps=steps, guidance_scale=7.5, scheduler=info.scheduler, model_name=model_name,
+                pngs=encode_for_gallery([image], settings_, model_name), size=(image.width, image.height),
             )
-            s = RenderSettings(prompt, "", generation.seed, generation.steps, 7.5, image.width, image.height, info.scheduler, 1)
-            store_images(generation, encode_for_gallery([image], s, generation.model_name), [generation.seed], finish=generation.succeed)
 
 
 def run_training(run_id: int) -> str:
+    from .dreambooth import TrainingCanceled, TrainingError
+
     run = TrainingRun.objects.select_related("subject", "subject__owner").filter(pk=run_id).first()
-    if run is None:
-        return "deleted before it ran"
-    if not run.claim():
-        run.refresh_from_db()
-        if run.status == JobStatus.QUEUED:
-            run.fail(f"Gave up after {run.attempts} attempts: the worker kept stopping during this run.")
-        return f"not run: {run.status}"
-    from .dreambooth import TrainingCanceled, TrainingError, default_options_for, train_dreambooth
+    return run_job(run, _train, label="Training", readable=(TrainingError,), canceled=(TrainingCanceled,), cleanup=_discard_outputs)
+
+
+def _train(run: TrainingRun) -> None:
+    """Train the subject's photos with the options the user chose, resolved here, on the machine
+    (and GPU) that trains; store the checkpoint and succeed."""
+    from .dreambooth import TrainingCanceled, default_options_for, train_dreambooth
 
     subject = run.subject
     run.files_dir = f"{subject.files_prefix()}/runs/{run.pk}"
     run.save(update_fields=["files_dir"])
     output_dir = Path(default_storage.path(run.files_dir))
-    try:
-        with heartbeat(run):
-            photos = list(subject.photos.all())
-            images = [_open_rgb(photo.crop) for photo in photos]
-            steps = int(run.options.get("steps") or default_options_for(settings.IMAGESITE_MODEL, method=run.method).steps)
-            options = default_options_for(
-                settings.IMAGESITE_MODEL, method=run.method, **run.options,
-                validation_every=max(1, steps // 4), validation_prompts=(subject.prompt_example,),
-            )
-            result = train_dreambooth(
-                base_model=settings.IMAGESITE_MODEL, instance_images=images, token=subject.token,
-                class_noun=subject.class_noun, options=options, output_dir=output_dir,
-                instance_prompts=[photo.caption or None for photo in photos],
-                progress=TrainingReporter(run, options),
-                should_cancel=lambda: not TrainingRun.objects.filter(pk=run.pk, status=JobStatus.RUNNING).exists(),
-                class_images_dir=Path(default_storage.path(f"{subject.files_prefix()}/class_images")),
-            )
-            run.checkpoint = str(Path(run.files_dir) / Path(result.checkpoint_path).relative_to(output_dir))
-            run.checkpoint_size = result.size_bytes
-            run.loss = result.final_loss
-            run.seconds_per_step = result.seconds_per_step
-            run.save(update_fields=["checkpoint", "checkpoint_size", "loss", "seconds_per_step"])
-            if not run.succeed():
-                raise TrainingCanceled()
-    except TrainingCanceled:
-        _discard_outputs(run)
-        return "canceled"
-    except TrainingError as exc:
-        run.fail(str(exc))
-        _discard_outputs(run)
-        return "failed"
-    except Exception as exc:  # noqa: BLE001 - any failure must end the run, readably
-        log.exception("training run %s failed", run.pk)
-        run.fail(f"Training failed: {type(exc).__name__}: {str(exc)[:300]}")
-        _discard_outputs(run)
-        return "failed"
-    return "succeeded"
+    photos = list(subject.photos.ready())
+    images = [_open_rgb(photo.crop) for photo in photos]
+    steps = int(run.options.get("steps") or default_options_for(settings.IMAGESITE_MODEL, method=run.method).steps)
+    options = default_options_for(
+        settings.IMAGESITE_MODEL, method=run.method, **run.options,
+        validation_every=max(1, steps // 4), validation_prompts=(subject.prompt_example,),
+    )
+    result = train_dreambooth(
+        base_model=settings.IMAGESITE_MODEL, instance_images=images, token=subject.token,
+        class_noun=subject.class_noun, options=options, output_dir=output_dir,
+        instance_prompts=[photo.caption or None for photo in photos],
+        progress=TrainingReporter(run, options),
+        should_cancel=lambda: not TrainingRun.objects.filter(pk=run.pk, status=JobStatus.RUNNING).exists(),
+        class_images_dir=Path(default_storage.path(f"{subject.files_prefix()}/class_images")),
+    )
+    run.checkpoint = str(Path(run.files_dir) / Path(result.checkpoint_path).relative_to(output_dir))
+    run.checkpoint_size = result.size_bytes
+    run.loss = result.final_loss
+    run.seconds_per_step = result.seconds_per_step
+    run.save(update_fields=["checkpoint", "checkpoint_size", "loss", "seconds_per_step"])
+    if not run.succeed():
+        raise TrainingCanceled()
 
 
 def _open_rgb(field_file) -> Image.Image:
@@ -123,3 +110,90 @@ def _open_rgb(field_file) -> Image.Image:
 def _discard_outputs(run: TrainingRun) -> None:
     TrainingRun.objects.filter(pk=run.pk).update(checkpoint="", checkpoint_size=0)
     delete_tree_on_commit(run.files_dir)
+
+
+# --- photo intake (default cluster) ---------------------------------------------------------------
+PHOTO_ERROR = "This photo could not be processed (an error on our side); please upload it again."
+
+
+def process_photo(photo_id: int) -> str:
+    """Decode, clean and crop one pending photo, then mark it ready, or rejected with its reason."""
+    photo = SubjectPhoto.objects.select_related("subject").filter(pk=photo_id).first()
+    if photo is None or photo.status != PhotoStatus.PENDING or not photo.start_attempt():
+        return "nothing to do"
+    if photo.attempts > MAX_PHOTO_ATTEMPTS:
+        _reject_photo(photo, "Processing this photo stopped the worker every time; please upload a smaller photo.")
+        return "rejected"
+    try:
+        return _prepare_photo(photo)
+    except PhotoRejected as exc:
+        _reject_photo(photo, exc.reason)
+        return "rejected"
+    except Exception:  # noqa: BLE001 - any failure must end the photo, readably (no path, no traceback)
+        log.exception("photo %s could not be processed", photo.pk)
+        _reject_photo(photo, PHOTO_ERROR)
+        return "failed"
+
+
+def _prepare_photo(photo: SubjectPhoto) -> str:
+    """Files first, row after: the cleaned JPEG and the crop are stored under new names, then one
+    conditional UPDATE makes the row ready; a row that moved on or vanished meanwhile gets nothing
+    and the files just written are removed."""
+    subject, raw = photo.subject, photo.upload.name
+    info = describe_model(settings.IMAGESITE_MODEL)
+    with photo.upload.open("rb") as f:
+        prepared = check_and_prepare(f.read(), resolution=info.native_size)
+    caption = suggest_caption(Image.open(io.BytesIO(prepared.crop_bytes)), token=subject.token,
+                              class_noun=subject.class_noun, backgrounds=info.caption_backgrounds)
+    written = []
+    try:
+        photo.image.save("photo.jpg", ContentFile(prepared.image_bytes), save=False)
+        written.append(photo.image.name)
+        photo.crop.save("crop.png", ContentFile(prepared.crop_bytes), save=False)
+        written.append(photo.crop.name)
+        with transaction.atomic():
+            ready = photo.mark_ready(image=photo.image.name, crop=photo.crop.name, width=prepared.width, height=prepared.height,
+                                     face_found=prepared.face_found, caption=caption)
+    except BaseException:
+        _delete_files(written)
+        raise
+    if not ready:
+        _delete_files(written)
+        return "nothing to do"
+    _delete_files([raw])
+    return "ready"
+
+
+def _reject_photo(photo: SubjectPhoto, reason: str) -> bool:
+    raw = photo.upload.name
+    if not photo.reject(reason):
+        return False  # deleted (its signal removed the upload) or finished by a duplicate task
+    _delete_files([raw])
+    return True
+
+
+def _delete_files(names: list[str]) -> None:
+    for name in names:
+        if name:
+            default_storage.delete(name)
+
+
+def requeue_stale_photos(older_than_s: float = 300, give_up_after_s: float = 3600) -> dict[str, int]:
+    """Photos still pending because their task was lost (a worker killed mid-decode, a broker that
+    dropped the message): queue them again when their task was queued over `older_than_s` ago, and
+    reject those uploaded over `give_up_after_s` ago or tried MAX_PHOTO_ATTEMPTS times. Scheduled
+    every minute (training.apps). A duplicate task is harmless: only one can move the row on."""
+    from django_q.tasks import async_task
+
+    now = timezone.now()
+    counts = {"requeued": 0, "rejected": 0}
+    stale = SubjectPhoto.objects.pending().filter(queued_at__lt=now - timedelta(seconds=older_than_s))
+    for photo in stale:
+        if photo.created_at < now - timedelta(seconds=give_up_after_s) or photo.attempts >= MAX_PHOTO_ATTEMPTS:
+            counts["rejected"] += _reject_photo(photo, "Processing this photo did not finish; please upload it again.")
+        elif SubjectPhoto.objects.filter(pk=photo.pk, status=PhotoStatus.PENDING, queued_at=photo.queued_at).update(queued_at=now):
+            async_task("training.tasks.process_photo", photo.pk, task_name=f"photo-{photo.pk}")
+            counts["requeued"] += 1
+    if any(counts.values()):
+        log.warning("stale photos: %s", counts)
+    return counts
