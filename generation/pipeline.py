@@ -16,19 +16,17 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from .errors import GenerationError  # noqa: F401  (re-exported: callers catch it from here)
 from .modelinfo import SCHEDULERS, describe_model, model_kind
 
 log = logging.getLogger("generation.pipeline")
 
 PROFILES = ("full", "medium", "low", "cpu")
 GIB = 1024**3
-
-
-class GenerationError(Exception):
-    """A failure with a message a person can read (shown on the job page as is)."""
 
 
 # --- memory profiles ---------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .pipeline import GenerationError
+from .errors import GenerationError
 
 log = logging.getLogger("generation.single_file")
 

@@ -6,13 +6,12 @@ from django.core.files.storage import default_storage
 
 from imagesite.jobs import ProgressReporter, run_job
 
+from .errors import GenerationError
 from .models import Generation
 from .services import store_images
 
 
 def run_generation(generation_id: int) -> str:
-    from .pipeline import GenerationError  # worker side only: pipeline imports torch
-
     job = Generation.objects.filter(pk=generation_id).first()
     return run_job(job, _render, label="Generation", readable=(GenerationError,))
 
@@ -30,7 +29,7 @@ def _render(job: Generation) -> None:
 def _subject_adapter(job: Generation):
     """The subject's trained weights for this job, or None; a subject deleted after the job was
     queued is a readable failure, not a silent fallback to the base model."""
-    from .pipeline import Adapter, GenerationError
+    from .pipeline import Adapter
 
     if not job.subject_name:
         return None
