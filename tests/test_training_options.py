@@ -108,7 +108,11 @@ def test_the_form_shows_auto_for_what_the_gpu_decides_and_stores_nothing_for_it(
     assert bound.is_valid(), bound.errors
     stored = bound.options()
     assert not {"mixed_precision", "gradient_checkpointing", "use_8bit_adam", "learning_rate", "seed"} & set(stored)
-    assert stored["steps"] == form.fields["steps"].initial
+    # Values left as the page showed them are the model's defaults, not choices: the page stores what
+    # the API stores for {"method": "full"}, and the worker trains at the full fine-tune's rate.
+    assert stored == clean_training_options("full", {}) == {}
+    changed = TrainingForm(data=_page_data(method="full", steps=7))
+    assert changed.is_valid() and changed.options() == {"steps": 7}
 
 
 def test_the_form_stores_the_gpu_switches_the_user_set():

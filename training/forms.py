@@ -31,9 +31,6 @@ class SubjectForm(forms.ModelForm):
     def clean_class_noun(self) -> str:
         return rules.validate_class_noun(self.cleaned_data["class_noun"])
 
-    def save(self, commit: bool = True) -> Subject:
-        self.instance.owner = self.owner
-        return super().save(commit)
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -158,7 +155,10 @@ class TrainingForm(forms.Form):
     def clean(self):
         data = super().clean()
         if "method" in data:
-            given = {name: value for name, value in data.items() if name != "method" and value not in (None, "", AUTO)}
+            # A value left as the page showed it is the model's default, not a choice: it is not stored,
+            # so the page and the API (which sends only what it sets) store the same options.
+            given = {name: value for name, value in data.items()
+                     if name != "method" and value not in (None, "", AUTO) and value != self.fields[name].initial}
             try:
                 self.chosen = rules.clean_training_options(data["method"], given)
             except forms.ValidationError as exc:
