@@ -28,7 +28,7 @@ MODEL_DEFAULTS: dict = {
     "guidance_scale": 3.0,  # measured: 3 beat 4 and 7.5 on held-out colours (README)
     "scheduler": "dpmpp_2m",
     "example_prompts": EXAMPLE_PROMPTS,
-    # What the model draws, for DreamBooth's prior preservation (training/dreambooth.py). Training
+    # What the model draws, for DreamBooth's prior preservation (training/dreambooth/). Training
     # captions only: the held-out combinations stay unseen, so benchmarks on them stay fair.
     "prior_prompts": [caption(*c) for c in TRAIN_COMBOS],
     # The plain backgrounds its captions name: an uploaded subject photo on one of them gets the
