@@ -83,11 +83,18 @@ def _routable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return not any(ip in net for net in _NOT_GLOBAL if net.version == ip.version)
 
 
+def _translated(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """NAT64, 6to4 and Teredo addresses: the connect-time filter (requests_hardened) refuses them all,
+    whatever they carry, so a URL resolving to one is refused when saved too, not accepted and then
+    never delivered."""
+    return ip.version == 6 and (ip in _NAT64 or ip.sixtofour is not None or ip.teredo is not None)
+
+
 def _blocked_address(address: str) -> bool:
-    """True unless `address`, and every IPv4 address it carries, is globally routable unicast.
-    Checked when a URL is saved and again on the address each delivery connects to."""
+    """True unless `address`, and every IPv4 address it carries, is globally routable unicast (and not
+    a translated form). Checked when a URL is saved and again on the address each delivery connects to."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    return not all(_routable(destination) for destination in _destinations(ip))
+    return _translated(ip) or not all(_routable(destination) for destination in _destinations(ip))
 
 
 def resolve_host(host: str, port: int) -> list[str]:

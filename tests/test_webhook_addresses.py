@@ -33,6 +33,10 @@ BLOCKED = [
 ROUTABLE = [
     "8.8.8.8", "1.1.1.1", "2606:4700::1111", "2a00:1450:4001:80b::200e",
     "::ffff:8.8.8.8",                       # IPv4-mapped, public
+]
+# Translated forms carrying a public IPv4 address: routable, but the connect-time filter refuses every
+# one of them, so they are refused when saved rather than accepted and never delivered.
+TRANSLATED = [
     "64:ff9b::808:808",                     # NAT64 to 8.8.8.8
     "2002:808:808::1",                      # 6to4 to 8.8.8.8
     "2001:0:4136:e378:8000:0:f7f7:f7f7",    # Teredo: server 65.54.227.120, client 8.8.8.8
@@ -49,6 +53,12 @@ def test_blocked_addresses_are_refused_when_saved(address, settings):
     assert webhooks._blocked_address(address)
     with pytest.raises(ValidationError, match="loopback, private or link-local"):
         webhooks.check_webhook_url(_url(address))
+
+
+@pytest.mark.parametrize("address", TRANSLATED)
+def test_translated_forms_are_refused_when_saved_as_at_connect_time(address, settings):
+    settings.IMAGESITE_WEBHOOK_ALLOW_PRIVATE = False
+    assert webhooks._blocked_address(address)
 
 
 @pytest.mark.parametrize("address", ROUTABLE)
