@@ -1,0 +1,121 @@
+"""Quotas and uniqueness hold under concurrency and at both edges (issue 14).
+
+Real threads fire together (a barrier) at a live server: pytest-django's `live_server` on the SQLite
+test file, and `manage.py runserver` on a throwaway PostgreSQL. No worker runs, so admitted jobs stay
+queued, which is what the caps count. The page-and-API case drives both edges in-process.
+"""
+from __future__ import annotations
+
+import html
+from typing import Callable
+
+import pytest
+import requests
+from django.apps import apps
+from django.urls import reverse
+
+from .concurrency_support import (  # noqa: F401  (postgres_env, postgres_server: fixtures)
+    GENERATIONS, PG_BIN, assert_admitted_exactly, assert_json_error, bearer, fire_together, generations_of, page_form, png,
+    post_generations, postgres_env, postgres_generations, postgres_server, postgres_user, set_limits, statuses, stored_photos,
+)
+
+SUBJECTS = "/api/v1/subjects/"
+PHOTO_CAP = 30
+
+live = pytest.mark.django_db(transaction=True)  # threads of the live server must see committed rows
+
+
+# --- SQLite, through pytest-django's live server --------------------------------------------------
+@live
+def test_simultaneous_creates_never_pass_the_queued_jobs_cap(live_server, owner):
+    set_limits(owner, max_queued_jobs=10, generations_per_hour=1000)
+    answers = post_generations(live_server.url, bearer(owner))
+    assert_admitted_exactly(answers, cap=10)
+    assert generations_of(owner) == 10
+
+
+@live
+def test_simultaneous_creates_never_pass_the_hourly_limit(live_server, owner):
+    set_limits(owner, generations_per_hour=5, max_queued_jobs=1000)
+    answers = post_generations(live_server.url, bearer(owner))
+    assert_admitted_exactly(answers, cap=5)
+    assert generations_of(owner) == 5
+
+
+@live
+def test_simultaneous_subject_creates_never_500(live_server, owner):
+    headers = bearer(owner)
+
+    def call(i: int) -> Callable[[], requests.Response]:
+        # No token: the server suggests one, and ten requests must not all get the same suggestion.
+        return lambda: requests.post(live_server.url + SUBJECTS, json={"name": f"S{i}", "class_noun": "dog"}, headers=headers, timeout=120)
+
+    answers = fire_together([call(i) for i in range(10)])
+    seen = statuses(answers)
+    assert set(seen) <= {201, 400}, f"{dict(seen)}; bodies: {[a.body for a in answers if a.status not in (201, 400)][:2]}"
+    for answer in answers:
+        if answer.status == 400:
+            assert_json_error(answer, 400)
+    tokens = [a.body["token"] for a in answers if a.status == 201]
+    assert tokens and len(tokens) == len(set(tokens)), tokens
+    assert sorted(apps.get_model("training.Subject").objects.filter(owner=owner).values_list("token", flat=True)) == sorted(tokens)
+
+
+@live
+def test_simultaneous_uploads_never_pass_the_photo_cap(live_server, owner):
+    headers = bearer(owner)
+    created = requests.post(live_server.url + SUBJECTS, json={"name": "Rex", "class_noun": "dog", "token": "sks"}, headers=headers, timeout=60)
+    assert created.status_code == 201, created.text
+    url = f"{live_server.url}{SUBJECTS}{created.json()['id']}/photos/"
+
+    def call(batch: int) -> Callable[[], requests.Response]:
+        # Distinct colours, so no photo is refused as a copy of another.
+        files = [("photos", (f"b{batch}-{i}.png", png((batch * 80, i * 16, 255 - i * 16)), "image/png")) for i in range(15)]
+        return lambda: requests.post(url, files=files, headers=headers, timeout=300)
+
+    answers = fire_together([call(batch) for batch in range(3)])
+    seen = statuses(answers)
+    assert set(seen) <= {201, 202, 400, 429}, f"{dict(seen)}; bodies: {[a.body for a in answers if a.status >= 500][:2]}"
+    assert stored_photos(created.json()["id"]) <= PHOTO_CAP
+
+
+# --- both edges, one refusal ----------------------------------------------------------------------
+@pytest.mark.django_db
+def test_page_gives_the_apis_refusal_once_the_api_filled_the_queue(owner, owner_client):
+    from rest_framework.test import APIClient
+
+    set_limits(owner, max_queued_jobs=2, generations_per_hour=1000)
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=bearer(owner)["Authorization"])
+    for i in range(2):
+        assert api.post(GENERATIONS, {"prompt": f"a red circle {i}"}, format="json").status_code == 202
+    refused = api.post(GENERATIONS, {"prompt": "one too many"}, format="json")
+    assert refused.status_code == 429 and int(refused["Retry-After"]) > 0
+    detail = refused.json()["detail"]
+
+    page = reverse("generation-new")
+    form = page_form(owner_client.get(page).content.decode(), "prompt")
+    form["prompt"] = "a blue square"
+    response = owner_client.post(page, form, follow=True)
+    # However the page shows it (429 with the form, or a redirect to a flash message), no job is
+    # added and the words are the API's.
+    assert generations_of(owner) == 2
+    assert detail in html.unescape(response.content.decode()), (response.status_code, detail)
+
+
+# --- PostgreSQL, through manage.py runserver ------------------------------------------------------
+postgres = pytest.mark.skipif(not PG_BIN, reason="needs Debian's postgresql (.ci/run installs it)")
+
+
+@postgres
+def test_simultaneous_creates_never_pass_the_queued_jobs_cap_on_postgres(postgres_env, postgres_server):
+    headers = postgres_user(postgres_env, "queued", max_queued_jobs=10, generations_per_hour=1000)
+    assert_admitted_exactly(post_generations(postgres_server, headers), cap=10)
+    assert postgres_generations(postgres_env, "queued") == 10
+
+
+@postgres
+def test_simultaneous_creates_never_pass_the_hourly_limit_on_postgres(postgres_env, postgres_server):
+    headers = postgres_user(postgres_env, "hourly", generations_per_hour=5, max_queued_jobs=1000)
+    assert_admitted_exactly(post_generations(postgres_server, headers), cap=5)
+    assert postgres_generations(postgres_env, "hourly") == 5
