@@ -1,5 +1,6 @@
-"""/api/v1/subjects/ and /api/v1/training-runs/: create, upload (per-file result), photos and crops,
-start training, status, checkpoint download, cancel, delete; generating with a subject."""
+"""/api/v1/subjects/ and /api/v1/training-runs/: create, upload (per-file result, processed later by
+a worker: here the task function is called directly), photos and crops, start training, status,
+checkpoint download, cancel, delete; generating with a subject."""
 from __future__ import annotations
 
 import io
@@ -15,7 +16,8 @@ from imagesite.models import UserLimits
 from generation.models import Generation
 from imagesite.jobs import JobStatus
 from training.checkpoint_names import TOKEN_EMBEDDING_NAME
-from training.models import Subject, SubjectPhoto, TrainingRun
+from training.models import PhotoStatus, Subject, SubjectPhoto, TrainingRun
+from training.tasks import process_photo
 
 from .api_support import anon_api, assert_error, other_api, owner_api  # noqa: F401  (fixtures)
 
@@ -39,10 +41,17 @@ def subject(owner) -> Subject:
     return Subject.objects.create(owner=owner, name="Checkers", token="sks", class_noun="shape")
 
 
+def process_pending(subject: Subject) -> None:
+    """What the default cluster's worker does after an upload (training.tasks.process_photo)."""
+    for pk in subject.photos.filter(status=PhotoStatus.PENDING).values_list("pk", flat=True):
+        process_photo(pk)
+
+
 @pytest.fixture
 def subject_with_photos(subject, owner_api) -> Subject:
     files = [photo_file(f"{i}.jpg", (40 * i, 90, 200)) for i in range(3)]
-    assert owner_api.post(f"{URL}{subject.pk}/photos/", {"photos": files}, format="multipart").status_code == 201
+    assert owner_api.post(f"{URL}{subject.pk}/photos/", {"photos": files}, format="multipart").status_code == 202
+    process_pending(subject)
     return subject
 
 
@@ -99,14 +108,89 @@ def test_delete_subject_cancels_its_run_and_keeps_images(owner_api, subject_with
 
 
 # --- photos --------------------------------------------------------------------------------------------
-def test_upload_gives_a_result_per_file_and_keeps_the_good_ones(owner_api, subject):
+def test_upload_is_202_with_pending_photos_then_a_worker_makes_them_ready(owner_api, subject, django_capture_on_commit_callbacks):
     files = [photo_file("good.jpg"), SimpleUploadedFile("notes.jpg", b"just text", content_type="image/jpeg"), photo_file("good2.png", fmt="PNG")]
-    response = owner_api.post(f"{URL}{subject.pk}/photos/", {"photos": files}, format="multipart")
-    assert response.status_code == 201
+    with django_capture_on_commit_callbacks(execute=True):
+        response = owner_api.post(f"{URL}{subject.pk}/photos/", {"photos": files}, format="multipart")
+    assert response.status_code == 202
     body = response.json()
     assert [p["original_name"] for p in body["accepted"]] == ["good.jpg", "good2.png"]
+    assert all(p["status"] == "pending" and p["image_url"] is None and p["crop_url"] is None for p in body["accepted"])
     assert [r["name"] for r in body["rejected"]] == ["notes.jpg"] and body["rejected"][0]["reason"]
-    assert subject.photos.count() == 2
+    assert subject.photos.count() == 2 and OrmQ.objects.count() == 2  # one task per photo, default cluster
+    assert all(task.key == "imagesite" for task in OrmQ.objects.all())
+    pending = body["accepted"][0]
+    assert_error(owner_api.get(f"{pending['url']}crop/"), 404)  # nothing to show yet
+    assert_error(owner_api.patch(pending["url"], {"caption": "a sks shape"}, format="json"), 400, "caption")
+    process_pending(subject)
+    photos = owner_api.get(f"{URL}{subject.pk}/photos/").json()
+    assert [(p["status"], p["reason"]) for p in photos] == [("ready", ""), ("ready", "")]
+    assert all(p["image_url"] and p["crop_url"] for p in photos)
+
+
+def test_a_photo_the_worker_rejects_shows_its_reason(owner_api, subject):
+    data = io.BytesIO()
+    Image.effect_noise((200, 200), 60).convert("RGB").save(data, "PNG")
+    cut = SimpleUploadedFile("cut.png", data.getvalue()[:3000], content_type="image/png")  # the header is intact
+    [accepted] = owner_api.post(f"{URL}{subject.pk}/photos/", {"photos": [cut]}, format="multipart").json()["accepted"]
+    process_pending(subject)
+    photo = owner_api.get(accepted["url"]).json()
+    assert photo["status"] == "rejected" and "incomplete or damaged" in photo["reason"] and photo["crop_url"] is None
+    assert owner_api.delete(accepted["url"]).status_code == 204
+
+
+@pytest.fixture(scope="session")
+def forty_megapixel_pngs() -> list[bytes]:
+    """30 single-colour 6320×6320 PNGs (40 MP each, just under the limit), distinct colours. Palette
+    PNGs: a few KB each to make and send, yet each decodes to 40 MP like any other."""
+    out = []
+    for i in range(30):
+        img = Image.new("P", (6320, 6320), 0)
+        img.putpalette([i * 8, 255 - i * 8, 90])
+        buffer = io.BytesIO()
+        img.save(buffer, "PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def test_thirty_40_megapixel_photos_are_taken_in_without_decoding_then_processed(
+    owner_api, subject, forty_megapixel_pngs, settings, tmp_path, monkeypatch, django_capture_on_commit_callbacks
+):
+    from training import photos
+
+    settings.MEDIA_ROOT = tmp_path  # this test's own, so any orphan file shows
+
+    def no_decode(img):
+        raise AssertionError("the request decoded a photo")
+
+    monkeypatch.setattr(photos, "_decode", no_decode)
+    files = [SimpleUploadedFile(f"{i}.png", data, content_type="image/png") for i, data in enumerate(forty_megapixel_pngs)]
+    with django_capture_on_commit_callbacks(execute=True):
+        response = owner_api.post(f"{URL}{subject.pk}/photos/", {"photos": files}, format="multipart")
+    assert response.status_code == 202, response.content[:300]
+    body = response.json()
+    assert len(body["accepted"]) == 30 and body["rejected"] == []
+    assert all(p["status"] == "pending" and p["crop_url"] is None and (p["width"], p["height"]) == (6320, 6320) for p in body["accepted"])
+    assert all(not photo.crop and not photo.image for photo in subject.photos.all())  # no crop exists yet
+    assert OrmQ.objects.count() == 30
+    assert stored_files(tmp_path) == referenced_files() == {photo.upload.name for photo in subject.photos.all()}
+
+    # the cap is full: one more is refused and nothing of it is stored
+    body = assert_error(owner_api.post(f"{URL}{subject.pk}/photos/", {"photos": [photo_file("31.jpg")]}, format="multipart"), 400, "photos")
+    assert "at most 30 photos" in body["errors"]["photos"][0] and subject.photos.count() == 30
+
+    monkeypatch.undo()  # the worker decodes
+    process_pending(subject)
+    assert set(subject.photos.values_list("status", flat=True)) == {PhotoStatus.READY}
+    assert stored_files(tmp_path) == referenced_files() == {name for photo in subject.photos.all() for name in (photo.image.name, photo.crop.name)}
+
+
+def stored_files(root) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def referenced_files() -> set[str]:
+    return {name for row in SubjectPhoto.objects.values_list("upload", "image", "crop") for name in row if name}
 
 
 def test_upload_with_only_bad_files_is_400_naming_each(owner_api, subject):
@@ -145,8 +229,9 @@ def test_uploads_get_a_caption_suggested_from_a_background_the_model_knows(owner
     # The demo model lists its plain background colours (imagesite.json "caption_backgrounds").
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 96, 3), dtype=np.uint8))
     files = [photo_file("green.png", (30, 170, 50), fmt="PNG"), photo_file("orange.png", (250, 140, 20), fmt="PNG"), upload("noise.png", noise)]
-    accepted = owner_api.post(f"{URL}{subject.pk}/photos/", {"photos": files}, format="multipart").json()["accepted"]
-    assert [p["caption"] for p in accepted] == ["a sks shape on a green background", "a sks shape on an orange background", ""]
+    owner_api.post(f"{URL}{subject.pk}/photos/", {"photos": files}, format="multipart")
+    process_pending(subject)
+    assert [p["caption"] for p in owner_api.get(f"{URL}{subject.pk}/photos/").json()] == ["a sks shape on a green background", "a sks shape on an orange background", ""]
 
 
 def test_caption_a_photo_and_it_becomes_the_example_prompt(owner_api, subject_with_photos):
@@ -183,9 +268,10 @@ def test_no_captioning_while_training(owner_api, subject_with_photos):
 
 def test_upload_throttle(owner, owner_api, subject):
     UserLimits.objects.create(user=owner, uploads_per_hour=1)
-    assert owner_api.post(f"{URL}{subject.pk}/photos/", {"photos": [photo_file()]}, format="multipart").status_code == 201
+    assert owner_api.post(f"{URL}{subject.pk}/photos/", {"photos": [photo_file()]}, format="multipart").status_code == 202
     response = owner_api.post(f"{URL}{subject.pk}/photos/", {"photos": [photo_file()]}, format="multipart")
     assert_error(response, 429)
+    assert subject.photos.count() == 1 and referenced_files() == {subject.photos.get().upload.name}
     assert int(response["Retry-After"]) > 3000
     assert owner_api.get(f"{URL}{subject.pk}/photos/").status_code == 200  # reading is not limited
 
@@ -219,6 +305,14 @@ def test_bad_training_options_are_400(owner_api, subject_with_photos, data, fiel
 def test_training_needs_photos(owner_api, subject):
     body = assert_error(owner_api.post(f"{URL}{subject.pk}/train/", {}, format="json"), 400, "non_field_errors")
     assert "at least 3 photos" in body["errors"]["non_field_errors"][0]
+
+
+def test_training_waits_while_photos_are_processed(owner_api, subject):
+    files = [photo_file(f"{i}.jpg", (40 * i, 90, 200)) for i in range(3)]
+    owner_api.post(f"{URL}{subject.pk}/photos/", {"photos": files}, format="multipart")
+    body = assert_error(owner_api.post(f"{URL}{subject.pk}/train/", {}, format="json"), 400, "non_field_errors")
+    assert body["errors"]["non_field_errors"] == ["3 photos are still being processed; try again in a moment."]
+    assert not TrainingRun.objects.exists()
 
 
 def test_training_throttle(owner, owner_api, subject_with_photos):

@@ -1,4 +1,5 @@
-"""Subject pages: create, upload (per-file reasons), start training; privacy on every page."""
+"""Subject pages: create, upload (per-file reasons, then a worker's verdict; the task function is called
+directly here), start training; privacy on every page."""
 from __future__ import annotations
 
 import io
@@ -11,7 +12,8 @@ from PIL import Image
 
 from generation.models import Generation
 from imagesite.jobs import JobStatus
-from training.models import Subject, SubjectPhoto, TrainingRun
+from training.models import PhotoStatus, Subject, SubjectPhoto, TrainingRun
+from training.tasks import process_photo
 
 from .factories import make_image
 
@@ -29,10 +31,17 @@ def subject(owner):
     return Subject.objects.create(owner=owner, name="Checkers", token="sks", class_noun="shape")
 
 
+def process_pending(subject) -> None:
+    """What the default cluster's worker does after an upload (training.tasks.process_photo)."""
+    for pk in subject.photos.filter(status=PhotoStatus.PENDING).values_list("pk", flat=True):
+        process_photo(pk)
+
+
 @pytest.fixture
 def subject_with_photos(subject, owner_client):
     owner_client.post(reverse("subject-photo-upload", args=[subject.pk]), {"photos": [photo_file(f"{i}.jpg", (40 * i, 90, 200)) for i in range(3)]})
-    assert subject.photos.count() == 3
+    process_pending(subject)
+    assert subject.photos.ready().count() == 3
     return subject
 
 
@@ -68,16 +77,47 @@ def test_upload_keeps_good_files_and_gives_each_bad_one_its_reason(owner_client,
         SimpleUploadedFile("empty.jpg", b"", content_type="image/jpeg"),
     ]
     response = owner_client.post(reverse("subject-photo-upload", args=[subject.pk]), {"photos": files})
-    assert response.status_code == 200
-    outcome = response.context["upload_result"]
-    assert [p.original_name for p in outcome.accepted] == ["good1.jpg", "good2.png"]
-    assert [name for name, _ in outcome.rejected] == ["notes.jpg", "empty.jpg"]
-    assert all(reason for _, reason in outcome.rejected)
-    assert subject.photos.count() == 2
+    assert response.status_code == 302 and response["Location"] == subject.get_absolute_url()  # post/redirect/get
+    page = owner_client.get(response["Location"]).content.decode()
+    assert "Received 2 photos; they are being checked." in page
+    assert "notes.jpg: This file is not a JPEG, PNG or WebP image" in page and "empty.jpg: This file is empty." in page
+    assert [p.original_name for p in subject.photos.all()] == ["good1.jpg", "good2.png"]
+    assert page.count("Processing…") == 2 and 'hx-trigger="every 2s"' in page  # the list polls while any is pending
+    process_pending(subject)
     for photo in subject.photos.all():
         assert photo.image.name.endswith(".jpg") and "good" not in photo.image.name  # our names, not theirs
         with photo.crop.open("rb") as f:
             assert Image.open(f).size == (64, 64)
+
+
+def test_the_photo_list_shows_each_photos_state_and_stops_polling_when_done(owner_client, subject):
+    data = io.BytesIO()
+    Image.effect_noise((200, 200), 60).convert("RGB").save(data, "PNG")
+    cut = SimpleUploadedFile("cut.png", data.getvalue()[:3000], content_type="image/png")  # the header is intact
+    owner_client.post(reverse("subject-photo-upload", args=[subject.pk]), {"photos": [photo_file("good.jpg"), cut]})
+    url = reverse("subject-detail", args=[subject.pk])
+    partial = owner_client.get(url, HTTP_HX_REQUEST="true")
+    assert [t.name for t in partial.templates][0] == "training/_photos.html"
+    assert partial.content.decode().count("Processing…") == 2 and "every 2s" in partial.content.decode()
+    process_pending(subject)
+    good, bad = subject.photos.all()
+    html = owner_client.get(url, HTTP_HX_REQUEST="true").content.decode()
+    assert "every 2s" not in html and "Processing…" not in html
+    assert reverse("subject-photo-crop", args=[subject.pk, good.pk]) in html and f'name="caption_{good.pk}"' in html
+    assert "incomplete or damaged" in html and f'name="caption_{bad.pk}"' not in html
+    assert reverse("subject-photo-delete", args=[subject.pk, bad.pk]) in html  # a rejected one can be removed
+    assert owner_client.get(reverse("subject-photo-crop", args=[subject.pk, bad.pk])).status_code == 404
+
+
+def test_training_waits_while_photos_are_being_checked(owner_client, subject, django_capture_on_commit_callbacks):
+    owner_client.post(reverse("subject-photo-upload", args=[subject.pk]), {"photos": [photo_file(f"{i}.jpg", (40 * i, 90, 200)) for i in range(3)]})
+    form = owner_client.get(reverse("subject-detail", args=[subject.pk])).context["training_form"]
+    data = {name: field.initial for name, field in form.fields.items() if field.initial not in (None, False)}
+    data.update(method="lora", steps=5)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = owner_client.post(reverse("subject-train", args=[subject.pk]), data)
+    assert response.status_code == 400 and "3 photos are still being processed; try again in a moment." in response.content.decode()
+    assert not TrainingRun.objects.exists()
 
 
 def test_crops_are_private(owner, other_client, subject_with_photos):
@@ -100,6 +140,7 @@ def test_remove_photo_deletes_its_files(owner_client, subject_with_photos, djang
 
 def test_training_needs_three_photos(owner_client, subject, django_capture_on_commit_callbacks):
     owner_client.post(reverse("subject-photo-upload", args=[subject.pk]), {"photos": [photo_file()]})
+    process_pending(subject)
     form = owner_client.get(reverse("subject-detail", args=[subject.pk])).context["training_form"]
     data = {name: field.initial for name, field in form.fields.items() if field.initial is not None}
     data["method"] = "lora"

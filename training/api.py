@@ -65,10 +65,13 @@ class SubjectViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMo
     @extend_schema(
         methods=["POST"],
         summary="Upload photos (multipart, several at once)",
-        description="Each file is judged on its own: the good ones are stored (201 with `accepted` and `rejected`, "
-        "each rejected file with its reason). When none is accepted the answer is 400, `errors.photos` naming each file's reason.",
+        description="Each file is judged on its own from its size, type and header (no decode): the good ones are stored "
+        "and answered at once (202 with `accepted`, each photo `pending`, and `rejected`, each file with its reason). A worker "
+        "then decodes, cleans and crops each pending photo: poll the photos until each is `ready` or `rejected` (with its "
+        "`reason`). When none is accepted the answer is 400, `errors.photos` naming each file's reason; over the hourly "
+        "upload limit, 429 and nothing is stored.",
         request={"multipart/form-data": ts.PhotoUploadSerializer},
-        responses={201: ts.PhotoUploadResultSerializer},
+        responses={202: ts.PhotoUploadResultSerializer},
     )
     @action(detail=True, methods=["get", "post"], parser_classes=[MultiPartParser, FormParser], pagination_class=None)
     def photos(self, request: Request, pk: str | None = None) -> Response:
@@ -86,13 +89,19 @@ class SubjectViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMo
         if not outcome.accepted:
             raise serializers.ValidationError({"photos": [f"{r['name']}: {r['reason']}" for r in rejected]})
         result = {"accepted": outcome.accepted, "rejected": rejected}
-        return Response(ts.PhotoUploadResultSerializer(result, context=self.get_serializer_context()).data, status=status.HTTP_201_CREATED)
+        return Response(ts.PhotoUploadResultSerializer(result, context=self.get_serializer_context()).data, status=status.HTTP_202_ACCEPTED)
 
     def _photo(self, photo_id: str) -> SubjectPhoto:
         subject = self.get_object()
         photo = subject.photos.filter(pk=parse_id(photo_id) or 0).first()
         if photo is None:
             raise Http404
+        return photo
+
+    def _ready_photo(self, photo_id: str) -> SubjectPhoto:
+        photo = self._photo(photo_id)
+        if not photo.is_ready:
+            raise Http404("This photo is not ready (yet).")
         return photo
 
     @extend_schema(methods=["GET"], summary="One photo", responses=ts.SubjectPhotoSerializer)
@@ -120,12 +129,12 @@ class SubjectViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMo
     @extend_schema(summary="The cleaned photo (JPEG, metadata removed)", responses={(200, "image/jpeg"): OpenApiResponse(OpenApiTypes.BINARY)})
     @action(detail=True, methods=["get"], url_path=PHOTO_PATH + "/image", url_name="photo-image", content_negotiation_class=FileNegotiation)
     def photo_image(self, request: Request, pk: str | None = None, photo_id: str = ""):
-        return private_file_response(self._photo(photo_id).image, content_type="image/jpeg")
+        return private_file_response(self._ready_photo(photo_id).image, content_type="image/jpeg")
 
     @extend_schema(summary="The square crop training uses (PNG)", responses={(200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY)})
     @action(detail=True, methods=["get"], url_path=PHOTO_PATH + "/crop", url_name="photo-crop", content_negotiation_class=FileNegotiation)
     def photo_crop(self, request: Request, pk: str | None = None, photo_id: str = ""):
-        return private_file_response(self._photo(photo_id).crop)
+        return private_file_response(self._ready_photo(photo_id).crop)
 
     # --- training ---------------------------------------------------------------------------------
     @extend_schema(

@@ -1,6 +1,19 @@
 from datetime import timedelta
 
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+PHOTO_REQUEUE = "training.tasks.requeue_stale_photos"
+
+
+def ensure_photo_requeue_schedule(using: str = "default", **kwargs) -> None:
+    """Run requeue_stale_photos every minute on the default cluster (post_migrate receiver). Made
+    once: an admin's later change to the schedule is kept."""
+    from django_q.models import Schedule
+
+    Schedule.objects.using(using).get_or_create(
+        func=PHOTO_REQUEUE, defaults={"name": "requeue stale photos", "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
+    )
 
 
 class TrainingConfig(AppConfig):
@@ -19,3 +32,4 @@ class TrainingConfig(AppConfig):
         quotas.register("trainings_per_day", lambda user: TrainingRun.objects.for_user(user), window=timedelta(days=1))
         quotas.register("uploads_per_hour", lambda user: SubjectPhoto.objects.for_user(user), window=timedelta(hours=1))
         register_job_serializer(TrainingRun, TrainingRunSerializer)
+        post_migrate.connect(ensure_photo_requeue_schedule, sender=self, dispatch_uid="training-photo-requeue-schedule")

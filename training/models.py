@@ -5,6 +5,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
+from django.utils import timezone
 
 from imagesite.jobs import Job, JobQuerySet, JobStatus
 
@@ -48,7 +49,7 @@ class Subject(models.Model):
     def prompt_example(self) -> str:
         """A prompt that draws the subject: its first photo caption (what it trained on), else the
         caption training gives an uncaptioned photo."""
-        captions = [photo.caption for photo in self.photos.all() if photo.caption]
+        captions = [photo.caption for photo in self.photos.all() if photo.caption and photo.is_ready]
         return captions[0] if captions else f"a photo of {self.token} {self.class_noun}"
 
     def latest_run(self) -> "TrainingRun | None":
@@ -74,28 +75,87 @@ def _crop_path(instance: "SubjectPhoto", filename: str) -> str:
     return f"photos/{instance.subject.owner_id}/{uuid.uuid4().hex}-crop.png"
 
 
+def _upload_path(instance: "SubjectPhoto", filename: str) -> str:
+    return f"photos/{instance.subject.owner_id}/{uuid.uuid4().hex}.upload"
+
+
+class PhotoStatus(models.TextChoices):
+    PENDING = "pending", "Processing…"
+    READY = "ready", "Ready"
+    REJECTED = "rejected", "Rejected"
+
+
+# A photo's task is tried this many times (a worker killed while decoding it counts) before the
+# photo is rejected: a file that keeps killing the worker must not be handed out forever.
+MAX_PHOTO_ATTEMPTS = 3
+
+
 class SubjectPhotoQuerySet(models.QuerySet):
     def for_user(self, user) -> "SubjectPhotoQuerySet":
         return self.filter(subject__owner=user)
 
+    def ready(self) -> "SubjectPhotoQuerySet":
+        return self.filter(status=PhotoStatus.READY)
+
+    def pending(self) -> "SubjectPhotoQuerySet":
+        return self.filter(status=PhotoStatus.PENDING)
+
+    def kept(self) -> "SubjectPhotoQuerySet":
+        """Photos that count against a subject's cap: ready ones and those still being processed."""
+        return self.exclude(status=PhotoStatus.REJECTED)
+
 
 class SubjectPhoto(models.Model):
-    """An uploaded photo, stored only after it was checked, decoded and re-encoded without metadata."""
+    """An uploaded photo. The request stores the raw upload (`upload`) after the checks that need
+    no decode, as `pending`; a worker decodes, re-encodes without metadata and crops it, then the
+    row is `ready` with `image` and `crop` (the raw file deleted), or `rejected` with a `reason`."""
 
     subject = models.ForeignKey(Subject, on_delete=models.CASCADE, related_name="photos")
-    image = models.FileField(upload_to=_photo_path, max_length=255)
-    crop = models.FileField(upload_to=_crop_path, max_length=255)
+    status = models.CharField(max_length=10, choices=PhotoStatus.choices, default=PhotoStatus.PENDING)
+    reason = models.TextField(blank=True, help_text="Why the photo was rejected, for the person who uploaded it.")
+    upload = models.FileField(upload_to=_upload_path, max_length=255, blank=True, help_text="The raw upload, until processed.")
+    image = models.FileField(upload_to=_photo_path, max_length=255, blank=True)
+    crop = models.FileField(upload_to=_crop_path, max_length=255, blank=True)
     face_found = models.BooleanField(default=False)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     original_name = models.CharField(max_length=255, blank=True, help_text="Shown to the owner only; never used as a path.")
     caption = models.CharField(max_length=200, blank=True, help_text='Describes the photo with the token, e.g. "a sks dog on a beach".')
+    attempts = models.PositiveSmallIntegerField(default=0)
+    queued_at = models.DateTimeField(default=timezone.now, help_text="When its processing task was last queued.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     objects = SubjectPhotoQuerySet.as_manager()
 
     class Meta:
         ordering = ["created_at", "pk"]
+
+    @property
+    def is_ready(self) -> bool:
+        return self.status == PhotoStatus.READY
+
+    def start_attempt(self) -> bool:
+        """Count a processing attempt of a pending photo; False when it is no longer pending (or
+        gone), so a redelivered task does nothing."""
+        updated = SubjectPhoto.objects.filter(pk=self.pk, status=PhotoStatus.PENDING).update(attempts=models.F("attempts") + 1)
+        if updated:
+            self.attempts += 1
+        return bool(updated)
+
+    def mark_ready(self, *, image: str, crop: str, width: int, height: int, face_found: bool, caption: str) -> bool:
+        """pending → ready with the processed files' storage names (the raw upload is no longer
+        referenced). A conditional UPDATE: False when the row was rejected, already made ready by a
+        duplicate task, or deleted meanwhile; the caller then owns the files it wrote."""
+        return bool(SubjectPhoto.objects.filter(pk=self.pk, status=PhotoStatus.PENDING).update(
+            status=PhotoStatus.READY, image=image, crop=crop, width=width, height=height, face_found=face_found,
+            caption=caption, upload="", reason="",
+        ))
+
+    def reject(self, reason: str) -> bool:
+        """pending → rejected with a reason a person understands; False when no longer pending."""
+        return bool(SubjectPhoto.objects.filter(pk=self.pk, status=PhotoStatus.PENDING).update(
+            status=PhotoStatus.REJECTED, reason=reason, upload=""
+        ))
 
 
 class TrainingMethod(models.TextChoices):

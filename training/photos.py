@@ -1,10 +1,11 @@
 """Photo intake for subjects: check an upload before decoding it, then clean and crop it.
 
-No Django here: the web layer hands over the uploaded bytes and stores what comes back.
+No Django here: the web layer hands over the uploaded file or bytes and stores what comes back.
 
 Order matters for safety. Everything that can be learnt without decoding pixels (size, type by
 content, dimensions from the header, animation) is checked first, so a hostile file never costs a
-full decode. Only then is the image decoded, EXIF-transposed and re-encoded without metadata (the
+full decode: the web request runs only these checks (`check_header`); a worker later runs
+`check_and_prepare` on the stored bytes, which repeats them. Only then is the image decoded, EXIF-transposed and re-encoded without metadata (the
 GPS position and the camera serial go), and a square crop at the model's resolution is cut, centred
 on the largest face when opencv's bundled Haar cascade finds one.
 """
@@ -17,7 +18,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any, BinaryIO
 
 from PIL import Image, ImageCms, ImageFile, ImageOps
 
@@ -61,14 +62,6 @@ class PreparedPhoto:
     face_box: tuple[int, int, int, int] | None
 
 
-@dataclass(frozen=True)
-class UploadResult:
-    """The outcome of a multi-file upload: good photos kept, each bad one with its own reason."""
-
-    accepted: list[tuple[str, PreparedPhoto]]
-    rejected: list[tuple[str, str]]
-
-
 def sniff_format(data: bytes) -> str | None:
     """Return "JPEG", "PNG" or "WEBP" from the file's first bytes, or None for anything else."""
     if data.startswith(_JPEG_MAGIC):
@@ -80,13 +73,13 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _open_header(data: bytes, fmt: str) -> Image.Image:
+def _open_header(file: BinaryIO, fmt: str) -> Image.Image:
     """Open lazily: Pillow parses the header (size, mode, frame count) and decodes no pixels."""
     try:
         with warnings.catch_warnings():
             # Our own 40 MP limit is stricter than Pillow's bomb warning; don't let it leak to logs.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return Image.open(io.BytesIO(data), formats=[fmt])
+            return Image.open(file, formats=[fmt])
     except Image.DecompressionBombError:
         # Pillow refuses outright above ~179 MP, before reading any pixel data.
         raise PhotoRejected(
@@ -99,17 +92,33 @@ def _open_header(data: bytes, fmt: str) -> Image.Image:
         ) from None
 
 
-def _check_before_decoding(data: bytes) -> tuple[Image.Image, str]:
-    """Run every check that needs no pixel decode; return the lazily opened image and its format."""
-    if not data:
+@dataclass(frozen=True)
+class PhotoHeader:
+    """What a file's first bytes and header say, before any pixel is decoded."""
+
+    format: str
+    width: int
+    height: int
+
+
+def _check_size(size: int) -> None:
+    if size <= 0:
         raise PhotoRejected("This file is empty.")
-    if len(data) > MAX_FILE_BYTES:
+    if size > MAX_FILE_BYTES:
         raise PhotoRejected(
-            f"This file is {len(data) / 1024 / 1024:.1f} MB; photos can be at most "
+            f"This file is {size / 1024 / 1024:.1f} MB; photos can be at most "
             f"{MAX_FILE_BYTES // 1024 // 1024} MB."
         )
-    fmt = sniff_format(data)
-    if fmt is None and data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+
+
+def _check_before_decoding(file: BinaryIO, size: int) -> tuple[Image.Image, str]:
+    """Run every check that needs no pixel decode on an open file of `size` bytes; return the
+    lazily opened image (reading from `file`) and its format."""
+    _check_size(size)
+    head = file.read(16)
+    file.seek(0)
+    fmt = sniff_format(head)
+    if fmt is None and head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
         raise PhotoRejected(
             "This is a HEIC/AVIF photo (the iPhone default), which is not supported; "
             "please export it as JPEG and upload that."
@@ -119,7 +128,7 @@ def _check_before_decoding(data: bytes) -> tuple[Image.Image, str]:
             "This file is not a JPEG, PNG or WebP image (whatever its name says); "
             "please upload a photo in one of those formats."
         )
-    img = _open_header(data, fmt)
+    img = _open_header(file, fmt)
     width, height = img.size
     if width * height > MAX_PIXELS:
         raise PhotoRejected(
@@ -130,6 +139,31 @@ def _check_before_decoding(data: bytes) -> tuple[Image.Image, str]:
     if fmt in ("PNG", "WEBP") and getattr(img, "is_animated", False):
         raise PhotoRejected("This is an animated image; please upload a still photo.")
     return img, fmt
+
+
+def _check_min_side(width: int, height: int, resolution: int) -> None:
+    if min(width, height) < resolution // 2:
+        raise PhotoRejected(
+            f"This photo is only {width}×{height} pixels; photos need at least "
+            f"{resolution // 2} pixels on each side for this model."
+        )
+
+
+def check_header(file: BinaryIO, *, size: int, resolution: int) -> PhotoHeader:
+    """Judge an upload from its size, first bytes and header alone, without decoding a pixel.
+
+    `file` is the open upload (it is rewound afterwards), `size` its length in bytes and
+    `resolution` the model's training size in pixels. Costs a few kilobytes of reading whatever
+    the file declares, so it is safe to run in a web request; `check_and_prepare` repeats these
+    checks before it decodes. Raises `PhotoRejected` with a readable reason.
+    """
+    try:
+        img, fmt = _check_before_decoding(file, size)
+        width, height = img.size
+    finally:
+        file.seek(0)
+    _check_min_side(width, height, resolution)
+    return PhotoHeader(format=fmt, width=width, height=height)
 
 
 def _decode(img: Image.Image) -> Image.Image:
@@ -244,12 +278,8 @@ def check_and_prepare(data: bytes, *, resolution: int) -> PreparedPhoto:
     `data` is the raw upload; `resolution` the model's training size in pixels (64 for the demo
     model, 512 for SD 1.5). Raises `PhotoRejected` with a readable reason for any bad file.
     """
-    img, _ = _check_before_decoding(data)
-    if min(img.size) < resolution // 2:
-        raise PhotoRejected(
-            f"This photo is only {img.width}×{img.height} pixels; photos need at least "
-            f"{resolution // 2} pixels on each side for this model."
-        )
+    img, _ = _check_before_decoding(io.BytesIO(data), len(data))
+    _check_min_side(img.width, img.height, resolution)
     clean = _decode(img)
 
     faces = detect_faces(clean)
@@ -275,25 +305,3 @@ def check_and_prepare(data: bytes, *, resolution: int) -> PreparedPhoto:
         face_found=face_box is not None,
         face_box=face_box,
     )
-
-
-def prepare_many(
-    files: Iterable[tuple[str, bytes]], *, resolution: int, already_stored: int = 0
-) -> UploadResult:
-    """Check a multi-file upload: each bad file gets its own reason, the good ones are kept.
-
-    `files` are (name, bytes) pairs; names are only echoed back in the result, never trusted.
-    Files beyond MAX_PHOTOS (counting `already_stored`) are rejected one by one, so the first
-    good ones are still kept.
-    """
-    accepted: list[tuple[str, PreparedPhoto]] = []
-    rejected: list[tuple[str, str]] = []
-    for name, data in files:
-        if already_stored + len(accepted) >= MAX_PHOTOS:
-            rejected.append((name, f"A subject can have at most {MAX_PHOTOS} photos; this one was not added."))
-            continue
-        try:
-            accepted.append((name, check_and_prepare(data, resolution=resolution)))
-        except PhotoRejected as exc:
-            rejected.append((name, exc.reason))
-    return UploadResult(accepted=accepted, rejected=rejected)

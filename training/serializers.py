@@ -94,15 +94,18 @@ class TrainingStartSerializer(StrictSerializer):
 
 # --- subjects and photos -------------------------------------------------------------------------
 class SubjectPhotoSerializer(serializers.ModelSerializer):
+    """A photo: `pending` while a worker checks and crops it, then `ready` (with its image and crop)
+    or `rejected` (with the `reason`)."""
+
     url = serializers.SerializerMethodField()
     image_url = serializers.SerializerMethodField()
     crop_url = serializers.SerializerMethodField()
 
     class Meta:
         model = SubjectPhoto
-        fields = ["id", "url", "original_name", "caption", "width", "height", "face_found", "image_url", "crop_url", "created_at"]
+        fields = ["id", "url", "status", "reason", "original_name", "caption", "width", "height", "face_found", "image_url", "crop_url", "created_at"]
         read_only_fields = [name for name in fields if name != "caption"]
-        extra_kwargs = {"caption": {"help_text": 'What training calls the photo; it names the subject by its token, e.g. "a sks dog on a beach". '
+        extra_kwargs = {"reason": {"help_text": "Why the photo was rejected; blank otherwise."}, "caption": {"help_text": 'What training calls the photo; it names the subject by its token, e.g. "a sks dog on a beach". '
                                                  'Blank: "a photo of <token> <class>".'}}
 
     def _link(self, route: str, photo: SubjectPhoto) -> str:
@@ -112,13 +115,13 @@ class SubjectPhotoSerializer(serializers.ModelSerializer):
     def get_url(self, photo: SubjectPhoto) -> str:
         return self._link("api-subject-photo", photo)
 
-    @extend_schema_field(OpenApiTypes.URI)
-    def get_image_url(self, photo: SubjectPhoto) -> str:
-        return self._link("api-subject-photo-image", photo)
+    @extend_schema_field({"type": "string", "format": "uri", "nullable": True, "description": "The cleaned JPEG, once the photo is ready."})
+    def get_image_url(self, photo: SubjectPhoto) -> str | None:
+        return self._link("api-subject-photo-image", photo) if photo.is_ready else None
 
-    @extend_schema_field(OpenApiTypes.URI)
-    def get_crop_url(self, photo: SubjectPhoto) -> str:
-        return self._link("api-subject-photo-crop", photo)
+    @extend_schema_field({"type": "string", "format": "uri", "nullable": True, "description": "The square crop training uses, once the photo is ready."})
+    def get_crop_url(self, photo: SubjectPhoto) -> str | None:
+        return self._link("api-subject-photo-crop", photo) if photo.is_ready else None
 
 
 class PhotoCaptionSerializer(StrictSerializer):
@@ -138,7 +141,7 @@ class RejectedPhotoSerializer(serializers.Serializer):
 
 
 class PhotoUploadResultSerializer(serializers.Serializer):
-    accepted = SubjectPhotoSerializer(many=True)
+    accepted = SubjectPhotoSerializer(many=True, help_text="Stored and queued: each is `pending` until a worker has checked it.")
     rejected = RejectedPhotoSerializer(many=True)
 
 

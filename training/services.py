@@ -1,22 +1,20 @@
 """Subjects: work that spans rows, files and the queue."""
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
+from functools import partial
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.files.base import ContentFile
+from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
-from PIL import Image
 
 from generation.modelinfo import describe_model, model_kind
 from imagesite import quotas
 
 from . import rules
-from .captions import suggest_caption
-from .models import Subject, SubjectPhoto, TrainingMethod, TrainingRun
-from .photos import MAX_FILE_BYTES, MIN_PHOTOS, prepare_many
+from .models import PhotoStatus, Subject, SubjectPhoto, TrainingMethod, TrainingRun
+from .photos import MAX_PHOTOS, MIN_PHOTOS, PhotoHeader, PhotoRejected, check_header
 
 
 @dataclass
@@ -51,36 +49,56 @@ def _ensure_photos_editable(subject: Subject) -> None:
 
 
 def add_photos(*, subject: Subject, files) -> PhotoUploadOutcome:
-    """Check each uploaded file (Django UploadedFile objects) on its own: the good ones are cleaned,
-    cropped and stored (files first, then the row; a failure removes that photo's files), each bad
-    one comes back with its reason."""
+    """Take in an upload (Django UploadedFile objects) without decoding it; a worker does the rest.
+
+    Each file gets only the checks that need no decode (size, type, header dimensions, animation);
+    each passing one is streamed to storage under a generated name and becomes a `pending` photo,
+    queued for training.tasks.process_photo once the rows commit. Files past the subject's cap come
+    back rejected, as do the bad ones, each with its reason. The upload quota is admitted, and the
+    cap counted, under the owner's lock in the transaction of the insert. Files first, then rows: a
+    failure or a refusal (QuotaExceeded) leaves no file behind."""
     _ensure_photos_editable(subject)
-    info = describe_model(settings.IMAGESITE_MODEL)
-    # A file over the limit is refused from its declared size, without reading it into memory.
-    too_big = [(f.name, f"The file is larger than {MAX_FILE_BYTES // 2**20} MB.") for f in files if f.size > MAX_FILE_BYTES]
-    readable = [(f.name, f.read()) for f in files if f.size <= MAX_FILE_BYTES]
-    result = prepare_many(readable, resolution=info.native_size, already_stored=subject.photos.count())
-    accepted: list[SubjectPhoto] = []
-    for name, prepared in result.accepted:
-        caption = suggest_caption(Image.open(io.BytesIO(prepared.crop_bytes)), token=subject.token,
-                                  class_noun=subject.class_noun, backgrounds=info.caption_backgrounds)
-        photo = SubjectPhoto(
-            subject=subject, face_found=prepared.face_found, width=prepared.width, height=prepared.height,
-            original_name=(name or "")[:255], caption=caption,
-        )
-        written = []
+    resolution = describe_model(settings.IMAGESITE_MODEL).native_size
+    rejected: list[tuple[str, str]] = []
+    passing: list[tuple[UploadedFile, PhotoHeader]] = []
+    for file in files:
         try:
-            photo.image.save("photo.jpg", ContentFile(prepared.image_bytes), save=False)
-            written.append(photo.image)
-            photo.crop.save("crop.png", ContentFile(prepared.crop_bytes), save=False)
-            written.append(photo.crop)
-            photo.save()
-        except BaseException:
-            for field_file in written:
-                field_file.storage.delete(field_file.name)
-            raise
-        accepted.append(photo)
-    return PhotoUploadOutcome(accepted=accepted, rejected=too_big + result.rejected)
+            passing.append((file, check_header(file, size=file.size, resolution=resolution)))
+        except PhotoRejected as exc:
+            rejected.append((file.name, exc.reason))
+    photos = [SubjectPhoto(subject=subject, original_name=(file.name or "")[:255], width=header.width, height=header.height,
+                           status=PhotoStatus.PENDING) for file, header in passing]
+    written: list[SubjectPhoto] = []
+    try:
+        for photo, (file, _) in zip(photos, passing):
+            # FieldFile.save streams the upload in chunks under a generated name; never read whole.
+            photo.upload.save("upload", file, save=False)
+            written.append(photo)
+        with transaction.atomic():
+            quotas.lock_user(subject.owner)  # before counting, so simultaneous uploads count in turn
+            _ensure_photos_editable(subject)
+            room = max(0, MAX_PHOTOS - subject.photos.kept().count())
+            accepted = photos[:room]
+            if accepted:
+                quotas.admit(subject.owner, "uploads_per_hour", adding=len(accepted))
+            for photo in accepted:
+                photo.save()
+            transaction.on_commit(partial(_queue_processing, [photo.pk for photo in accepted]))
+    except BaseException:
+        for photo in written:
+            photo.upload.storage.delete(photo.upload.name)
+        raise
+    for photo in photos[room:]:
+        photo.upload.storage.delete(photo.upload.name)
+        rejected.append((photo.original_name, f"A subject can have at most {MAX_PHOTOS} photos; this one was not added."))
+    return PhotoUploadOutcome(accepted=accepted, rejected=rejected)
+
+
+def _queue_processing(photo_ids: list[int]) -> None:
+    from django_q.tasks import async_task
+
+    for pk in photo_ids:
+        async_task("training.tasks.process_photo", pk, task_name=f"photo-{pk}")
 
 
 def delete_subject(*, subject: Subject) -> None:
@@ -93,6 +111,8 @@ def delete_subject(*, subject: Subject) -> None:
 
 
 def remove_photo(*, photo: SubjectPhoto) -> None:
+    """Delete a photo in any state, with its files (training.signals); a worker still processing it
+    finds the row gone and deletes what it wrote."""
     _ensure_photos_editable(photo.subject)
     photo.delete()
 
@@ -106,6 +126,9 @@ def set_captions(*, subject: Subject, captions: dict[int, str]) -> list[SubjectP
     for pk, text in captions.items():
         if pk not in photos:
             errors[str(pk)] = ["No such photo of this subject."]
+            continue
+        if not photos[pk].is_ready:
+            errors[str(pk)] = ["Only a checked photo can be captioned; this one is still being processed or was rejected."]
             continue
         try:
             photos[pk].caption = rules.validate_caption(text, token=subject.token)
@@ -126,7 +149,10 @@ def start_training(*, subject: Subject, method: str = TrainingMethod.LORA, optio
         quotas.admit(subject.owner, "max_queued_jobs", "trainings_per_day")
         if subject.is_training():
             raise ValidationError("This subject is already training.")
-        count = subject.photos.count()
+        pending = subject.photos.pending().count()
+        if pending:
+            raise ValidationError(f"{pending} photo{'s are' if pending != 1 else ' is'} still being processed; try again in a moment.")
+        count = subject.photos.ready().count()
         if count < MIN_PHOTOS:
             raise ValidationError(f"Upload at least {MIN_PHOTOS} photos first (there {'is' if count == 1 else 'are'} {count}).")
         run = TrainingRun.objects.create(subject=subject, method=method, options=dict(options or {}), webhook_url=webhook_url)

@@ -8,6 +8,7 @@ from .models import Subject, SubjectPhoto, TrainingRun
 
 @receiver(post_delete, sender=SubjectPhoto)
 def delete_photo_files(sender, instance: SubjectPhoto, **kwargs) -> None:
+    delete_file_on_commit(instance.upload)  # the raw upload of a photo still pending
     delete_file_on_commit(instance.image)
     delete_file_on_commit(instance.crop)
 

@@ -4,8 +4,9 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.defaultfilters import pluralize
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from generation.modelinfo import describe_model
@@ -14,7 +15,7 @@ from imagesite.quotas import QuotaExceeded
 
 from . import services
 from .forms import CaptionsForm, PhotoUploadForm, SubjectForm, TrainingForm
-from .models import Subject, SubjectPhoto, TrainingRun
+from .models import PhotoStatus, Subject, SubjectPhoto, TrainingRun
 
 
 def _get_subject_for_user(request: HttpRequest, pk: int) -> Subject:
@@ -45,21 +46,27 @@ def subject_list(request: HttpRequest) -> HttpResponse:
     return render(request, "training/subjects.html", {"form": form, "subjects": subjects})
 
 
-def _subject_page(request: HttpRequest, subject: Subject, *, upload_form=None, training_form=None, captions_form=None, upload_result=None, status: int = 200) -> HttpResponse:
-    photos = subject.photos.all()
+def _subject_page(request: HttpRequest, subject: Subject, *, upload_form=None, training_form=None, captions_form=None, status: int = 200) -> HttpResponse:
+    photos = list(subject.photos.all())
+    ready = [photo for photo in photos if photo.is_ready]
+    captions_form = captions_form or CaptionsForm(subject=subject, photos=ready)
+    fields = {photo.pk: field for photo, field in captions_form.rows()}
     context = {
         "subject": subject,
-        "photos": photos,
-        "captions_form": captions_form or CaptionsForm(subject=subject, photos=photos),
+        "tiles": [(photo, fields.get(photo.pk)) for photo in photos],
+        "ready_count": len(ready),
+        "pending_count": sum(photo.status == PhotoStatus.PENDING for photo in photos),
+        "captions_form": captions_form,
         "runs": subject.runs.all()[:10],
         "latest_run": subject.latest_run(),
         "upload_form": upload_form or PhotoUploadForm(),
         "training_form": training_form or TrainingForm(),
-        "upload_result": upload_result,
         "is_training": subject.is_training(),
         "caption_backgrounds": describe_model(settings.IMAGESITE_MODEL).caption_backgrounds,
     }
-    return render(request, "training/subject_detail.html", context, status=status)
+    # htmx polls the photo list while photos are being processed
+    template = "training/_photos.html" if request.htmx else "training/subject_detail.html"
+    return render(request, template, context, status=status)
 
 
 @login_required
@@ -83,14 +90,19 @@ def photo_upload(request: HttpRequest, pk: int) -> HttpResponse:
     except ValidationError as exc:
         form.add_error("photos", exc)
         return _subject_page(request, subject, upload_form=form, status=400)
-    return _subject_page(request, subject, upload_result=outcome)
+    if outcome.accepted:
+        count = len(outcome.accepted)
+        messages.info(request, f"Received {count} photo{pluralize(count)}; {'they are' if count != 1 else 'it is'} being checked.")
+    for name, reason in outcome.rejected:
+        messages.error(request, f"{name}: {reason}")
+    return redirect(subject)
 
 
 @login_required
 @require_POST
 def photo_captions(request: HttpRequest, pk: int) -> HttpResponse:
     subject = _get_subject_for_user(request, pk)
-    form = CaptionsForm(request.POST, subject=subject, photos=subject.photos.all())
+    form = CaptionsForm(request.POST, subject=subject, photos=subject.photos.ready())
     if form.is_valid():
         try:
             services.set_captions(subject=subject, captions=form.captions())
@@ -119,7 +131,10 @@ def photo_delete(request: HttpRequest, pk: int, photo_pk: int) -> HttpResponse:
 @login_required
 @require_GET
 def photo_crop(request: HttpRequest, pk: int, photo_pk: int) -> HttpResponse:
-    return private_file_response(_get_photo_for_user(request, pk, photo_pk).crop)
+    photo = _get_photo_for_user(request, pk, photo_pk)
+    if not photo.crop:
+        raise Http404("This photo has no crop (yet).")
+    return private_file_response(photo.crop)
 
 
 @login_required
