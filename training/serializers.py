@@ -3,12 +3,15 @@ and training-option validation run through training.forms (which call training.r
 and the API judge input the same way (STYLE.md habit 4)."""
 from __future__ import annotations
 
+import re
+
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from api.serializers import LinkField, ProgressSerializer, StrictSerializer, absolute, form_errors
+from api.serializers import WEBHOOK_URL_SCHEMA, DescribedCharField, LinkField, ProgressSerializer, StrictSerializer, absolute
 from api.webhooks import check_webhook_url
 
 from . import rules as training_rules
@@ -74,22 +77,17 @@ class TrainingStartSerializer(StrictSerializer):
     mixed_precision = serializers.ChoiceField(choices=["no", "fp16", "bf16"], required=False)
     use_8bit_adam = serializers.BooleanField(required=False)
     seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, required=False, allow_null=True)
-    webhook_url = serializers.CharField(max_length=200, required=False, allow_blank=True, default="", help_text="POSTed a signed JSON payload when the run ends.")
+    webhook_url = DescribedCharField(schema=WEBHOOK_URL_SCHEMA, max_length=200, required=False, allow_blank=True, default="", help_text="POSTed a signed JSON payload when the run ends.")
 
     def validate_webhook_url(self, value: str) -> str:
         return check_webhook_url(value) if value else value
 
     def validate(self, attrs: dict) -> dict:
-        from .forms import TrainingForm  # imports torch (the model's defaults): only when used
-
+        """Only what the client sent is judged and stored (training.rules, as for the page); the
+        worker decides the rest for the chosen method and its GPU."""
         webhook_url = attrs.pop("webhook_url", "")
-        blank = TrainingForm()
-        data = {name: attrs.get(name, getattr(blank.defaults, name, None)) for name in blank.fields}
-        data["method"] = attrs.get("method", TrainingMethod.LORA)
-        form = TrainingForm(data={name: value for name, value in data.items() if value is not None})
-        if not form.is_valid():
-            raise serializers.ValidationError(form_errors(form))
-        return {"method": form.cleaned_data["method"], "options": form.options(), "webhook_url": webhook_url}
+        method = attrs.pop("method", TrainingMethod.LORA)
+        return {"method": method, "options": training_rules.clean_training_options(method, attrs), "webhook_url": webhook_url}
 
 
 # --- subjects and photos -------------------------------------------------------------------------
@@ -183,19 +181,32 @@ class SubjectSerializer(serializers.ModelSerializer):
         return run.pk if run else None
 
 
+def _as_sent(rule: re.Pattern) -> dict:
+    """The schema of a rule checked after `strip().lower()` (training.rules), stated for the text as a
+    client sends it: either case, and any whitespace where the rule allows a space and around it."""
+    body = rule.pattern.removeprefix("^").removesuffix("$").replace("a-z", "A-Za-z").replace(" ", r"\s")
+    return {"pattern": rf"^\s*{body}\s*$"}
+
+
 class SubjectCreateSerializer(StrictSerializer):
-    name = serializers.CharField(max_length=60)
-    class_noun = serializers.CharField(max_length=40, help_text='What it is: "person", "dog", "shape".')
-    token = serializers.CharField(max_length=32, required=False, help_text="A rare word for the subject in prompts; omit for a suggestion (e.g. sks).")
+    # Lengths count the text as sent (trim_whitespace=False); the rules strip it themselves.
+    name = DescribedCharField(schema={"pattern": r"\S"}, max_length=60, trim_whitespace=False)
+    class_noun = DescribedCharField(schema=_as_sent(training_rules.CLASS_NOUN_RE), max_length=training_rules.CLASS_NOUN_MAX_LENGTH,
+                                    trim_whitespace=False, help_text='What it is: "person", "dog", "shape".')
+    token = DescribedCharField(schema=_as_sent(training_rules.TOKEN_RE), max_length=32, required=False, trim_whitespace=False,
+                               help_text="A rare word for the subject in prompts, not an ordinary word the model knows; omit for a suggestion (e.g. sks).")
 
     def validate(self, attrs: dict) -> dict:
-        from .forms import SubjectForm
-
-        owner = self.context["request"].user
-        data = dict(attrs)
-        if not data.get("token"):
-            data["token"] = training_rules.suggest_token(set(Subject.objects.for_user(owner).values_list("token", flat=True)))
-        form = SubjectForm(data=data, owner=owner)
-        if not form.is_valid():
-            raise serializers.ValidationError(form_errors(form))
-        return {name: form.cleaned_data[name] for name in ("name", "token", "class_noun")}
+        """Each field's own rule (training.rules, as the page's form uses); unique names and tokens,
+        and the suggested token when none is sent, are the service's, under the owner's lock
+        (training.services.create_subject), so simultaneous creates all get one."""
+        cleaned, errors = {"name": attrs["name"].strip(), "token": ""}, {}
+        for name, rule in (("class_noun", training_rules.validate_class_noun), ("token", training_rules.validate_token)):
+            if attrs.get(name):
+                try:
+                    cleaned[name] = rule(attrs[name])
+                except DjangoValidationError as exc:
+                    errors[name] = exc.messages
+        if errors:
+            raise serializers.ValidationError(errors)
+        return cleaned
