@@ -12,6 +12,7 @@ from generation.services import create_generation
 from imagesite.jobs import JobStatus
 from training import services
 from training.models import Subject
+from training.tasks import process_photo
 
 from .api_support import checkered_photo
 from .conftest import wait_for, wait_for_status
@@ -27,6 +28,13 @@ def pixels_of(generation: Generation) -> list[np.ndarray]:
     return out
 
 
+def _process(outcome) -> None:
+    """Check and crop the uploaded photos here (the default cluster's task; this test runs only the trainer)."""
+    for photo in outcome.accepted:
+        process_photo(photo.pk)
+        photo.refresh_from_db()
+
+
 SETTINGS = dict(negative_prompt="", steps=8, guidance_scale=7.5, width=64, height=64, scheduler="dpmpp_2m", num_images=1)
 
 
@@ -34,6 +42,7 @@ def test_train_a_lora_then_generate_with_it_without_leaking(owner, workers):
     subject = Subject.objects.create(owner=owner, name="Checkers", token="sks", class_noun="shape")
     outcome = services.add_photos(subject=subject, files=[checkered_photo(i) for i in range(3)])
     assert len(outcome.accepted) == 3
+    _process(outcome)
     first, second, third = outcome.accepted
     services.set_captions(subject=subject, captions={first.pk: "", second.pk: "a sks shape on a green background", third.pk: ""})
     trainer = workers.start(Q_CLUSTER_NAME="training")
@@ -66,7 +75,7 @@ def test_train_a_lora_then_generate_with_it_without_leaking(owner, workers):
 
 def test_cancel_a_running_training_leaves_no_checkpoint(owner, workers, media_dir):
     subject = Subject.objects.create(owner=owner, name="Checkers", token="sks", class_noun="shape")
-    services.add_photos(subject=subject, files=[checkered_photo(i) for i in range(3)])
+    _process(services.add_photos(subject=subject, files=[checkered_photo(i) for i in range(3)]))
     trainer = workers.start(Q_CLUSTER_NAME="training")
     try:
         run = services.start_training(subject=subject, options={"steps": 3000, "prior_preservation": False})

@@ -4,6 +4,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
+from django.db.models import Count, Q
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.defaultfilters import pluralize
@@ -42,7 +43,8 @@ def subject_list(request: HttpRequest) -> HttpResponse:
         else:
             messages.info(request, f"Created {subject.name}. Now upload 3-30 photos of it.")
             return redirect(subject)
-    subjects = Subject.objects.for_user(request.user).prefetch_related("photos", "runs")
+    kept = Count("photos", filter=~Q(photos__status=PhotoStatus.REJECTED))  # ready or being checked
+    subjects = Subject.objects.for_user(request.user).annotate(photo_count=kept).prefetch_related("runs")
     return render(request, "training/subjects.html", {"form": form, "subjects": subjects})
 
 
