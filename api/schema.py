@@ -1,7 +1,10 @@
-"""OpenAPI additions: the token security scheme and the error responses every operation can give."""
+"""OpenAPI additions: the token security scheme, the error responses every operation can give, the
+rules of described fields, and ids declared as the server reads them."""
 from __future__ import annotations
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerFieldExtension
+
+from .views import ID_SCHEMA
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -16,11 +19,13 @@ ERROR_SCHEMA = {
     "example": {"status": 400, "code": "invalid", "detail": "Invalid input.", "errors": {"width": ["Must be a multiple of 8 (got 65)."]}},
 }
 ERROR_RESPONSES = {
-    "400": "Invalid input: `errors` names each field at fault.",
+    "400": "Invalid input: `errors` names each field at fault (unknown fields too), or a body that cannot be parsed "
+           "(malformed or too deeply nested JSON, too many form fields or files).",
     "401": "Not signed in, or the token is invalid or revoked.",
     "403": "CSRF check failed (session authentication only).",
     "404": "No such object among yours.",
     "405": "Method not allowed.",
+    "413": "The request body is over the size limit (2.5 MB of data; uploaded files are not counted).",
     "415": "Unsupported media type (e.g. JSON where a multipart upload is expected).",
     "429": "A limit was reached; the Retry-After header says when to try again.",
 }
@@ -32,6 +37,52 @@ class ApiTokenScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):
         return {"type": "http", "scheme": "bearer", "description": "A token from the account page: `Authorization: Bearer isk_…`."}
+
+
+class DescribedCharFieldSchema(OpenApiSerializerFieldExtension):
+    """A CharField's usual schema plus the rule it states (api.serializers.DescribedCharField)."""
+
+    target_class = "api.serializers.DescribedCharField"
+
+    def map_serializer_field(self, auto_schema, direction):
+        schema = auto_schema._map_serializer_field(self.target, direction, bypass_extensions=True)
+        return {**schema, **self.target.schema} if direction == "request" else schema  # a rule on input
+
+
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+def json_bodies_only(result: dict) -> dict:
+    """An operation that takes JSON is documented with JSON alone, and as refusing unknown fields. DRF also parses a form encoding
+    of the same fields (a convenience kept for curl -d), but a form cannot say null, a number or
+    true, so the JSON schema is no contract for it. Uploads (multipart only) keep theirs."""
+    for path_item in result.get("paths", {}).values():
+        for operation in path_item.values():
+            content = operation.get("requestBody", {}).get("content", {})
+            if "application/json" in content:
+                for media_type in FORM_TYPES:
+                    content.pop(media_type, None)
+                _refuse_unknown_fields(result, content["application/json"].get("schema", {}))
+    return result
+
+
+def _refuse_unknown_fields(result: dict, schema: dict) -> None:
+    # Every JSON input is an api.serializers.StrictSerializer: unknown fields are a 400.
+    name = schema.get("$ref", "").rpartition("/")[2]
+    component = result.get("components", {}).get("schemas", {}).get(name)
+    if component is not None and component.get("type") == "object":
+        component["additionalProperties"] = False
+
+
+def declare_ids(result: dict, generator, request, public) -> dict:
+    """Path ids are digits in the URL patterns (`[0-9]+`); say what the server reads them as: an
+    integer from 1, so a client knows 0 or -1 can never name anything (they are 404s)."""
+    for path_item in result.get("paths", {}).values():
+        for operation in path_item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "path" and parameter.get("schema", {}).get("pattern") == "^[0-9]+$":
+                    parameter["schema"] = dict(ID_SCHEMA)
+    return result
 
 
 def add_error_responses(result: dict, generator, request, public) -> dict:
@@ -47,4 +98,4 @@ def add_error_responses(result: dict, generator, request, public) -> dict:
                     if code == "429":
                         response["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait."}}
                     responses[code] = response
-    return result
+    return json_bodies_only(declare_ids(result, generator, request, public))  # one hook in settings for all

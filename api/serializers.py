@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
+from django.http import QueryDict
 from django.urls import reverse
 from rest_framework import serializers
 
@@ -40,22 +41,71 @@ class ProgressSerializer(serializers.Serializer):
     eta_seconds = serializers.FloatField(allow_null=True)
 
 
+# Input that names every field it does not know: `{"negtive_prompt": …}` is a 400 that says so, never
+# a setting silently ignored. (A comment: a docstring would describe every request in the schema.)
 class StrictSerializer(serializers.Serializer):
-    """Input that names every field it does not know: `{"negtive_prompt": …}` is a 400 that says so,
-    never a setting silently ignored."""
-
     def to_internal_value(self, data):
         if isinstance(data, Mapping):
-            known = [name for name, field in self.fields.items() if not field.read_only]
-            unknown = sorted(set(data) - set(known))
-            if unknown:
-                errors = {}
-                for name in unknown:
-                    close = difflib.get_close_matches(str(name), known, n=1)
-                    errors[str(name)] = [f"Unknown field. Did you mean “{close[0]}”?" if close else
-                                         f"Unknown field. Known fields: {', '.join(known)}."]
+            errors = {**self._unknown_field_errors(data), **self._json_type_errors(data)}
+            if errors:
                 raise serializers.ValidationError(errors)
         return super().to_internal_value(data)
+
+    def _unknown_field_errors(self, data: Mapping) -> dict[str, list[str]]:
+        writable = [name for name, field in self.fields.items() if not field.read_only]
+        errors = {}
+        for name in sorted(set(data) - set(writable), key=str):
+            close = difflib.get_close_matches(str(name), writable, n=1)
+            if name in self.fields:
+                errors[str(name)] = ["Read-only: it cannot be set."]
+            else:
+                errors[str(name)] = [f"Unknown field. Did you mean “{close[0]}”?" if close else
+                                     f"Unknown field. Known fields: {', '.join(writable)}."]
+        return errors
+
+    def _json_type_errors(self, data: Mapping) -> dict[str, list[str]]:
+        # DRF coerces: true is 1.0 to a FloatField (float(True)), 0 is "0" to a CharField. A JSON body
+        # says its types, so they must be the schema's. (A form body is all strings: DRF parses those.)
+        is_json = not isinstance(data, QueryDict)
+        errors = {}
+        for name, field in self.fields.items():
+            value = data.get(name)
+            if value is None or field.read_only:
+                continue
+            if isinstance(field, (serializers.FloatField, serializers.IntegerField, serializers.DecimalField)):
+                if isinstance(value, bool) or (is_json and isinstance(value, str)):
+                    errors[name] = ["A number is required."]
+            elif isinstance(field, serializers.BooleanField) and is_json and not isinstance(value, bool):
+                errors[name] = ["Must be true or false."]
+            elif isinstance(field, serializers.CharField) and is_json and not isinstance(value, str):
+                errors[name] = ["A string is required."]
+        return errors
+
+
+class DescribedCharField(serializers.CharField):
+    """A CharField whose OpenAPI schema also states `schema` (a pattern, a format): the rule a form or
+    a validate_<field> checks, read from its rules module, so clients know it before they send. The
+    text is taken as sent: whitespace around it is refused, not trimmed, so lengths and patterns in
+    the schema count exactly what the client sent."""
+
+    def __init__(self, *, schema: dict, **kwargs):
+        self.schema = schema
+        kwargs.setdefault("trim_whitespace", False)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data) -> str:
+        value = super().to_internal_value(data)
+        if not self.trim_whitespace and value != value.strip():
+            raise serializers.ValidationError("Remove the spaces or line breaks around it." if value.strip() else "This field may not be blank.")
+        return value
+
+
+# What check_webhook_url accepts, as far as a pattern can say: blank, or http(s)://host[:port][/…]
+# without credentials (whether the host resolves to a public address is the server's to find out).
+_PORT = "([0-9]{0,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+WEBHOOK_URL_SCHEMA = {"pattern": rf"^([Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:{_PORT})?([/?#]([\s\S]*\S)?)?)?$"}
+# Text that is not blank and has no whitespace around it.
+TEXT_SCHEMA = {"pattern": r"^\S([\s\S]*\S)?$"}
 
 
 def form_errors(form) -> dict[str, list[str]]:
@@ -81,12 +131,12 @@ class UsageSerializer(serializers.Serializer):
     subjects_total = serializers.IntegerField()
 
 
-class MeSerializer(serializers.Serializer):
+class MeSerializer(StrictSerializer):
     id = serializers.IntegerField(read_only=True)
     username = serializers.CharField(read_only=True)
     usage = UsageSerializer(read_only=True)
     limits = LimitsSerializer(read_only=True)
-    default_webhook_url = serializers.CharField(max_length=500, allow_blank=True, required=False, help_text="Used for jobs that name no webhook_url.")
+    default_webhook_url = DescribedCharField(schema=WEBHOOK_URL_SCHEMA, max_length=500, allow_blank=True, required=False, help_text="Used for jobs that name no webhook_url.")
     webhook_deliveries_url = serializers.URLField(read_only=True)
 
     def validate_default_webhook_url(self, value: str) -> str:

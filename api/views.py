@@ -27,8 +27,22 @@ class FileNegotiation(BaseContentNegotiation):
 MAX_ID = 2**63 - 1  # larger ids cannot exist, and SQLite raises OverflowError on them
 
 
+# How the schema declares every id, in a path or a query (api.schema applies it to path ids).
+ID_SCHEMA = {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_ID}
+
+
 def parse_id(value: str) -> int | None:
-    return int(value) if value.isdigit() and int(value) <= MAX_ID else None
+    """An id as the schema states it (ASCII digits, 1 to MAX_ID), or None: the caller answers 404 in
+    a path, 400 in a query."""
+    digits = value.lstrip("0")
+    if not (value.isascii() and value.isdigit() and 0 < len(digits) <= len(str(MAX_ID))):
+        return None
+    return int(digits) if int(digits) <= MAX_ID else None
+
+
+def id_param(name: str, description: str) -> OpenApiParameter:
+    """A query parameter that filters by an id (`?generation=3`)."""
+    return OpenApiParameter(name, ID_SCHEMA, description=description)
 
 
 class OwnedViewSetMixin:

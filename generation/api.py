@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_status, parse_id
+from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_status, id_param, parse_id
 from imagesite.files import private_file_response
 
 from . import rules
@@ -132,7 +132,7 @@ FILE_RESPONSE = {(200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY, descri
     list=extend_schema(
         summary="List your images, newest first",
         parameters=[SEARCH_PARAM, OpenApiParameter("favourite", bool, description="Only favourites (true) or only the others (false)."),
-                    OpenApiParameter("generation", int, description="Only this generation's images.")],
+                    id_param("generation", "Only this generation's images.")],
     ),
     retrieve=extend_schema(summary="An image with its settings and seed"),
     destroy=extend_schema(summary="Delete an image and its file"),

@@ -236,6 +236,11 @@ WHITENOISE_AUTOREFRESH = DEBUG
 
 # --- REST API (api/): tokens, limits, webhooks, OpenAPI ---------------------------------------------
 INSTALLED_APPS += ["rest_framework", "drf_spectacular", "drf_spectacular_sidecar", "api.apps.ApiConfig"]
+# Django's limits on a request body, stated here because the API's errors and docs name them: 2.5 MB
+# of non-file data, 1,000 form fields, 100 files (photo uploads are capped far lower by training).
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 1_000
+DATA_UPLOAD_MAX_NUMBER_FILES = 100
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "api.authentication.ApiTokenAuthentication",
@@ -246,7 +251,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "api.pagination.Pagination",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": [
-        "rest_framework.parsers.JSONParser",
+        "api.parsers.JSONParser",  # DRF's, with too-deep nesting a 400 rather than a 500
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
     ],

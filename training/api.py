@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from api.serializers import form_errors
-from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_status, parse_id
+from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_status, id_param, parse_id
 from imagesite.files import private_download, private_file_response
 
 from . import serializers as ts
@@ -161,7 +161,7 @@ class SubjectViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMo
 
 
 @extend_schema_view(
-    list=extend_schema(summary="Your training runs, newest first", parameters=[STATUS_PARAM, OpenApiParameter("subject", int, description="Only this subject's runs.")]),
+    list=extend_schema(summary="Your training runs, newest first", parameters=[STATUS_PARAM, id_param("subject", "Only this subject's runs.")]),
     retrieve=extend_schema(summary="A training run: status, phase, progress, loss and checkpoint"),
 )
 class TrainingRunViewSet(OwnedViewSetMixin, viewsets.ReadOnlyModelViewSet):

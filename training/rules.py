@@ -62,9 +62,13 @@ def suggest_token(taken: set[str]) -> str:
     return f"sks{len(taken)}"
 
 
+CLASS_NOUN_RE = re.compile(r"^[a-z][a-z \-]*$")
+CLASS_NOUN_MAX_LENGTH = 40
+
+
 def validate_class_noun(value: str) -> str:
     value = " ".join(value.strip().lower().split())
-    if not value or len(value) > 40 or not re.match(r"^[a-z][a-z \-]*$", value):
+    if not value or len(value) > CLASS_NOUN_MAX_LENGTH or not CLASS_NOUN_RE.match(value):
         raise ValidationError('Say what the subject is in a word or two, e.g. "person", "dog", "shape".')
     return value
 

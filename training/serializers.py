@@ -11,7 +11,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from api.serializers import WEBHOOK_URL_SCHEMA, DescribedCharField, LinkField, ProgressSerializer, StrictSerializer, absolute
+from api.serializers import TEXT_SCHEMA, WEBHOOK_URL_SCHEMA, DescribedCharField, LinkField, ProgressSerializer, StrictSerializer, absolute
 from api.webhooks import check_webhook_url
 
 from . import rules as training_rules
@@ -167,8 +167,9 @@ class SubjectSerializer(serializers.ModelSerializer):
             return "training"
         return "trained" if subject.trained_run() else "untrained"
 
+    @extend_schema_field({"type": "integer", "description": "Photos ready or still being checked (rejected ones do not count)."})
     def get_photos_count(self, subject: Subject) -> int:
-        return subject.photos.count()
+        return subject.photos.kept().count()
 
     @extend_schema_field(TrainingRunSerializer(allow_null=True))
     def get_latest_run(self, subject: Subject) -> dict | None:
@@ -181,19 +182,17 @@ class SubjectSerializer(serializers.ModelSerializer):
         return run.pk if run else None
 
 
-def _as_sent(rule: re.Pattern) -> dict:
-    """The schema of a rule checked after `strip().lower()` (training.rules), stated for the text as a
-    client sends it: either case, and any whitespace where the rule allows a space and around it."""
-    body = rule.pattern.removeprefix("^").removesuffix("$").replace("a-z", "A-Za-z").replace(" ", r"\s")
-    return {"pattern": rf"^\s*{body}\s*$"}
+def _either_case(rule: re.Pattern) -> dict:
+    """The schema of a rule checked after `.lower()` (training.rules), for the text as sent."""
+    return {"pattern": rule.pattern.replace("a-z", "A-Za-z").replace(" ", r"\s")}
 
 
 class SubjectCreateSerializer(StrictSerializer):
-    # Lengths count the text as sent (trim_whitespace=False); the rules strip it themselves.
-    name = DescribedCharField(schema={"pattern": r"\S"}, max_length=60, trim_whitespace=False)
-    class_noun = DescribedCharField(schema=_as_sent(training_rules.CLASS_NOUN_RE), max_length=training_rules.CLASS_NOUN_MAX_LENGTH,
-                                    trim_whitespace=False, help_text='What it is: "person", "dog", "shape".')
-    token = DescribedCharField(schema=_as_sent(training_rules.TOKEN_RE), max_length=32, required=False, trim_whitespace=False,
+    name = DescribedCharField(schema=TEXT_SCHEMA, max_length=60)
+    # validate_class_noun joins the words with single spaces: a class noun may not end in one.
+    class_noun = DescribedCharField(schema={"pattern": _either_case(training_rules.CLASS_NOUN_RE)["pattern"].replace("*$", r"*(?<!\s)$")},
+                                    max_length=training_rules.CLASS_NOUN_MAX_LENGTH, help_text='What it is: "person", "dog", "shape".')
+    token = DescribedCharField(schema=_either_case(training_rules.TOKEN_RE), max_length=32, required=False,
                                help_text="A rare word for the subject in prompts, not an ordinary word the model knows; omit for a suggestion (e.g. sks).")
 
     def validate(self, attrs: dict) -> dict:
