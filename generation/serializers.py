@@ -8,7 +8,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from api.serializers import LinkField, ProgressSerializer, StrictSerializer, absolute
+from api.serializers import WEBHOOK_URL_SCHEMA, DescribedCharField, LinkField, ProgressSerializer, StrictSerializer, absolute
 from api.webhooks import check_webhook_url
 
 from . import rules
@@ -74,7 +74,8 @@ class GenerationCreateSerializer(StrictSerializer):
     """What to render. Omitted settings take the loaded model's defaults (see /api/v1/models/); the
     service (generation.services.create_generation) applies them and every cross-field rule."""
 
-    prompt = serializers.CharField(max_length=rules.MAX_PROMPT_CHARS, trim_whitespace=False)
+    # rules.validate_prompt refuses a prompt that is only whitespace.
+    prompt = DescribedCharField(schema={"pattern": r"\S"}, max_length=rules.MAX_PROMPT_CHARS, trim_whitespace=False)
     negative_prompt = serializers.CharField(max_length=rules.MAX_PROMPT_CHARS, required=False, allow_blank=True, default="")
     seed = serializers.IntegerField(min_value=0, max_value=MAX_SEED, required=False, allow_null=True, default=None, help_text="Omit or null for a random seed; the seed used is returned.")
     steps = serializers.IntegerField(min_value=rules.STEPS_RANGE[0], max_value=rules.STEPS_RANGE[1], required=False)
@@ -83,7 +84,7 @@ class GenerationCreateSerializer(StrictSerializer):
     height = ImageSizeField(required=False, help_text="A multiple of 8 within the model's limits.")
     scheduler = serializers.ChoiceField(choices=SCHEDULER_CHOICES, required=False)
     num_images = serializers.IntegerField(min_value=rules.NUM_IMAGES_RANGE[0], max_value=rules.NUM_IMAGES_RANGE[1], required=False, default=1)
-    webhook_url = serializers.CharField(max_length=200, required=False, allow_blank=True, default="", help_text="POSTed a signed JSON payload when the job ends.")
+    webhook_url = DescribedCharField(schema=WEBHOOK_URL_SCHEMA, max_length=200, required=False, allow_blank=True, default="", help_text="POSTed a signed JSON payload when the job ends.")
     subject = serializers.PrimaryKeyRelatedField(
         queryset=GeneratedImage.objects.none(), required=False, allow_null=True, default=None,
         help_text="One of your trained subjects (its id); put its token in the prompt.",
