@@ -19,6 +19,7 @@ from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from imagesite.conflicts import is_conflict
 from imagesite.quotas import QuotaExceeded
 
 
@@ -68,6 +69,10 @@ def exception_handler(exc, context):
     if isinstance(exc, QuotaExceeded):  # a service's limit: the same refusal the pages show
         body = error_body(429, "throttled", exc.message, {})
         return Response(body, status=status.HTTP_429_TOO_MANY_REQUESTS, headers={"Retry-After": str(exc.retry_after_s)})
+    if isinstance(exc, DjangoValidationError) and is_conflict(exc):  # stored state, not the input: 409
+        errors = _field_errors(as_serializer_error(exc))
+        first = next(iter(m for messages in errors.values() for m in messages), "Conflict.")
+        return Response(error_body(409, "conflict", first, errors), status=status.HTTP_409_CONFLICT)
     if isinstance(exc, DjangoValidationError):  # a shared rule raised outside a serializer field
         exc = exceptions.ValidationError(as_serializer_error(exc))
     response = drf_exception_handler(exc, context)

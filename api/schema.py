@@ -27,6 +27,7 @@ ERROR_RESPONSES = {
     "405": "Method not allowed.",
     "413": "The request body is over the size limit (2.5 MB of data; uploaded files are not counted).",
     "415": "Unsupported media type (e.g. JSON where a multipart upload is expected).",
+    "409": "Refused because of what is stored now (e.g. already training, a name you already use); it may succeed later.",
     "429": "A limit was reached; the Retry-After header says when to try again.",
 }
 

@@ -103,9 +103,12 @@ class DescribedCharField(serializers.CharField):
 # What check_webhook_url accepts, as far as a pattern can say: blank, or http(s)://host[:port][/…]
 # without credentials (whether the host resolves to a public address is the server's to find out).
 _PORT = "([0-9]{0,4}|[0-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
-WEBHOOK_URL_SCHEMA = {"pattern": rf"^([Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:{_PORT})?([/?#]([\s\S]*\S)?)?)?$"}
+# A character Python's str.strip() keeps (what DRF judges blank by): not JSON Schema's \s, and not the
+# separators \x1c-\x1f and \x85, which Python counts as whitespace too; \ufeff is \s there, not here.
+NON_SPACE = r"(?:[^\s\x1c-\x1f\x85]|\ufeff)"
+WEBHOOK_URL_SCHEMA = {"pattern": rf"^([Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:{_PORT})?([/?#]([\s\S]*{NON_SPACE})?)?)?$"}
 # Text that is not blank and has no whitespace around it.
-TEXT_SCHEMA = {"pattern": r"^\S([\s\S]*\S)?$"}
+TEXT_SCHEMA = {"pattern": rf"^{NON_SPACE}([\s\S]*{NON_SPACE})?$"}
 
 
 def form_errors(form) -> dict[str, list[str]]:

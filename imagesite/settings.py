@@ -279,7 +279,7 @@ SPECTACULAR_SETTINGS = {
         "api.schema.add_error_responses",
     ],
 }
-# Site-wide defaults; staff override them per user in the admin (api.UserLimits).
+# Site-wide defaults; staff override them per user in the admin (imagesite.UserLimits).
 IMAGESITE_API_LIMITS = {
     "generations_per_hour": env_int("IMAGESITE_LIMIT_GENERATIONS_PER_HOUR", 120),
     "uploads_per_hour": env_int("IMAGESITE_LIMIT_UPLOADS_PER_HOUR", 200),

@@ -36,10 +36,11 @@ PUBLIC_ADDRESS = "93.184.215.14"
 # exactly these fields, with the reason in `errors`. Anything else schema-valid must be accepted.
 DATA_DEPENDENT_FIELDS = {
     ("POST", "/api/v1/generations/"): {"subject"},  # one of *your* trained subjects
-    ("POST", "/api/v1/subjects/"): {"name", "token"},  # not one you already use; not a word the model knows
+    ("POST", "/api/v1/subjects/"): {"token"},  # not a word the model knows (its vocabulary)
     ("POST", "/api/v1/subjects/{id}/photos/"): {"photos"},  # the files must be images
-    # Enough photos, not already training; prior preservation (on or off by the model's default) needs class images.
-    ("POST", "/api/v1/subjects/{id}/train/"): {"non_field_errors", "num_class_images", "prior_preservation"},
+    # Prior preservation (on or off by the model's default) needs class images. (A name already used,
+    # too few photos or a run in progress are 409s: stored state, which positive data may meet.)
+    ("POST", "/api/v1/subjects/{id}/train/"): {"num_class_images", "prior_preservation"},
     ("PATCH", "/api/v1/subjects/{id}/photos/{photo_id}/"): {"caption", "non_field_errors"},  # names the subject's token
 }
 WEBHOOK_FIELDS = {"webhook_url", "default_webhook_url"}
@@ -90,7 +91,7 @@ def auth_headers(db, owner, other_user, settings, monkeypatch) -> dict[str, str]
 
 
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+@settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True, phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
 def test_api_matches_its_schema(case, auth_headers):
     # Every check runs, negative_data_rejection included; positive_data_acceptance in the form above.
     case.call_and_validate(headers=auth_headers, excluded_checks=[positive_data_acceptance], additional_checks=[schema_valid_data_accepted])

@@ -86,8 +86,8 @@ def test_create_bad_input_is_400(owner_api, data, field):
 
 
 def test_create_refuses_my_own_duplicate_token_and_name(owner_api, subject):
-    assert_error(owner_api.post(URL, {"name": "Other", "class_noun": "dog", "token": "sks"}, format="json"), 400, "token")
-    assert_error(owner_api.post(URL, {"name": "checkers", "class_noun": "dog", "token": "ohwx"}, format="json"), 400, "name")
+    assert_error(owner_api.post(URL, {"name": "Other", "class_noun": "dog", "token": "sks"}, format="json"), 409, "token")
+    assert_error(owner_api.post(URL, {"name": "checkers", "class_noun": "dog", "token": "ohwx"}, format="json"), 409, "name")
 
 
 def test_list_and_retrieve_only_mine(owner_api, subject, other_user):
@@ -220,7 +220,7 @@ def test_remove_a_photo_but_not_while_training(owner_api, subject_with_photos):
     first, second = subject_with_photos.photos.all()[:2]
     assert owner_api.delete(f"{URL}{subject_with_photos.pk}/photos/{first.pk}/").status_code == 204
     TrainingRun.objects.create(subject=subject_with_photos)
-    body = assert_error(owner_api.delete(f"{URL}{subject_with_photos.pk}/photos/{second.pk}/"), 400, "non_field_errors")
+    body = assert_error(owner_api.delete(f"{URL}{subject_with_photos.pk}/photos/{second.pk}/"), 409, "non_field_errors")
     assert "training" in body["errors"]["non_field_errors"][0]
     assert subject_with_photos.photos.count() == 2
 
@@ -262,7 +262,7 @@ def test_a_bad_caption_is_400_on_the_caption_field(owner_api, subject_with_photo
 def test_no_captioning_while_training(owner_api, subject_with_photos):
     photo = subject_with_photos.photos.first()
     TrainingRun.objects.create(subject=subject_with_photos)
-    body = assert_error(owner_api.patch(f"{URL}{subject_with_photos.pk}/photos/{photo.pk}/", {"caption": "a sks shape"}, format="json"), 400, "non_field_errors")
+    body = assert_error(owner_api.patch(f"{URL}{subject_with_photos.pk}/photos/{photo.pk}/", {"caption": "a sks shape"}, format="json"), 409, "non_field_errors")
     assert "training" in body["errors"]["non_field_errors"][0] and SubjectPhoto.objects.get(pk=photo.pk).caption == photo.caption
 
 
@@ -288,7 +288,7 @@ def test_start_training_returns_202_and_queues_on_the_training_cluster(owner_api
     assert OrmQ.objects.get().key == "training"
     assert owner_api.get(f"{URL}{subject_with_photos.pk}/").json()["state"] == "training"
     # a second start while it trains is refused
-    assert_error(owner_api.post(f"{URL}{subject_with_photos.pk}/train/", {}, format="json"), 400, "non_field_errors")
+    assert_error(owner_api.post(f"{URL}{subject_with_photos.pk}/train/", {}, format="json"), 409, "non_field_errors")
 
 
 @pytest.mark.parametrize(
@@ -303,14 +303,14 @@ def test_bad_training_options_are_400(owner_api, subject_with_photos, data, fiel
 
 
 def test_training_needs_photos(owner_api, subject):
-    body = assert_error(owner_api.post(f"{URL}{subject.pk}/train/", {}, format="json"), 400, "non_field_errors")
+    body = assert_error(owner_api.post(f"{URL}{subject.pk}/train/", {}, format="json"), 409, "non_field_errors")
     assert "at least 3 photos" in body["errors"]["non_field_errors"][0]
 
 
 def test_training_waits_while_photos_are_processed(owner_api, subject):
     files = [photo_file(f"{i}.jpg", (40 * i, 90, 200)) for i in range(3)]
     owner_api.post(f"{URL}{subject.pk}/photos/", {"photos": files}, format="multipart")
-    body = assert_error(owner_api.post(f"{URL}{subject.pk}/train/", {}, format="json"), 400, "non_field_errors")
+    body = assert_error(owner_api.post(f"{URL}{subject.pk}/train/", {}, format="json"), 409, "non_field_errors")
     assert body["errors"]["non_field_errors"] == ["3 photos are still being processed; try again in a moment."]
     assert not TrainingRun.objects.exists()
 

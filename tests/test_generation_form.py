@@ -45,7 +45,7 @@ def valid_data(**overrides):
 def test_bad_value_gets_its_field_error_and_nothing_is_queued(owner_client, field, value, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         response = owner_client.post(reverse("generation-new"), valid_data(**{field: value}))
-    assert response.status_code == 200
+    assert response.status_code == 400  # the form again, with its errors (as the training pages answer)
     errors = response.context["form"].errors
     assert list(errors) == [field], errors
     assert not Generation.objects.exists()

@@ -16,6 +16,7 @@ from rest_framework.response import Response
 
 from api.serializers import form_errors
 from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_status, id_param, parse_id
+from imagesite.conflicts import is_conflict
 from imagesite.files import private_download, private_file_response
 
 from . import serializers as ts
@@ -26,8 +27,11 @@ from .models import Subject, SubjectPhoto, TrainingRun
 PHOTO_PATH = r"photos/(?P<photo_id>[0-9]+)"
 
 
-def _invalid(exc: ValidationError, field: str = "non_field_errors") -> serializers.ValidationError:
-    """A service's ValidationError (e.g. "already training") as a 400 on `field`."""
+def _invalid(exc: ValidationError, field: str = "non_field_errors") -> Exception:
+    """A service's refusal on `field`: a 400, or a 409 when it is about stored state (e.g. "already
+    training"; imagesite.conflicts), which api.errors answers as such."""
+    if is_conflict(exc) and not hasattr(exc, "error_dict"):
+        return ValidationError({field: exc.error_list})
     return serializers.ValidationError({field: exc.messages})
 
 

@@ -11,6 +11,7 @@ from django.db import transaction
 
 from generation.modelinfo import describe_model, model_kind
 from imagesite import quotas
+from imagesite.conflicts import conflict
 
 from . import rules
 from .models import PhotoStatus, Subject, SubjectPhoto, TrainingMethod, TrainingRun
@@ -31,13 +32,12 @@ def create_subject(*, owner, name: str, class_noun: str, token: str = "") -> Sub
         quotas.lock_user(owner)
         mine = Subject.objects.for_user(owner)
         taken = set(mine.values_list("token", flat=True))
-        errors: dict[str, list[str]] = {}
-        try:
-            token = rules.validate_token(token, taken=taken) if token else rules.suggest_token(taken)
-        except ValidationError as exc:
-            errors["token"] = exc.messages
+        token = rules.validate_token(token) if token else rules.suggest_token(taken)  # the word itself: 400
+        errors: dict[str, list[ValidationError]] = {}  # what is taken already: 409
+        if token in taken:
+            errors["token"] = [conflict(f"You already use “{token}” for another subject.")]
         if mine.filter(name__iexact=name.strip()).exists():
-            errors["name"] = ["You already have a subject with this name."]
+            errors["name"] = [conflict("You already have a subject with this name.")]
         if errors:
             raise ValidationError(errors)
         return Subject.objects.create(owner=owner, name=name.strip(), token=token, class_noun=class_noun)
@@ -45,7 +45,7 @@ def create_subject(*, owner, name: str, class_noun: str, token: str = "") -> Sub
 
 def _ensure_photos_editable(subject: Subject) -> None:
     if subject.is_training():
-        raise ValidationError("Photos can't change while the subject is training; cancel the run first.")
+        raise conflict("Photos can't change while the subject is training; cancel the run first.")
 
 
 def add_photos(*, subject: Subject, files) -> PhotoUploadOutcome:
@@ -143,18 +143,18 @@ def set_captions(*, subject: Subject, captions: dict[int, str]) -> list[SubjectP
 def start_training(*, subject: Subject, method: str = TrainingMethod.LORA, options: dict | None = None, webhook_url: str = "") -> TrainingRun:
     """Queue a DreamBooth run on the training cluster, after checking the subject can train."""
     if model_kind(settings.IMAGESITE_MODEL) != "folder":
-        raise ValidationError("Training needs the base model as a diffusers folder (IMAGESITE_MODEL).")
+        raise conflict("Training needs the base model as a diffusers folder (IMAGESITE_MODEL).")
     with transaction.atomic():
         # The owner's lock also keeps a concurrent second start for the same subject out.
         quotas.admit(subject.owner, "max_queued_jobs", "trainings_per_day")
         if subject.is_training():
-            raise ValidationError("This subject is already training.")
+            raise conflict("This subject is already training.")
         pending = subject.photos.pending().count()
         if pending:
-            raise ValidationError(f"{pending} photo{'s are' if pending != 1 else ' is'} still being processed; try again in a moment.")
+            raise conflict(f"{pending} photo{'s are' if pending != 1 else ' is'} still being processed; try again in a moment.")
         count = subject.photos.ready().count()
         if count < MIN_PHOTOS:
-            raise ValidationError(f"Upload at least {MIN_PHOTOS} photos first (there {'is' if count == 1 else 'are'} {count}).")
+            raise conflict(f"Upload at least {MIN_PHOTOS} photos first (there {'is' if count == 1 else 'are'} {count}).")
         run = TrainingRun.objects.create(subject=subject, method=method, options=dict(options or {}), webhook_url=webhook_url)
         run.enqueue()
     return run
