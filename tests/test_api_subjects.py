@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 import pytest
+from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django_q.models import OrmQ
@@ -277,6 +278,24 @@ def test_upload_throttle(owner, owner_api, subject):
 
 
 # --- training --------------------------------------------------------------------------------------
+def test_a_full_fine_tune_stores_the_same_options_from_the_page_and_the_api(owner_api, owner_client, subject_with_photos):
+    """{"method": "full"} through the API and the page with nothing else changed store the same (no
+    LoRA defaults filled in), so the worker trains at the full fine-tune's own rate."""
+    from training.dreambooth.devices import default_options_for
+    from training.forms import TrainingForm
+
+    assert owner_api.post(f"{URL}{subject_with_photos.pk}/train/", {"method": "full"}, format="json").status_code == 202
+    from_api = TrainingRun.objects.get()
+    TrainingRun.objects.filter(pk=from_api.pk).update(status=JobStatus.CANCELED)
+    page = {name: field.initial for name, field in TrainingForm().fields.items() if field.initial not in (None, False)}
+    assert owner_client.post(f"/subjects/{subject_with_photos.pk}/train/", {**page, "method": "full"}).status_code == 302
+    from_page = TrainingRun.objects.exclude(pk=from_api.pk).get()
+    assert from_api.method == from_page.method == "full"
+    assert from_api.options == from_page.options == {}
+    full, lora = (default_options_for(settings.IMAGESITE_MODEL, method=m).learning_rate for m in ("full", "lora"))
+    assert default_options_for(settings.IMAGESITE_MODEL, method="full", **from_page.options).learning_rate == full != lora
+
+
 def test_start_training_returns_202_and_queues_on_the_training_cluster(owner_api, subject_with_photos, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         response = owner_api.post(f"{URL}{subject_with_photos.pk}/train/", {"steps": 5, "prior_preservation": False}, format="json")
