@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import bench.worker_overhead as worker_bench  # noqa: E402
 from bench.worker_overhead import Worker, _environment, _fresh_database, _job_settings, _p95, _run_bare, _run_worker  # noqa: E402
+from tests.services import free_port, stop_process  # noqa: E402
 
 # A folder of its own: worker_overhead.py wipes build/bench/ when it starts, and both may run at once.
 WORK = worker_bench.WORK = ROOT / "build" / "bench-api"
@@ -39,9 +39,7 @@ class WebServer:
     """`manage.py runserver --noreload` on a free port, on the bench database."""
 
     def __init__(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = open(WORK / "web.log", "wb")
         self.proc = subprocess.Popen(
@@ -62,9 +60,7 @@ class WebServer:
                 time.sleep(0.2)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        stop_process(self.proc)
         self.log.close()
 
 

@@ -25,13 +25,11 @@ queued, which is what the caps count, and any photo processing left to a worker 
 from __future__ import annotations
 
 import argparse
-import glob
 import io
 import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,6 +44,10 @@ import psutil
 import requests
 
 HERE = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(HERE))
+
+from tests.services import PG_BIN, SHELL_MODEL_LOOKUP, free_port, postgres_cluster, stop_process, wait_port  # noqa: E402
+
 OUT = HERE / "bench" / "out"
 PASSWORD = "a-long-enough-password-42"
 BIG_SIDE = 6320  # 6320² = 39.9 MP, just under the 40 MP photo limit
@@ -54,48 +56,16 @@ PHOTO_CAP = 30
 
 
 # --- the server and its database --------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        time.sleep(0.2)
-    raise RuntimeError(f"nothing listening on {port} after {timeout} s")
-
-
 @contextmanager
-def postgres_cluster(folder: Path) -> Iterator[str]:
-    """A throwaway PostgreSQL on loopback (as tests/test_scale_out.py starts one); yields its URL."""
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-    if not bins:
+def _database(folder: Path, postgres: bool) -> Iterator[str | None]:
+    """The DATABASE_URL of a throwaway PostgreSQL cluster in `folder`, or None for the SQLite file."""
+    if not postgres:
+        yield None
+        return
+    if not PG_BIN:
         raise SystemExit("--postgres needs Debian's postgresql (/usr/lib/postgresql/*/bin)")
-    bin_dir = Path(bins[-1])
-    data = folder / "pg"
-    data.mkdir()
-    # PostgreSQL refuses to run as root; the postgres user must reach its folder.
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        os.chmod(folder, 0o755)
-        shutil.chown(data, "postgres", "postgres")
-    port = free_port()
-    try:
-        subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
-        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"),
-                        "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-        wait_port(port)
-        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "imagesite"], check=True)
-        yield f"postgres://postgres@127.0.0.1:{port}/imagesite"
-    finally:
-        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+    with postgres_cluster(folder) as cluster:
+        yield cluster.url()
 
 
 class Site:
@@ -136,13 +106,8 @@ class Site:
             raise RuntimeError(f"{exc}:\n{self.log_path.read_text(errors='replace')[-3000:]}") from None
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc:
+            stop_process(self.proc)
 
     def rss(self) -> int:
         """The web process's resident memory in bytes (with any children, though --noreload has none)."""
@@ -156,19 +121,9 @@ class Site:
         return total
 
 
-# Models may move between apps in the refactor: the first installed label wins.
-SETUP = textwrap.dedent("""
+SETUP = SHELL_MODEL_LOOKUP + textwrap.dedent("""
     import json
-    from django.apps import apps
     from django.contrib.auth.models import User
-
-    def model(*labels):
-        for label in labels:
-            try:
-                return apps.get_model(label)
-            except LookupError:
-                pass
-        raise LookupError(labels)
 
     Limits = model("imagesite.UserLimits", "api.UserLimits")
     Token = model("api.ApiToken", "imagesite.ApiToken")
@@ -388,7 +343,7 @@ def main() -> None:
         big_pngs()  # before the server starts: making them is not part of any measure
     rows: list[tuple[str, str, str, str]] = []
     try:
-        with (postgres_cluster(folder) if args.postgres else _nothing()) as database_url:
+        with _database(folder, args.postgres) as database_url:
             site = Site(repo, folder, database_url)
             site.manage("migrate", "--noinput")
             keys = site.shell(SETUP % {"users": users_for(args.rounds), "password": PASSWORD})
@@ -409,11 +364,6 @@ def main() -> None:
         else:
             shutil.rmtree(folder, ignore_errors=True)
     print_table(f"seams: {repo} on {'PostgreSQL' if args.postgres else 'SQLite'}", rows)
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield None
 
 
 if __name__ == "__main__":

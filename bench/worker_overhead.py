@@ -25,7 +25,6 @@ import argparse
 import logging
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +32,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.services import stop_process  # noqa: E402
+
 WORK = ROOT / "build" / "bench"
 RATIO_GOAL = 1.10
 PICKUP_P95_GOAL_S = 0.3
@@ -85,13 +88,7 @@ class Worker:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+        stop_process(self.proc, grace=30, group=True)
         self.log.close()
 
 
@@ -175,7 +172,6 @@ def main() -> None:
     os.environ.pop("DATABASE_URL", None)  # throwaway SQLite and the ORM broker, whatever the shell says
     os.environ.pop("REDIS_URL", None)
     os.environ.update(_environment(args.threads))
-    sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()

@@ -3,17 +3,12 @@ label (they may move between apps), the Generate page's form as a browser would 
 throwaway PostgreSQL with `manage.py runserver` on it."""
 from __future__ import annotations
 
-import glob
 import io
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass
 from html.parser import HTMLParser
@@ -24,8 +19,9 @@ import pytest
 import requests
 from django.apps import apps
 
+from .services import SHELL_MODEL_LOOKUP, free_port, postgres_cluster, stop_process, wait_port
+
 ROOT = Path(__file__).resolve().parent.parent
-PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 GENERATIONS = "/api/v1/generations/"
 CLIENTS = 20
 ERROR_KEYS = {"status", "code", "detail", "errors"}
@@ -192,51 +188,16 @@ def page_form(page: str, marker: str) -> dict[str, str]:
 
 
 # --- PostgreSQL, through manage.py runserver ------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        time.sleep(0.2)
-    raise RuntimeError(f"nothing listening on {port}")
-
-
 @pytest.fixture(scope="module")
 def postgres_env(tmp_path_factory) -> Iterator[dict[str, str]]:
     """A throwaway PostgreSQL cluster on loopback, migrated, as the environment for manage.py."""
-    bin_dir = Path(PG_BIN[-1])
-    # As root, PostgreSQL runs as the postgres user, which must reach its folder (pytest's are private).
-    data = Path(tempfile.mkdtemp(prefix="imagesite-pg-")) / "data"
-    data.mkdir()
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        os.chmod(data.parent, 0o755)
-        shutil.chown(data, "postgres", "postgres")
-    port = _free_port()
-    try:
-        subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
-        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"),
-                        "-o", f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-        _wait_port(port)
-        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "imagesite"], check=True)
-        env = {**os.environ, "DATABASE_URL": f"postgres://postgres@127.0.0.1:{port}/imagesite", "DJANGO_DEBUG": "1",
+    with postgres_cluster() as cluster:
+        env = {**os.environ, "DATABASE_URL": cluster.url(), "DJANGO_DEBUG": "1",
                "DJANGO_SETTINGS_MODULE": "imagesite.settings", "PYTHONUNBUFFERED": "1",
                "IMAGESITE_MEDIA_ROOT": str(tmp_path_factory.mktemp("pg-media"))}
         env.pop("REDIS_URL", None)  # the ORM broker on PostgreSQL: enqueueing only writes a row
         _manage(env, "migrate", "--noinput")
         yield env
-    finally:
-        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(data.parent, ignore_errors=True)
 
 
 def _manage(env: dict[str, str], *args: str) -> str:
@@ -248,36 +209,23 @@ def _manage(env: dict[str, str], *args: str) -> str:
 @pytest.fixture(scope="module")
 def postgres_server(postgres_env, tmp_path_factory) -> Iterator[str]:
     """`manage.py runserver` (threaded) on the PostgreSQL database; yields its base URL."""
-    port = _free_port()
+    port = free_port()
     log_path = tmp_path_factory.mktemp("pg-web") / "runserver.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{port}"], cwd=ROOT,
                                 env=postgres_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             try:
-                _wait_port(port, proc)
+                wait_port(port, proc)
             except RuntimeError as exc:
                 raise RuntimeError(f"{exc}:\n{log_path.read_text(errors='replace')[-3000:]}") from None
             yield f"http://127.0.0.1:{port}"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop_process(proc)
 
 
-USER_WITH_LIMITS = textwrap.dedent("""
-    from django.apps import apps
+USER_WITH_LIMITS = SHELL_MODEL_LOOKUP + textwrap.dedent("""
     from django.contrib.auth.models import User
-
-    def model(*labels):
-        for label in labels:
-            try:
-                return apps.get_model(label)
-            except LookupError:
-                pass
 
     user = User.objects.create_user({name!r}, password="a-long-enough-password")
     model("imagesite.UserLimits", "api.UserLimits").objects.create(user=user, **{limits!r})

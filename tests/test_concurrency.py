@@ -15,31 +15,30 @@ from django.apps import apps
 from django.urls import reverse
 
 from .concurrency_support import (  # noqa: F401  (postgres_env, postgres_server: fixtures)
-    GENERATIONS, PG_BIN, assert_admitted_exactly, assert_json_error, bearer, fire_together, generations_of, page_form, png,
+    GENERATIONS, assert_admitted_exactly, assert_json_error, bearer, fire_together, generations_of, page_form, png,
     post_generations, postgres_env, postgres_generations, postgres_server, postgres_user, set_limits, statuses, stored_photos,
 )
+from .services import PG_BIN
 
 SUBJECTS = "/api/v1/subjects/"
 PHOTO_CAP = 30
 
 live = pytest.mark.django_db(transaction=True)  # threads of the live server must see committed rows
+# Each generation cap on its own, the other limit set out of reach.
+CAPS = pytest.mark.parametrize("name, limits, cap", [
+    pytest.param("queued", {"max_queued_jobs": 10, "generations_per_hour": 1000}, 10, id="queued_jobs_cap"),
+    pytest.param("hourly", {"generations_per_hour": 5, "max_queued_jobs": 1000}, 5, id="hourly_limit"),
+])
 
 
 # --- SQLite, through pytest-django's live server --------------------------------------------------
 @live
-def test_simultaneous_creates_never_pass_the_queued_jobs_cap(live_server, owner):
-    set_limits(owner, max_queued_jobs=10, generations_per_hour=1000)
+@CAPS
+def test_simultaneous_creates_never_pass_the_cap(live_server, owner, name, limits, cap):
+    set_limits(owner, **limits)
     answers = post_generations(live_server.url, bearer(owner))
-    assert_admitted_exactly(answers, cap=10)
-    assert generations_of(owner) == 10
-
-
-@live
-def test_simultaneous_creates_never_pass_the_hourly_limit(live_server, owner):
-    set_limits(owner, generations_per_hour=5, max_queued_jobs=1000)
-    answers = post_generations(live_server.url, bearer(owner))
-    assert_admitted_exactly(answers, cap=5)
-    assert generations_of(owner) == 5
+    assert_admitted_exactly(answers, cap=cap)
+    assert generations_of(owner) == cap
 
 
 @live
@@ -108,14 +107,9 @@ def postgres(test):
 
 
 @postgres
-def test_simultaneous_creates_never_pass_the_queued_jobs_cap_on_postgres(postgres_env, postgres_server):
-    headers = postgres_user(postgres_env, "queued", max_queued_jobs=10, generations_per_hour=1000)
-    assert_admitted_exactly(post_generations(postgres_server, headers), cap=10)
-    assert postgres_generations(postgres_env, "queued") == 10
-
-
-@postgres
-def test_simultaneous_creates_never_pass_the_hourly_limit_on_postgres(postgres_env, postgres_server):
-    headers = postgres_user(postgres_env, "hourly", generations_per_hour=5, max_queued_jobs=1000)
-    assert_admitted_exactly(post_generations(postgres_server, headers), cap=5)
-    assert postgres_generations(postgres_env, "hourly") == 5
+@CAPS
+def test_simultaneous_creates_never_pass_the_cap_on_postgres(postgres_env, postgres_server, name, limits, cap):
+    # One database for the module: each case makes a user of its own.
+    headers = postgres_user(postgres_env, name, **limits)
+    assert_admitted_exactly(post_generations(postgres_server, headers), cap=cap)
+    assert postgres_generations(postgres_env, name) == cap

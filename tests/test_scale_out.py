@@ -3,21 +3,19 @@
 Debian's postgresql and redis-server)."""
 from __future__ import annotations
 
-import glob
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
+from .services import PG_BIN, free_port, postgres_cluster, wait_port
+
 ROOT = Path(__file__).resolve().parent.parent
-PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
 pytestmark = [
     pytest.mark.scale_out,
     pytest.mark.worker,
@@ -25,53 +23,19 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise RuntimeError(f"nothing listening on {port}")
-
-
 @pytest.fixture
-def services(tmp_path):
+def services():
     """A throwaway PostgreSQL cluster and Redis server, torn down afterwards."""
-    bin_dir = Path(PG_BIN[-1])
-    # PostgreSQL refuses to run as root: as root, its folder must be reachable by the postgres user
-    # (pytest's own temp folders are private to root).
-    data = Path(tempfile.mkdtemp(prefix="imagesite-pg-")) / "data"
-    data.mkdir()
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        os.chmod(data.parent, 0o755)
-        shutil.chown(data, "postgres", "postgres")
-    subprocess.run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True)
-    pg_port, redis_port = free_port(), free_port()
-    subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"),
-                    "-o", f"-p {pg_port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-    redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(pg_port)
-        wait_port(redis_port)
-        subprocess.run([str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(pg_port), "-U", "postgres", "imagesite"], check=True)
-        yield {
-            "DATABASE_URL": f"postgres://postgres@127.0.0.1:{pg_port}/imagesite",
-            "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        }
-    finally:
-        redis.terminate()
-        redis.wait(10)
-        subprocess.run([*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        shutil.rmtree(data.parent, ignore_errors=True)
+    with postgres_cluster() as cluster:
+        redis_port = free_port()
+        redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(redis_port, timeout=30)
+            yield {"DATABASE_URL": cluster.url(), "REDIS_URL": f"redis://127.0.0.1:{redis_port}/0"}
+        finally:
+            redis.terminate()
+            redis.wait(10)
 
 
 def manage(env: dict, *args: str, **kwargs) -> subprocess.CompletedProcess:
