@@ -73,8 +73,14 @@ def test_journey_through_the_api(owner, owner_client, spawn_worker, workers, rec
     # 3. A subject, its photos, a short training run on the training cluster.
     subject = api.post("/api/v1/subjects/", {"name": "Checkers", "class_noun": "shape"}, format="json").json()
     upload = api.post(subject["photos_url"], {"photos": [checkered_photo(i) for i in range(3)]}, format="multipart")
-    assert upload.status_code == 201 and len(upload.json()["accepted"]) == 3
-    assert all(api.get(photo["crop_url"]).status_code == 200 for photo in upload.json()["accepted"])
+    assert upload.status_code == 202 and len(upload.json()["accepted"]) == 3
+    # The generation worker checks and crops them (the request only read their headers).
+    def checked_photos():
+        photos = api.get(subject["photos_url"]).json()
+        return photos if all(photo["status"] == "ready" for photo in photos) else None
+
+    photos = wait_for(checked_photos, 120, message="the photos to be checked")
+    assert all(api.get(photo["crop_url"]).status_code == 200 for photo in photos)
     trainer = workers.start(Q_CLUSTER_NAME="training", IMAGESITE_WEBHOOK_ALLOW_PRIVATE="1")
     try:
         started = api.post(subject["train_url"], {"steps": 12, "prior_preservation": False, "learning_rate": 5e-3, "webhook_url": receiver.url}, format="json")
