@@ -163,6 +163,13 @@ def worker(workers) -> Worker:
 
 
 @pytest.fixture
+def no_worker(workers) -> None:
+    """No qcluster runs during the test, so queued jobs stay queued (the warm shared worker of earlier
+    tests would finish them, and a finished job frees a place under the queue cap)."""
+    workers.stop_shared()
+
+
+@pytest.fixture
 def spawn_worker(workers):
     """Start a qcluster of this test's own (with extra environment), after stopping the shared one;
     each is stopped at the end of the test."""

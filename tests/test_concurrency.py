@@ -24,6 +24,8 @@ SUBJECTS = "/api/v1/subjects/"
 PHOTO_CAP = 30
 
 live = pytest.mark.django_db(transaction=True)  # threads of the live server must see committed rows
+# The shared worker of earlier tests would run the admitted jobs and free places under the caps.
+pytestmark = pytest.mark.usefixtures("no_worker")
 # Each generation cap on its own, the other limit set out of reach.
 CAPS = pytest.mark.parametrize("name, limits, cap", [
     pytest.param("queued", {"max_queued_jobs": 10, "generations_per_hour": 1000}, 10, id="queued_jobs_cap"),
