@@ -33,16 +33,6 @@ class GenerateForm(forms.Form):
     def clean_prompt(self) -> str:
         return rules.validate_prompt(self.cleaned_data["prompt"])
 
-    def clean(self):
-        data = super().clean()
-        subject, prompt = data.get("subject"), data.get("prompt")
-        if subject and prompt:
-            try:
-                rules.validate_subject_in_prompt(prompt, subject.token)
-            except forms.ValidationError as exc:
-                self.add_error("prompt", exc)
-        return data
-
     def clean_width(self) -> int:
         return rules.validate_size(self.cleaned_data["width"], self.model_info)
 

@@ -101,12 +101,6 @@ class AutoSwitchField(forms.TypedChoiceField):
         choices = [(AUTO, AUTO_LABEL), ("on", "on"), ("off", "off")]
         super().__init__(choices=choices, coerce={"on": True, "off": False}.get, empty_value=None, required=False, initial=AUTO, **kwargs)
 
-    def to_python(self, value):
-        # A serializer hands over booleans, not the page's words.
-        if isinstance(value, bool) or value in ("True", "False", "true", "false"):
-            value = "on" if value in (True, "True", "true") else "off"
-        return super().to_python(value)
-
 
 class TrainingForm(forms.Form):
     """Start a run: the defaults fit the base model; the rest are the advanced options.

@@ -1,6 +1,6 @@
-"""Serializers for subjects, their photos and training runs. The rules are training's own: subject
-and training-option validation run through training.forms (which call training.rules), so the pages
-and the API judge input the same way (STYLE.md habit 4)."""
+"""Serializers for subjects, their photos and training runs. The rules are training's own
+(training.rules, and the services for what depends on stored rows), so the pages and the API judge
+input the same way (STYLE.md habit 4)."""
 from __future__ import annotations
 
 import re
@@ -70,13 +70,13 @@ class TrainingStartSerializer(StrictSerializer):
     train_text_encoder = serializers.BooleanField(required=False)
     prior_preservation = serializers.BooleanField(required=False)
     num_class_images = serializers.IntegerField(min_value=training_rules.CLASS_IMAGES_RANGE[0], max_value=training_rules.CLASS_IMAGES_RANGE[1], required=False)
-    prior_loss_weight = serializers.FloatField(min_value=0.0, max_value=10.0, required=False)
-    prior_target = serializers.ChoiceField(choices=["base", "images"], required=False, help_text="base: the base model's prediction (distillation); images: classic DreamBooth.")
+    prior_loss_weight = serializers.FloatField(min_value=training_rules.PRIOR_LOSS_WEIGHT_RANGE[0], max_value=training_rules.PRIOR_LOSS_WEIGHT_RANGE[1], required=False)
+    prior_target = serializers.ChoiceField(choices=training_rules.PRIOR_TARGETS, required=False, help_text="base: the base model's prediction (distillation); images: classic DreamBooth.")
     train_token_embedding = serializers.BooleanField(required=False, help_text="Pivotal tuning: learn the rare token's input embedding too.")
     gradient_checkpointing = serializers.BooleanField(required=False)
-    mixed_precision = serializers.ChoiceField(choices=["no", "fp16", "bf16"], required=False)
+    mixed_precision = serializers.ChoiceField(choices=training_rules.MIXED_PRECISIONS, required=False)
     use_8bit_adam = serializers.BooleanField(required=False)
-    seed = serializers.IntegerField(min_value=0, max_value=2**31 - 1, required=False, allow_null=True)
+    seed = serializers.IntegerField(min_value=training_rules.SEED_RANGE[0], max_value=training_rules.SEED_RANGE[1], required=False, allow_null=True)
     webhook_url = DescribedCharField(schema=WEBHOOK_URL_SCHEMA, max_length=200, required=False, allow_blank=True, default="", help_text="POSTed a signed JSON payload when the run ends.")
 
     def validate_webhook_url(self, value: str) -> str:
