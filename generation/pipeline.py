@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .errors import GenerationError  # noqa: F401  (re-exported: callers catch it from here)
+from .errors import GenerationError
 from .modelinfo import SCHEDULERS, describe_model, model_kind
 
 log = logging.getLogger("generation.pipeline")

@@ -305,13 +305,16 @@ def reap_stale_jobs(stale_after_s: float | None = None) -> dict[str, int]:
     return counts
 
 
-REAPER = "imagesite.jobs.reap_stale_jobs"
-
-
-def ensure_reaper_schedule(**kwargs) -> None:
-    """Run reap_stale_jobs every minute on the default cluster (post_migrate receiver)."""
+def ensure_every_minute(func: str, name: str, using: str = "default") -> None:
+    """A django-q2 schedule that runs the task `func` every minute on the default cluster, for the
+    sweeps that keep jobs from being lost. Made once: an admin's later change to it is kept."""
     from django_q.models import Schedule
 
-    Schedule.objects.update_or_create(
-        func=REAPER, defaults={"name": "reap stale jobs", "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
+    Schedule.objects.using(using).get_or_create(
+        func=func, defaults={"name": name, "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
     )
+
+
+def ensure_reaper_schedule(using: str = "default", **kwargs) -> None:
+    """post_migrate receiver (imagesite.apps): reap_stale_jobs every minute."""
+    ensure_every_minute("imagesite.jobs.reap_stale_jobs", "reap stale jobs", using)

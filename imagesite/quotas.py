@@ -59,11 +59,10 @@ class QuotaExceeded(Exception):
 
 
 def register(limit_name: str, rows: Callable[[object], QuerySet], *, window: timedelta | None = None) -> None:
-    """Count `rows(user)` against `limit_name` (called once per app, from its `ready()`)."""
+    """Count `rows(user)` against `limit_name`. Called once per app and process, from its `ready()`."""
     if limit_name not in _COUNTERS:
         raise ValueError(f"unknown limit {limit_name!r}")
-    if not any(counter.rows is rows for counter in _COUNTERS[limit_name]):
-        _COUNTERS[limit_name].append(Counter(rows=rows, window=window))
+    _COUNTERS[limit_name].append(Counter(rows=rows, window=window))
 
 
 def limits_for(user) -> dict[str, int]:

@@ -7,13 +7,10 @@ PHOTO_REQUEUE = "training.tasks.requeue_stale_photos"
 
 
 def ensure_photo_requeue_schedule(using: str = "default", **kwargs) -> None:
-    """Run requeue_stale_photos every minute on the default cluster (post_migrate receiver). Made
-    once: an admin's later change to the schedule is kept."""
-    from django_q.models import Schedule
+    """post_migrate receiver: requeue_stale_photos every minute."""
+    from imagesite.jobs import ensure_every_minute
 
-    Schedule.objects.using(using).get_or_create(
-        func=PHOTO_REQUEUE, defaults={"name": "requeue stale photos", "schedule_type": Schedule.MINUTES, "minutes": 1, "repeats": -1},
-    )
+    ensure_every_minute(PHOTO_REQUEUE, "requeue stale photos", using)
 
 
 class TrainingConfig(AppConfig):

@@ -134,6 +134,13 @@ class SubjectPhoto(models.Model):
     def is_ready(self) -> bool:
         return self.status == PhotoStatus.READY
 
+    def enqueue(self) -> None:
+        """Queue training.tasks.process_photo for this photo on the default cluster (the row must be
+        committed: call it from transaction.on_commit inside a transaction)."""
+        from django_q.tasks import async_task
+
+        async_task("training.tasks.process_photo", self.pk, task_name=f"photo-{self.pk}")
+
     def start_attempt(self) -> bool:
         """Count a processing attempt of a pending photo; False when it is no longer pending (or
         gone), so a redelivered task does nothing."""

@@ -5,9 +5,10 @@ No Django here: the web layer hands over the uploaded file or bytes and stores w
 Order matters for safety. Everything that can be learnt without decoding pixels (size, type by
 content, dimensions from the header, animation) is checked first, so a hostile file never costs a
 full decode: the web request runs only these checks (`check_header`); a worker later runs
-`check_and_prepare` on the stored bytes, which repeats them. Only then is the image decoded, EXIF-transposed and re-encoded without metadata (the
-GPS position and the camera serial go), and a square crop at the model's resolution is cut, centred
-on the largest face when opencv's bundled Haar cascade finds one.
+`check_and_prepare` on the stored bytes, which repeats them. Only then is the image decoded,
+EXIF-transposed and re-encoded without metadata (the GPS position and the camera serial go), and a
+square crop at the model's resolution is cut, centred on the largest face when opencv's bundled
+Haar cascade finds one.
 """
 
 from __future__ import annotations

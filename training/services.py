@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -83,7 +82,7 @@ def add_photos(*, subject: Subject, files) -> PhotoUploadOutcome:
                 quotas.admit(subject.owner, "uploads_per_hour", adding=len(accepted))
             for photo in accepted:
                 photo.save()
-            transaction.on_commit(partial(_queue_processing, [photo.pk for photo in accepted]))
+                transaction.on_commit(photo.enqueue)
     except BaseException:
         for photo in written:
             photo.upload.storage.delete(photo.upload.name)
@@ -92,13 +91,6 @@ def add_photos(*, subject: Subject, files) -> PhotoUploadOutcome:
         photo.upload.storage.delete(photo.upload.name)
         rejected.append((photo.original_name, f"A subject can have at most {MAX_PHOTOS} photos; this one was not added."))
     return PhotoUploadOutcome(accepted=accepted, rejected=rejected)
-
-
-def _queue_processing(photo_ids: list[int]) -> None:
-    from django_q.tasks import async_task
-
-    for pk in photo_ids:
-        async_task("training.tasks.process_photo", pk, task_name=f"photo-{pk}")
 
 
 def delete_subject(*, subject: Subject) -> None:

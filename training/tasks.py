@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import transaction
 from django.utils import timezone
 from PIL import Image
 
@@ -80,11 +80,8 @@ def _train(run: TrainingRun) -> None:
     output_dir = Path(default_storage.path(run.files_dir))
     photos = list(subject.photos.ready())
     images = [_open_rgb(photo.crop) for photo in photos]
-    steps = int(run.options.get("steps") or default_options_for(settings.IMAGESITE_MODEL, method=run.method).steps)
-    options = default_options_for(
-        settings.IMAGESITE_MODEL, method=run.method, **run.options,
-        validation_every=max(1, steps // 4), validation_prompts=(subject.prompt_example,),
-    )
+    options = default_options_for(settings.IMAGESITE_MODEL, method=run.method, **run.options, validation_prompts=(subject.prompt_example,))
+    options = replace(options, validation_every=max(1, options.steps // 4))  # four rounds of validation images
     result = train_dreambooth(
         base_model=settings.IMAGESITE_MODEL, instance_images=images, token=subject.token,
         class_noun=subject.class_noun, options=options, output_dir=output_dir,
@@ -151,9 +148,8 @@ def _prepare_photo(photo: SubjectPhoto) -> str:
         written.append(photo.image.name)
         photo.crop.save("crop.png", ContentFile(prepared.crop_bytes), save=False)
         written.append(photo.crop.name)
-        with transaction.atomic():
-            ready = photo.mark_ready(image=photo.image.name, crop=photo.crop.name, width=prepared.width, height=prepared.height,
-                                     face_found=prepared.face_found, caption=caption)
+        ready = photo.mark_ready(image=photo.image.name, crop=photo.crop.name, width=prepared.width, height=prepared.height,
+                                 face_found=prepared.face_found, caption=caption)
     except BaseException:
         _delete_files(written)
         raise
@@ -183,8 +179,6 @@ def requeue_stale_photos(older_than_s: float = 300, give_up_after_s: float = 360
     dropped the message): queue them again when their task was queued over `older_than_s` ago, and
     reject those uploaded over `give_up_after_s` ago or tried MAX_PHOTO_ATTEMPTS times. Scheduled
     every minute (training.apps). A duplicate task is harmless: only one can move the row on."""
-    from django_q.tasks import async_task
-
     now = timezone.now()
     counts = {"requeued": 0, "rejected": 0}
     stale = SubjectPhoto.objects.pending().filter(queued_at__lt=now - timedelta(seconds=older_than_s))
@@ -192,7 +186,7 @@ def requeue_stale_photos(older_than_s: float = 300, give_up_after_s: float = 360
         if photo.created_at < now - timedelta(seconds=give_up_after_s) or photo.attempts >= MAX_PHOTO_ATTEMPTS:
             counts["rejected"] += _reject_photo(photo, "Processing this photo did not finish; please upload it again.")
         elif SubjectPhoto.objects.filter(pk=photo.pk, status=PhotoStatus.PENDING, queued_at=photo.queued_at).update(queued_at=now):
-            async_task("training.tasks.process_photo", photo.pk, task_name=f"photo-{photo.pk}")
+            photo.enqueue()
             counts["requeued"] += 1
     if any(counts.values()):
         log.warning("stale photos: %s", counts)
