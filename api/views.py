@@ -64,6 +64,16 @@ class OwnedViewSetMixin:
 STATUS_PARAM = OpenApiParameter("status", str, enum=[c for c, _ in JobStatus.choices], description="Only jobs in this status.")
 
 
+def filter_by_id(queryset: QuerySet, request: Request, param: str) -> QuerySet:
+    """`?<param>=<id>` keeps the rows whose `<param>_id` is that id (a malformed id is a 400 on it)."""
+    if param not in request.query_params:
+        return queryset
+    value = parse_id(request.query_params[param])
+    if value is None:
+        raise serializers.ValidationError({param: [f"A {param} id."]})
+    return queryset.filter(**{f"{param}_id": value})
+
+
 def filter_status(queryset: QuerySet, request: Request) -> QuerySet:
     value = request.query_params.get("status")
     if value is None:

@@ -2,7 +2,6 @@
 so the pages and the API share one implementation. Other users' ids are 404."""
 from __future__ import annotations
 
-from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -12,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_status, id_param, parse_id
+from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_by_id, filter_status, id_param
 from imagesite.files import private_file_response
 
 from . import rules
@@ -155,12 +154,7 @@ class ImageViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMode
             if value not in ("true", "false", "1", "0"):
                 raise serializers.ValidationError({"favourite": ["Use true or false."]})
             queryset = queryset.filter(favourite=value in ("true", "1"))
-        if "generation" in params:
-            generation_id = parse_id(params["generation"])
-            if generation_id is None:
-                raise serializers.ValidationError({"generation": ["A generation id."]})
-            queryset = queryset.filter(generation_id=generation_id)
-        return queryset
+        return filter_by_id(queryset, self.request, "generation")
 
     @extend_schema(summary="Download the PNG", responses=FILE_RESPONSE)
     @action(detail=True, methods=["get"], content_negotiation_class=FileNegotiation)

@@ -209,7 +209,7 @@ def test_a_bad_caption_is_refused_with_its_reason_and_nothing_is_saved(owner_cli
 def test_a_full_fine_tune_with_a_blank_rate_gets_the_full_fine_tunes_own_rate(owner_client, subject_with_photos, django_capture_on_commit_callbacks):
     from django.conf import settings
 
-    from training.dreambooth import default_options_for
+    from training.dreambooth.devices import default_options_for
 
     page = owner_client.get(reverse("subject-detail", args=[subject_with_photos.pk]))
     form = page.context["training_form"]

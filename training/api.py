@@ -7,7 +7,7 @@ from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, MultiPartParser
@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from api.serializers import form_errors
-from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_status, id_param, parse_id
+from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_by_id, filter_status, id_param, parse_id
 from imagesite.conflicts import is_conflict
 from imagesite.files import private_download, private_file_response
 
@@ -176,12 +176,7 @@ class TrainingRunViewSet(OwnedViewSetMixin, viewsets.ReadOnlyModelViewSet):
             return TrainingRun.objects.none()
         queryset = TrainingRun.objects.for_user(self.request.user).select_related("subject")
         if self.action == "list":
-            queryset = filter_status(queryset, self.request)
-            if "subject" in self.request.query_params:
-                subject_id = parse_id(self.request.query_params["subject"])
-                if subject_id is None:
-                    raise serializers.ValidationError({"subject": ["A subject id."]})
-                queryset = queryset.filter(subject_id=subject_id)
+            queryset = filter_by_id(filter_status(queryset, self.request), self.request, "subject")
         return queryset.order_by("-created_at", "-pk")
 
     @extend_schema(summary="Cancel a queued or running training run", request=None, responses={200: ts.TrainingRunSerializer})

@@ -134,6 +134,11 @@ class SubjectPhoto(models.Model):
     def is_ready(self) -> bool:
         return self.status == PhotoStatus.READY
 
+    @property
+    def is_kept(self) -> bool:
+        """Counts against the subject's cap, as SubjectPhotoQuerySet.kept() selects."""
+        return self.status != PhotoStatus.REJECTED
+
     def enqueue(self) -> None:
         """Queue training.tasks.process_photo for this photo on the default cluster (the row must be
         committed: call it from transaction.on_commit inside a transaction)."""

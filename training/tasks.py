@@ -63,7 +63,7 @@ class TrainingReporter:
 
 
 def run_training(run_id: int) -> str:
-    from .dreambooth import TrainingCanceled, TrainingError
+    from .dreambooth.progress import TrainingCanceled, TrainingError
 
     run = TrainingRun.objects.select_related("subject", "subject__owner").filter(pk=run_id).first()
     return run_job(run, _train, label="Training", readable=(TrainingError,), canceled=(TrainingCanceled,), cleanup=_discard_outputs)
@@ -72,7 +72,9 @@ def run_training(run_id: int) -> str:
 def _train(run: TrainingRun) -> None:
     """Train the subject's photos with the options the user chose, resolved here, on the machine
     (and GPU) that trains; store the checkpoint and succeed."""
-    from .dreambooth import TrainingCanceled, default_options_for, train_dreambooth
+    from .dreambooth.devices import default_options_for
+    from .dreambooth.loop import train_dreambooth
+    from .dreambooth.progress import TrainingCanceled
 
     subject = run.subject
     run.files_dir = f"{subject.files_prefix()}/runs/{run.pk}"

@@ -25,60 +25,7 @@ loss and the schedule), `checkpoints` (the files), `devices` (what the machine d
 `default_options_for`, the optimizer) and `loop` (`train_dreambooth`). The token-embedding file
 and swap live in generation.embeddings (inference needs them too).
 
-The names below are re-exported lazily, so `import training.dreambooth.options` (the web process:
-the training form) loads no torch; `from training.dreambooth import train_dreambooth` loads it.
+Import from the module that holds a name (`from training.dreambooth.loop import train_dreambooth`):
+this package module imports nothing, so `training.dreambooth.options` (the web process's training
+form) loads no torch.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
-
-# Public name -> the module that holds it.
-_EXPORTS = {
-    "TrainingOptions": ".options", "MACHINE_FIELDS": ".options", "RESNET_CONV_TARGET_MODULES": ".options",
-    "check_options": ".options", "method_defaults": ".options", "model_resolution": ".options",
-    "default_options_for": ".devices",
-    "ProgressCallback": ".progress", "TrainingCanceled": ".progress", "TrainingError": ".progress",
-    "TrainingProgress": ".progress", "TrainingResult": ".progress",
-    "EMPTY_PROMPT_SHARE": ".prompts", "class_prompt_for": ".prompts", "class_prompt_pool": ".prompts",
-    "instance_prompts_for": ".prompts",
-    "image_to_tensor": ".data",
-    "TEXT_ENCODER_TARGET_MODULES": ".lora",
-    "token_embedding_state": ".checkpoints",
-    "train_dreambooth": ".loop",
-    "LORA_WEIGHT_NAME": "training.checkpoint_names", "TOKEN_EMBEDDING_NAME": "training.checkpoint_names",
-    "load_token_embedding": "generation.embeddings", "save_token_embedding": "generation.embeddings",
-    "swap_token_embedding": "generation.embeddings",
-}
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    """Import the module holding `name` on first use (PEP 562)."""
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
-
-
-if TYPE_CHECKING:  # the same names, eagerly, for type checkers and editors
-    from generation.embeddings import load_token_embedding, save_token_embedding, swap_token_embedding
-
-    from ..checkpoint_names import LORA_WEIGHT_NAME, TOKEN_EMBEDDING_NAME
-    from .checkpoints import token_embedding_state
-    from .data import image_to_tensor
-    from .devices import default_options_for
-    from .lora import TEXT_ENCODER_TARGET_MODULES
-    from .loop import train_dreambooth
-    from .options import (
-        MACHINE_FIELDS, RESNET_CONV_TARGET_MODULES, TrainingOptions, check_options, method_defaults,
-        model_resolution,
-    )
-    from .progress import ProgressCallback, TrainingCanceled, TrainingError, TrainingProgress, TrainingResult
-    from .prompts import EMPTY_PROMPT_SHARE, class_prompt_for, class_prompt_pool, instance_prompts_for
