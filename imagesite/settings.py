@@ -165,6 +165,11 @@ IMAGESITE_X_ACCEL_REDIRECT = env_str("IMAGESITE_X_ACCEL_REDIRECT", "")
 # --- Models and jobs ------------------------------------------------------------------------------
 IMAGESITE_MODEL = env_str("IMAGESITE_MODEL", str(BASE_DIR / "generation" / "demo_model"))
 IMAGESITE_VRAM = env_str("IMAGESITE_VRAM", "auto")
+# More base models: every diffusers folder and .safetensors/.ckpt file in this folder is offered
+# beside IMAGESITE_MODEL (the default); staff can also list models in the admin.
+IMAGESITE_MODELS_DIR = env_str("IMAGESITE_MODELS_DIR", str(BASE_DIR / "models"))
+# Where a single-file checkpoint is converted once into a diffusers folder (training needs one).
+IMAGESITE_MODEL_CACHE = env_str("IMAGESITE_MODEL_CACHE", str(BASE_DIR / "build" / "model-cache"))
 # torch threads for a worker rendering on the CPU: half the cores, leaving room for the web server
 # and the training worker (on 2 cores, 1 thread rendered 20 demo steps in 1.2 s, 2 threads in 30 s
 # when anything else wanted a core).
