@@ -32,6 +32,22 @@ def media_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("media")
 
 
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """`tiny_model("sdxl")`: the path of a tiny random diffusers model of that family ("sd1", "sd2",
+    "sd2v", "sdxl"), built once per session (tests/tiny_models.py). Random weights: mechanics only."""
+    from .tiny_models import build_tiny_model
+
+    built: dict[str, Path] = {}
+
+    def get(family: str) -> Path:
+        if family not in built:
+            built[family] = build_tiny_model(family, tmp_path_factory.mktemp(f"tiny-{family}"))
+        return built[family]
+
+    return get
+
+
 @pytest.fixture(autouse=True)
 def _private_media(settings, media_dir):
     settings.MEDIA_ROOT = media_dir
