@@ -1,6 +1,8 @@
 """What the configured base model can do, read from its config files without importing torch.
 
-The web process uses this for form defaults and limits; only the worker loads the weights.
+The web process uses this for form defaults and limits; only the worker loads the weights. The
+family (generation/families.py) sets the defaults, size limits and presets; a folder's own config
+(its native size) and its `imagesite.json` refine them.
 """
 from __future__ import annotations
 
@@ -9,9 +11,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-# Stable Diffusion 1.x defaults, used for single files and hub ids (no folder to read).
+from .errors import GenerationError
+from .families import FAMILIES, SINGLE_FILE_SUFFIXES, Family, detect_family
+
+# Stable Diffusion 1.x defaults (the family's), kept for callers that name them.
 SD1_DEFAULTS = {"width": 512, "height": 512, "steps": 25, "guidance_scale": 7.5, "scheduler": "dpmpp_2m"}
-SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors")
+DEFAULT_KEYS = tuple(SD1_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,13 @@ class ModelInfo:
     # Plain background colours the model's captions name, as (name, (r, g, b)) (imagesite.json
     # "caption_backgrounds"): subject photos on one of them get a caption suggested.
     caption_backgrounds: tuple[tuple[str, tuple[int, int, int]], ...] = field(default_factory=tuple)
+    family: str = "sd1"  # a key of families.FAMILIES
+    family_label: str = "Stable Diffusion 1.x"
+    # (width, height) choices for the form, native size first, scaled to this model's native size.
+    aspect_presets: tuple[tuple[int, int], ...] = field(default_factory=tuple)
+    # Why the model cannot be used (unsupported family, damaged file), for pages to show; the worker
+    # raises the same message when it tries to load it. None when all is well.
+    problem: str | None = None
 
     @property
     def native_size(self) -> int:
@@ -80,10 +92,30 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
+def _scaled_presets(family: Family, native: int) -> tuple[tuple[int, int], ...]:
+    """The family's presets at this model's native size (a 64 px test model gets 64 px presets),
+    each side a multiple of 8; duplicates dropped."""
+    scale = native / family.native_size
+    presets: list[tuple[int, int]] = []
+    for width, height in family.aspect_presets:
+        size = (max(8, round(width * scale / 8) * 8), max(8, round(height * scale / 8) * 8))
+        if size not in presets:
+            presets.append(size)
+    return tuple(presets)
+
+
 @lru_cache(maxsize=8)
 def describe_model(source: str) -> ModelInfo:
+    """What the web needs to know of a model (no torch): its family, defaults, size limits and
+    presets. Never raises for a model the worker will refuse: `problem` says why instead."""
     kind = model_kind(source)
-    values = dict(SD1_DEFAULTS)
+    problem = None
+    try:
+        family = detect_family(source)
+    except GenerationError as exc:
+        family, problem = FAMILIES["sd1"], str(exc)
+    values = {"width": family.native_size, "height": family.native_size, "steps": family.steps,
+              "guidance_scale": family.guidance_scale, "scheduler": "dpmpp_2m"}
     name = Path(source).name if kind != "hub" else source
     extra: dict = {}
     if kind == "folder":
@@ -94,7 +126,7 @@ def describe_model(source: str) -> ModelInfo:
             scale = 2 ** (len(vae["block_out_channels"]) - 1)
             values["width"] = values["height"] = int(unet["sample_size"]) * scale
         extra = _read_json(folder / "imagesite.json")
-        values.update({k: extra[k] for k in SD1_DEFAULTS if k in extra})
+        values.update({k: extra[k] for k in DEFAULT_KEYS if k in extra})
         name = extra.get("name", name)
     native = max(values["width"], values["height"])
     return ModelInfo(
@@ -111,4 +143,8 @@ def describe_model(source: str) -> ModelInfo:
         example_prompts=tuple(extra.get("example_prompts", ())),
         prior_prompts=tuple(extra.get("prior_prompts", ())),
         caption_backgrounds=tuple((str(name), tuple(int(v) for v in rgb)) for name, rgb in extra.get("caption_backgrounds", {}).items()),
+        family=family.key,
+        family_label=family.label,
+        aspect_presets=_scaled_presets(family, native),
+        problem=problem,
     )
