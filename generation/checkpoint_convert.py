@@ -1,10 +1,18 @@
-"""Diffusers Stable Diffusion 1.x → one original-layout (CompVis/LDM) checkpoint file.
+"""Diffusers Stable Diffusion 1.x, 2.x and SDXL → one original-layout (CompVis/LDM, SGM) checkpoint file.
 
-Other tools (AUTOMATIC1111, ComfyUI, the original scripts) read SD 1.x as a single `.safetensors` or
-`.ckpt` whose keys are `model.diffusion_model.*` (UNet), `first_stage_model.*` (VAE) and
-`cond_stage_model.transformer.text_model.*` (CLIP text encoder). The mapping is the inverse of what
-`diffusers`' `from_single_file` does; it is derived from the UNet/VAE configs rather than hard-coded
-for SD 1.5, so the tiny demo model converts too. No Django here.
+Other tools (AUTOMATIC1111, ComfyUI, the original scripts) read these models as a single `.safetensors`
+or `.ckpt`. Every family keeps the UNet under `model.diffusion_model.*` and the VAE under
+`first_stage_model.*`; the text encoders differ:
+
+| family | text encoder(s) in the file |
+|---|---|
+| SD 1.x | `cond_stage_model.transformer.text_model.*` (OpenAI CLIP, transformers layout) |
+| SD 2.x | `cond_stage_model.model.*` (OpenCLIP layout: fused `in_proj` q/k/v, `resblocks`) |
+| SDXL | `conditioner.embedders.0.transformer.text_model.*` (CLIP-L) and `conditioner.embedders.1.model.*` (OpenCLIP bigG, with `text_projection`) |
+
+SDXL's UNet adds `label_emb.0.*` (the size/pooled-text embedding). The mapping is the inverse of what
+`diffusers`' `from_single_file` does (`loaders/single_file_utils.py`); it is derived from the configs
+rather than hard-coded for one model size, so tiny test models convert too. No Django here.
 """
 from __future__ import annotations
 
@@ -15,9 +23,20 @@ from typing import Any
 
 import torch
 
+from .checkpoint_convert_openclip import convert_open_clip, family_of_components, folder_family
+
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 TEXT_PREFIX = "cond_stage_model.transformer.text_model."
+# Where each family keeps its text encoder(s), and how each is written (see the module docstring).
+TEXT_SECTIONS = {
+    "sd1": (("text_encoder", "cond_stage_model.transformer.", "clip"),),
+    "sd2": (("text_encoder", "cond_stage_model.model.", "open_clip"),),
+    "sdxl": (
+        ("text_encoder", "conditioner.embedders.0.transformer.", "clip"),
+        ("text_encoder_2", "conditioner.embedders.1.model.", "open_clip"),
+    ),
+}
 
 # Inside a ResNet block, diffusers names → LDM names (the UNet's ResBlock is a Sequential).
 _UNET_RESNET_PARTS = (
@@ -39,7 +58,7 @@ _VAE_ATTENTION_PARTS = (
 
 
 def _unet_block_prefixes(config: dict[str, Any]) -> dict[str, str]:
-    """Diffusers module prefix → LDM prefix for a UNet2DConditionModel config of the SD 1.x family.
+    """Diffusers module prefix → LDM prefix for a UNet2DConditionModel config of SD 1.x, 2.x or SDXL.
 
     LDM numbers the UNet as flat lists: `input_blocks` hold conv_in, then each down block's
     `layers_per_block` (resnet, attention) pairs and its downsampler; `output_blocks` hold each up
@@ -47,8 +66,8 @@ def _unet_block_prefixes(config: dict[str, Any]) -> dict[str, str]:
     layers = config["layers_per_block"]
     if not isinstance(layers, int):
         raise ValueError("Only UNets with one layers_per_block for every block can be exported.")
-    if config.get("addition_embed_type") or config.get("class_embed_type") or config.get("num_class_embeds"):
-        raise ValueError("This UNet has extra embeddings (SDXL/upscaler); only Stable Diffusion 1.x can be exported.")
+    if config.get("addition_embed_type") not in (None, "text_time") or config.get("class_embed_type") or config.get("num_class_embeds"):
+        raise ValueError("This UNet has extra embeddings (an upscaler?); only Stable Diffusion 1.x, 2.x and SDXL can be exported.")
     blocks = len(config["block_out_channels"])
     prefixes = {
         "time_embedding.linear_1.": "time_embed.0.",
@@ -59,6 +78,9 @@ def _unet_block_prefixes(config: dict[str, Any]) -> dict[str, str]:
         "mid_block.resnets.0.": "middle_block.0.",
         "mid_block.attentions.0.": "middle_block.1.",
         "mid_block.resnets.1.": "middle_block.2.",
+        # SDXL: pooled text + size ids → the LDM "label" embedding (an MLP like the time embedding).
+        "add_embedding.linear_1.": "label_emb.0.0.",
+        "add_embedding.linear_2.": "label_emb.0.2.",
     }
     for i in range(blocks):
         for j in range(layers):
@@ -87,7 +109,7 @@ def convert_unet(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict
             raise ValueError("The UNet has LoRA layers attached; fuse or unload them before exporting.")
         head = next((p for p in longest_first if key.startswith(p)), None)
         if head is None:
-            raise ValueError(f"UNet key {key!r} has no place in the Stable Diffusion 1.x layout.")
+            raise ValueError(f"UNet key {key!r} has no place in the original Stable Diffusion layout.")
         rest = key[len(head):]
         if ".resnets." in head:
             rest = _replace_first(rest, _UNET_RESNET_PARTS)
@@ -143,17 +165,19 @@ def _replace_first(rest: str, parts: tuple[tuple[str, str], ...]) -> str:
     return rest
 
 
-def _components(pipe_or_folder: Any, finetune: str | os.PathLike | None = None):
-    """(unet, vae, text_encoder) from a loaded pipeline or a local diffusers folder (CPU, no hub).
+def _components(pipe_or_folder: Any, finetune: str | os.PathLike | None = None) -> dict[str, Any]:
+    """{"unet", "vae", "text_encoder"[, "text_encoder_2"]} from a loaded pipeline or a local diffusers
+    folder (CPU, no hub); an SDXL pipeline or folder has the second text encoder.
 
-    `finetune` is a full DreamBooth fine-tune's folder: its `unet/` (and `text_encoder/`, when it
-    trained one) replace the base model's."""
+    `finetune` is a full DreamBooth fine-tune's folder: its `unet/` (and text encoder folders, when it
+    trained them) replace the base model's."""
     if not isinstance(pipe_or_folder, (str, os.PathLike)):
         if finetune is not None:
             raise ValueError("Apply a fine-tune to a model folder, not to a loaded pipeline.")
-        return pipe_or_folder.unet, pipe_or_folder.vae, pipe_or_folder.text_encoder
+        names = ("unet", "vae", "text_encoder", "text_encoder_2")
+        return {name: getattr(pipe_or_folder, name) for name in names if getattr(pipe_or_folder, name, None) is not None}
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     folder = Path(pipe_or_folder)
     if not (folder / "model_index.json").is_file():
@@ -165,30 +189,36 @@ def _components(pipe_or_folder: Any, finetune: str | os.PathLike | None = None):
 
     if finetune is not None and not (Path(finetune) / "unet" / "config.json").is_file():
         raise ValueError(f"{finetune} is not a full fine-tune (no unet/ with a config.json).")
-    return (
-        UNet2DConditionModel.from_pretrained(source("unet"), local_files_only=True),
-        AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True),
-        CLIPTextModel.from_pretrained(source("text_encoder"), local_files_only=True),
-    )
+    classes = {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel}
+    if folder_family(folder) == "sdxl":
+        classes["text_encoder_2"] = CLIPTextModelWithProjection
+    # The VAE is never trained, so it always comes from the base folder.
+    return {
+        name: cls.from_pretrained(folder / name if name == "vae" else source(name), local_files_only=True)
+        for name, cls in classes.items()
+    }
 
 
 def diffusers_to_original_sd(
     pipe_or_folder: Any, *, half: bool = False, finetune: str | os.PathLike | None = None
 ) -> dict[str, torch.Tensor]:
-    """One flat state dict in the original SD 1.x single-file layout.
+    """One flat state dict in the original single-file layout of the model's family (SD 1.x, 2.x, SDXL).
 
-    `pipe_or_folder` is a loaded `StableDiffusionPipeline` (any device; tensors come back on the CPU)
-    or the path of a diffusers folder. `half` casts floating-point weights to float16 (half the
-    size; what most shared SD 1.5 files use); `finetune` as in `_components`. Raises ValueError for
-    models that are not SD 1.x and for pipelines with LoRA layers attached (fuse or unload them first)."""
-    unet, vae, text_encoder = _components(pipe_or_folder, finetune)
-    if getattr(text_encoder.config, "hidden_act", "quick_gelu") != "quick_gelu":
-        raise ValueError("The text encoder is not OpenAI CLIP (Stable Diffusion 2.x?); only SD 1.x can be exported.")
-    sections = (
+    `pipe_or_folder` is a loaded `StableDiffusionPipeline`/`StableDiffusionXLPipeline` (any device;
+    tensors come back on the CPU) or the path of a diffusers folder. `half` casts floating-point weights
+    to float16 (half the size; what most shared files use); `finetune` as in `_components`. Raises
+    ValueError for other architectures and for pipelines with LoRA layers attached (fuse or unload
+    them first)."""
+    parts = _components(pipe_or_folder, finetune)
+    family = family_of_components(parts)
+    unet, vae = parts["unet"], parts["vae"]
+    sections = [
         (UNET_PREFIX, convert_unet(unet.state_dict(), dict(unet.config))),
         (VAE_PREFIX, convert_vae(vae.state_dict(), dict(vae.config))),
-        ("cond_stage_model.transformer.", convert_text_encoder(text_encoder.state_dict())),
-    )
+    ]
+    for name, prefix, layout in TEXT_SECTIONS[family]:
+        state = parts[name].state_dict()
+        sections.append((prefix, convert_text_encoder(state) if layout == "clip" else convert_open_clip(state)))
     result: dict[str, torch.Tensor] = {}
     for prefix, state in sections:
         for key, tensor in state.items():
@@ -202,8 +232,9 @@ def diffusers_to_original_sd(
 def save_single_file(
     pipe_or_folder: Any, path: str | os.PathLike, *, half: bool = False, finetune: str | os.PathLike | None = None
 ) -> Path:
-    """Write the model as one original-layout file: `.safetensors` (recommended: loading it runs no
-    code) or `.ckpt` (`torch.save({"state_dict": ...})`, as the LDM scripts wrote)."""
+    """Write the model as one original-layout file of its family (read from the folder or pipeline):
+    `.safetensors` (recommended: loading it runs no code) or `.ckpt` (`torch.save({"state_dict": ...})`,
+    as the LDM scripts wrote)."""
     _check_suffix(path)
     return write_state_dict(diffusers_to_original_sd(pipe_or_folder, half=half, finetune=finetune), path)
 
