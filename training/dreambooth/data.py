@@ -10,27 +10,49 @@ import torch
 from PIL import Image
 
 
+def crop_geometry(size: tuple[int, int], resolution: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where `image_to_tensor` takes its square from an image of `size` (width, height): the
+    resized (width, height) and the crop's (top, left) in it, in pixels (SDXL's time ids need it)."""
+    width, height = size
+    scale = resolution / min(width, height)
+    resized = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    return resized, ((resized[1] - resolution) // 2, (resized[0] - resolution) // 2)
+
+
 def image_to_tensor(image: Image.Image, resolution: int) -> torch.Tensor:
     """RGB PIL image -> float32 tensor (3, resolution, resolution) in [-1, 1] on the CPU.
 
     The shorter side is resized to `resolution` (Lanczos), then the centre is cropped.
     """
     image = image.convert("RGB")
-    scale = resolution / min(image.size)
-    size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
-    image = image.resize(size, Image.Resampling.LANCZOS)
-    left, top = (image.width - resolution) // 2, (image.height - resolution) // 2
+    resized, (top, left) = crop_geometry(image.size, resolution)
+    image = image.resize(resized, Image.Resampling.LANCZOS)
     image = image.crop((left, top, left + resolution, top + resolution))
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
+def size_conditions(images: Sequence[Image.Image], resolution: int) -> torch.Tensor:
+    """SDXL's time ids for each image as `image_to_tensor` crops it: (N, 6) float32 on the CPU
+    (original h, w; crop top, left; target h, w), as diffusers' SDXL DreamBooth example computes them."""
+    from .conditioning import time_ids
+
+    rows = []
+    for im in images:
+        _, crop = crop_geometry(im.size, resolution)
+        rows.append(time_ids((im.height, im.width), crop, resolution))
+    return torch.stack(rows)
+
+
 @torch.no_grad()
-def _encode_images(vae: Any, images: Sequence[Image.Image], resolution: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Encode images once with the frozen VAE: latent mean and std, each (N, 4, res/f, res/f), float32 on `device`."""
+def _encode_images(
+    vae: Any, images: Sequence[Image.Image], resolution: int, device: torch.device, dtype: torch.dtype, chunk: int = 8,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Encode images once with the frozen VAE, `chunk` at a time: latent mean and std, each
+    (N, 4, res/f, res/f), float32 on `device`."""
     means, stds = [], []
-    for start in range(0, len(images), 8):
-        pixels = torch.stack([image_to_tensor(im, resolution) for im in images[start:start + 8]])
+    for start in range(0, len(images), chunk):
+        pixels = torch.stack([image_to_tensor(im, resolution) for im in images[start:start + chunk]])
         dist = vae.encode(pixels.to(device, dtype)).latent_dist
         means.append(dist.mean.float())
         stds.append(dist.std.float())
@@ -45,14 +67,6 @@ def _sample_latents(vae: Any, mean: torch.Tensor, std: torch.Tensor, generator: 
     if shift is not None:
         latents = latents - shift
     return latents * vae.config.scaling_factor
-
-
-def _tokenize(tokenizer: Any, prompts: Sequence[str], device: torch.device) -> torch.Tensor:
-    """Prompt strings -> token ids (N, model_max_length) on `device`, padded and truncated."""
-    return tokenizer(
-        list(prompts), padding="max_length", max_length=tokenizer.model_max_length,
-        truncation=True, return_tensors="pt",
-    ).input_ids.to(device)
 
 
 class _Batches:

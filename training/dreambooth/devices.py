@@ -8,6 +8,7 @@ completes on the worker.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,58 @@ def machine_defaults(*, tiny: bool) -> dict[str, Any]:
         "gradient_checkpointing": cuda, "mixed_precision": "fp16" if cuda else "no",
         "use_8bit_adam": cuda and _bitsandbytes_installed(),
     }
+
+
+def training_device(options: TrainingOptions) -> torch.device:
+    """Where the run trains: `options.device` when set; else this worker's GPU
+    (generation.gpus.worker_device(): "cuda:N" or "cpu", one worker per GPU) where that module
+    exists, else "cuda" when there is a GPU, else the CPU."""
+    if options.device:
+        return torch.device(options.device)
+    try:
+        from generation.gpus import worker_device
+    except ImportError:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(worker_device())
+
+
+def lower_memory_options(options: TrainingOptions) -> tuple[TrainingOptions, list[str]]:
+    """The run's options with every lower-memory setting not yet on (gradient checkpointing, 8-bit
+    Adam when bitsandbytes is installed, batch 1, fp16 instead of float32, the text encoders
+    frozen), and those changes in words ([] when nothing is left to lower)."""
+    changes: dict[str, Any] = {}
+    said: list[str] = []
+    if not options.gradient_checkpointing:
+        changes["gradient_checkpointing"] = True
+        said.append("gradient checkpointing on")
+    if not options.use_8bit_adam and _bitsandbytes_installed():
+        changes["use_8bit_adam"] = True
+        said.append("8-bit Adam")
+    if options.batch_size > 1:
+        changes["batch_size"] = 1
+        said.append("batch size 1")
+    if options.mixed_precision == "no":
+        changes["mixed_precision"] = "fp16"
+        said.append("fp16 mixed precision")
+    if options.train_text_encoder:
+        changes["train_text_encoder"] = False
+        said.append("the text encoder frozen")
+    return replace(options, **changes), said
+
+
+def out_of_memory_advice(options: TrainingOptions) -> str:
+    """The knobs still left once the lower-memory retry failed too, as a sentence's ending."""
+    knobs = []
+    if options.method == "full":
+        knobs.append("the LoRA method instead of a full fine-tune")
+    if options.method == "lora" and options.lora_rank > 4:
+        knobs.append(f"a lower lora_rank (now {options.lora_rank})")
+    if options.prior_preservation:
+        knobs.append("prior_preservation off (it doubles each step's batch)")
+    if not options.use_8bit_adam:
+        knobs.append("8-bit Adam (install bitsandbytes on the worker)")
+    knobs.append("a GPU with more free memory (no other job on it)")
+    return ", ".join(knobs)
 
 
 def _bitsandbytes_installed() -> bool:

@@ -3,6 +3,7 @@ the optimizer's parameter groups (LoRA+ puts the B matrices in a faster one)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -13,8 +14,11 @@ from .options import TrainingOptions
 TEXT_ENCODER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
 
 
-def _prepare_trainable(unet: Any, text_encoder: Any, options: TrainingOptions, device: torch.device, weight_dtype: torch.dtype) -> list[dict[str, Any]]:
-    """Attach LoRA adapters or unfreeze the UNet (and text encoder); return optimizer param groups.
+def _prepare_trainable(
+    unet: Any, text_encoders: Sequence[Any], options: TrainingOptions, device: torch.device, weight_dtype: torch.dtype,
+) -> list[dict[str, Any]]:
+    """Attach LoRA adapters or unfreeze the UNet (and the text encoders: one, or SDXL's two);
+    return optimizer param groups.
 
     Trainable weights are float32 on `device` even under mixed precision (frozen base weights of a
     LoRA run are cast to `weight_dtype`), so the optimizer never steps in half precision.
@@ -23,37 +27,37 @@ def _prepare_trainable(unet: Any, text_encoder: Any, options: TrainingOptions, d
 
     alpha = options.lora_alpha or options.lora_rank
     te_lr = options.text_encoder_learning_rate or options.learning_rate
+    encoders = list(text_encoders) if options.train_text_encoder else []
     if options.method == "lora":
         _move(unet, device, weight_dtype)
         unet.add_adapter(LoraConfig(
             r=options.lora_rank, lora_alpha=alpha, init_lora_weights="gaussian",
             target_modules=_unet_lora_targets(unet, options),
         ))
-        if options.train_text_encoder:
-            _move(text_encoder, device, weight_dtype)
+        for encoder in encoders:
+            _move(encoder, device, weight_dtype)
             # peft directly: transformers 5's `add_adapter` insists on a newer peft than we pin.
             inject_adapter_in_model(LoraConfig(
                 r=options.lora_rank, lora_alpha=alpha, init_lora_weights="gaussian",
                 target_modules=TEXT_ENCODER_TARGET_MODULES,
-            ), text_encoder)
+            ), encoder)
     else:
         _move(unet, device, torch.float32)
         unet.requires_grad_(True)
-        if options.train_text_encoder:
-            _move(text_encoder, device, torch.float32)
-            text_encoder.requires_grad_(True)
-    models = [unet] + ([text_encoder] if options.train_text_encoder else [])
-    for model in models:
+        for encoder in encoders:
+            _move(encoder, device, torch.float32)
+            encoder.requires_grad_(True)
+    for model in [unet, *encoders]:
         for p in model.parameters():
             if p.requires_grad:
                 p.data = p.data.float()
     if options.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-        if options.train_text_encoder:
-            text_encoder.gradient_checkpointing_enable()
+        for encoder in encoders:
+            encoder.gradient_checkpointing_enable()
     groups = _param_groups(unet, options.learning_rate, options.lora_plus_ratio)
-    if options.train_text_encoder:
-        groups += _param_groups(text_encoder, te_lr, options.lora_plus_ratio)
+    for encoder in encoders:
+        groups += _param_groups(encoder, te_lr, options.lora_plus_ratio)
     return groups
 
 

@@ -30,14 +30,15 @@ def _remix(own: list[int], n_prompts: int, share: float, generator: torch.Genera
 
 
 @torch.no_grad()
-def _base_prediction(unet: Any, noisy: torch.Tensor, timesteps: torch.Tensor, states: torch.Tensor, weight_dtype: torch.dtype, autocast: Any) -> torch.Tensor:
-    """What the untouched base model predicts: `unet` with its LoRA switched off, or a frozen copy."""
+def _base_prediction(unet: Any, noisy: torch.Tensor, timesteps: torch.Tensor, conditions: dict[str, Any], weight_dtype: torch.dtype, autocast: Any) -> torch.Tensor:
+    """What the untouched base model predicts: `unet` with its LoRA switched off, or a frozen copy.
+    `conditions` are the UNet's keyword arguments for the batch (TextConditioning.unet_kwargs)."""
     adapters = getattr(unet, "peft_config", None) is not None
     if adapters:
         unet.disable_adapters()
     try:
         with autocast:
-            return unet(noisy.to(weight_dtype), timesteps, states.to(weight_dtype)).sample.float()
+            return unet(noisy.to(weight_dtype), timesteps, **conditions).sample.float()
     finally:
         if adapters:
             unet.enable_adapters()

@@ -9,11 +9,14 @@ checkpointing, 8-bit Adam, CPU threads) are decided on the worker by
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from generation.modelinfo import describe_model
+
+FAMILIES = ("sd1", "sd2", "sdxl")
 
 # The two 3×3 convolutions of every UNet resnet: LoRA there can draw a pattern inside a shape,
 # which LoRA on attention alone learnt in about half the images on the demo model.
@@ -34,6 +37,10 @@ class TrainingOptions:
     """
 
     method: Literal["lora", "full"] = "lora"
+    # The base model's family ("sd1", "sd2", "sdxl"): set by `method_defaults` from the model's
+    # files, never a user's choice. The loop reads the family from the loaded pipeline; this copy
+    # lets `check_options` refuse what a family cannot do before a run is queued.
+    family: str = "sd1"
     steps: int = 800
     learning_rate: float = 1e-4
     lora_rank: int = 4
@@ -103,14 +110,52 @@ class TrainingOptions:
 
 
 def model_resolution(base_model: str | Path) -> int:
-    """Native image size in pixels (generation.modelinfo's reading of the model: unet sample_size
-    × VAE downscale factor for a diffusers folder, 512 (SD 1.x) for anything else)."""
-    return describe_model(str(base_model)).native_size
+    """Native image size in pixels (a folder's unet sample_size × VAE downscale factor; a single
+    file's family's size; 512 for a hub id)."""
+    return _native_size(base_model)
 
 
 def is_tiny_model(base_model: str | Path) -> bool:
     """Whether the model is as small as the demo model (native size at most 128 px)."""
     return model_resolution(base_model) <= _TINY_RESOLUTION
+
+
+def model_family(base_model: str | Path) -> str:
+    """"sd1", "sd2" or "sdxl" (SD 2.x 512 and 768-v alike), read from the model's files without
+    torch: generation.families' detection (a folder's configs, a single file's keys), or, for a
+    model it cannot place, the folder's model_index.json (a pipeline class with "XL" in its name
+    is SDXL, anything else SD 1.x); the loop refuses what it cannot train when it loads it."""
+    from generation.errors import GenerationError
+    from generation.families import detect_family
+
+    try:
+        key = detect_family(str(base_model)).key
+    except GenerationError:
+        index = _read_json(Path(base_model) / "model_index.json")
+        key = "sdxl" if "XL" in str(index.get("_class_name", "")) else "sd1"
+    return {"sd2v": "sd2"}.get(key, key)
+
+
+def _native_size(base_model: str | Path) -> int:
+    """The model's native size in px: its folder's configs (describe_model), or, for a single file,
+    its family's (SDXL 1024, SD 2.x 768-v 768, else 512)."""
+    info = describe_model(str(base_model))
+    if info.kind == "folder":
+        return info.native_size
+    from generation.errors import GenerationError
+    from generation.families import detect_family
+
+    try:
+        return detect_family(str(base_model)).native_size
+    except GenerationError:
+        return info.native_size
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def method_defaults(base_model: str | Path, method: str = "lora", **overrides: Any) -> TrainingOptions:
@@ -130,12 +175,16 @@ def method_defaults(base_model: str | Path, method: str = "lora", **overrides: A
     `token_warmup_steps` is given too. SD-sized models get the usual DreamBooth-LoRA recipe (rank
     4, 1e-4 constant, 800 steps, 100 class images, one phase, attention only, no LoRA+).
     `method="full"` lowers the learning rate (1e-4 on tiny models, 5e-6 on SD) unless
-    `learning_rate` is given too.
+    `learning_rate` is given too. SDXL, whatever its size, gets its anchors' recipe
+    (`_sdxl_defaults`: a rank-16 attention LoRA, 1e-4 constant, 500 steps, batch 1, native size,
+    text encoders frozen, no pivotal tuning).
     """
-    info = describe_model(str(base_model))  # read once (cached) for the size and the prompts
-    resolution, prior_prompts = info.native_size, info.prior_prompts
+    resolution, prior_prompts = _native_size(base_model), describe_model(str(base_model)).prior_prompts
+    family = model_family(base_model)
     full = method == "full"
-    if resolution <= _TINY_RESOLUTION:
+    if family == "sdxl":
+        options = _sdxl_defaults(full, resolution, prior_prompts)
+    elif resolution <= _TINY_RESOLUTION:
         options = TrainingOptions(
             # LoRA: lr 3e-4 beat 1e-3 on the trained demo model (likeness up, class damage down;
             # 1e-3 saturates colours); 1e-4 × 2000 steps was no better and twice as long. A full
@@ -168,10 +217,31 @@ def method_defaults(base_model: str | Path, method: str = "lora", **overrides: A
             steps=800, learning_rate=5e-6 if full else 1e-4, lora_rank=4, batch_size=1, num_class_images=100,
             resolution=resolution, prior_prompts=prior_prompts,
         )
-    options = replace(options, method=method, **overrides)
+    options = replace(options, method=method, family=family, **overrides)
     if "token_warmup_steps" not in overrides:
         options = replace(options, token_warmup_steps=min(options.token_warmup_steps, options.steps // 4))
     return options
+
+
+def _sdxl_defaults(full: bool, resolution: int, prior_prompts: tuple[str, ...]) -> TrainingOptions:
+    """SDXL's recipe, after its anchors (diffusers examples/dreambooth/README_sdxl.md and
+    train_dreambooth_lora_sdxl.py; kohya sd-scripts docs/sdxl_train_network.md; OneTrainer
+    training_presets/#sdxl 1.0 LoRA.json)."""
+    return TrainingOptions(
+        # LoRA on the UNet's attention projections (to_q/k/v/out.0: diffusers' SDXL script) in
+        # every block, the text encoders frozen (all three anchors' default; kohya needs that to cache
+        # the encoders' outputs, which is what keeps both encoders off the GPU during the steps).
+        # Rank 16 (OneTrainer's preset; diffusers' script defaults to 4, kohya's example 32), alpha =
+        # rank so lr 1e-4 means what it does in diffusers' and kohya's examples (both 1e-4, constant);
+        # 500 steps at batch 1 (diffusers' README: 500 steps, batch 1).
+        steps=500, learning_rate=5e-6 if full else 1e-4, lora_rank=16, batch_size=1,
+        # 100 class images (diffusers' --num_class_images default), 25 steps each.
+        num_class_images=100, class_inference_steps=25,
+        # The native size (1024 on SDXL): every anchor trains SDXL at 1024 px.
+        resolution=resolution, prior_prompts=prior_prompts,
+        # Pivotal tuning is SD-only here: SDXL's token lives in two encoders (check_options).
+        train_token_embedding=False, train_text_encoder=False,
+    )
 
 
 def check_options(options: TrainingOptions) -> None:
@@ -204,4 +274,10 @@ def check_options(options: TrainingOptions) -> None:
         raise ValueError("validation_every must be 0 (off) or a number of steps")
     if not 0 <= options.token_warmup_steps < options.steps:
         raise ValueError("token_warmup_steps must be at least 0 and less than steps")
+    if options.family not in FAMILIES:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {options.family!r}")
+    if options.family == "sdxl" and options.train_token_embedding:
+        raise ValueError("train_token_embedding (pivotal tuning) is not supported on SDXL; train the LoRA without it")
+    if options.family == "sdxl" and options.method == "full" and options.train_text_encoder:
+        raise ValueError("a full fine-tune of SDXL trains the UNet only; use method 'lora' to train the text encoders")
 

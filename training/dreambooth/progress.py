@@ -27,13 +27,16 @@ class TrainingError(RuntimeError):
 class TrainingProgress:
     """One report to the progress callback.
 
-    `phase` is "class_images" (generating prior-preservation images: step = images done) or
-    "training" (step = optimizer steps done). `loss` is the step's total loss (mean squared error in
+    `phase` is "preparing_model" (a single checkpoint file being converted into a cached
+    diffusers folder: step 0 of 1 while it runs, `message` says what it does), "class_images"
+    (generating prior-preservation images: step = images done) or "training" (step = optimizer
+    steps done; step 0 with a `message` when the run starts again with lower-memory settings after
+    an out-of-memory). `loss` is the step's total loss (mean squared error in
     the model's prediction space); `validation_images` are RGB PIL images at the model's resolution,
     one per validation prompt, only on validation steps.
     """
 
-    phase: Literal["class_images", "training"]
+    phase: Literal["preparing_model", "class_images", "training"]
     step: int
     total: int
     loss: float | None = None
@@ -41,6 +44,7 @@ class TrainingProgress:
     eta_seconds: float | None = None
     validation_images: list[Image.Image] | None = None
     validation_prompts: tuple[str, ...] = ()
+    message: str | None = None  # a sentence for the run's page and log, e.g. why it retried
 
 
 @dataclass(frozen=True)

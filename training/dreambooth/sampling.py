@@ -4,10 +4,13 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
+import json
+import logging
 import os
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,33 +18,76 @@ import torch
 from PIL import Image
 
 from .options import TrainingOptions
-from .progress import ProgressCallback, TrainingCanceled, TrainingProgress
+from .progress import ProgressCallback, TrainingCanceled, TrainingError, TrainingProgress
+
+logger = logging.getLogger(__name__)
 
 
-def _load_pipeline(base_model: Any) -> Any:
-    """A fresh float32 StableDiffusionPipeline on the CPU from a diffusers folder or a hub id.
+# The pipeline classes training knows: SD 1.x / 2.x and SDXL (their UNet, text encoder(s), VAE).
+TRAINABLE_PIPELINES = {"StableDiffusionPipeline": "SD 1.x / 2.x", "StableDiffusionXLPipeline": "SDXL"}
+GIB = 1024**3
+
+
+def _load_pipeline(base_model: Any, report: ProgressCallback | None = None) -> Any:
+    """A fresh float32 pipeline on the CPU, of the class the model's model_index.json names
+    (StableDiffusionPipeline or StableDiffusionXLPipeline), from a diffusers folder, a single
+    `.safetensors`/`.ckpt` file (converted once into a cached folder, reported to `report` as the
+    "preparing_model" phase) or a hub id.
 
     An already-loaded pipeline is used as is: it must be a private copy (its UNet gets trained),
-    never the warm generation pipeline. Single-file checkpoints: load them with
-    `from_single_file(..., config=...)` and pass the pipeline.
+    never the warm generation pipeline. Other families raise TrainingError naming what it is.
     """
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
     if isinstance(base_model, DiffusionPipeline):
-        return base_model
-    path = Path(base_model)
-    common: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False, "torch_dtype": torch.float32}
-    if path.is_dir():
-        pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, **common)
-    elif path.suffix.lower() in (".ckpt", ".safetensors"):
+        pipe = base_model
+    else:
+        path = Path(base_model)
+        if path.suffix.lower() in (".ckpt", ".safetensors"):
+            path = _converted_folder(path, report or (lambda p: None))
+        common: dict[str, Any] = {"torch_dtype": torch.float32}
+        if path.is_dir():
+            index = json.loads((path / "model_index.json").read_text()) if (path / "model_index.json").is_file() else {}
+            if "safety_checker" in index:  # SD 1.x/2.x folders name one; training never draws with it
+                common.update(safety_checker=None, requires_safety_checker=False)
+            _check_class(str(index.get("_class_name", "?")))
+            pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, **common)
+        else:
+            pipe = DiffusionPipeline.from_pretrained(str(base_model), **common)
+    _check_class(type(pipe).__name__)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _check_class(name: str) -> None:
+    if name not in TRAINABLE_PIPELINES:
+        raise TrainingError(
+            f"This base model is a {name}; subjects can be trained on {', '.join(TRAINABLE_PIPELINES.values())} models only."
+        )
+
+
+def _converted_folder(path: Path, report: ProgressCallback) -> Path:
+    """The cached diffusers folder of a single checkpoint file (generation.model_cache converts
+    it once; later runs reuse it), with its progress reported as the "preparing_model" phase."""
+    try:
+        from generation.model_cache import diffusers_folder
+    except ImportError:  # generation's conversion cache is not there yet
         raise ValueError(
             f"{path.name} is a single checkpoint file: load it with from_single_file and a local "
             "config folder, and pass the pipeline"
-        )
-    else:
-        pipe = StableDiffusionPipeline.from_pretrained(str(base_model), **common)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+        ) from None
+    from generation.errors import GenerationError
+
+    def say(text: Any) -> None:
+        report(TrainingProgress(phase="preparing_model", step=0, total=1, message=str(text)))
+
+    say(f"Preparing {path.name} for training (converted once, then reused)")
+    try:
+        folder = Path(diffusers_folder(path, progress=say))
+    except GenerationError as exc:
+        raise TrainingError(str(exc)) from None
+    report(TrainingProgress(phase="preparing_model", step=1, total=1, message=f"{path.name} is ready"))
+    return folder
 
 
 def _load_class_images(folder: Path | None, wanted: Sequence[str]) -> tuple[list[tuple[Image.Image, str]], list[str], int]:
@@ -79,48 +125,125 @@ def _write_atomically(path: Path, data: bytes) -> None:
 def _generate_class_images(
     pipe: Any, prompts: Sequence[str], *, start_index: int, options: TrainingOptions, folder: Path | None,
     progress: ProgressCallback, should_cancel: Callable[[], bool], done_before: int, total: int,
+    device: torch.device, dtype: torch.dtype = torch.float16, low_memory: bool = False,
 ) -> list[tuple[Image.Image, str]]:
-    """Generate one base-model image per prompt (batches of 4) and cache each as PNG + .txt in `folder`.
+    """Generate one base-model image per prompt and cache each as PNG + .txt in `folder`.
 
-    Images are RGB PIL at the pipeline's default size. Generation is seeded per image
-    (options.seed + index), so a rerun makes the same images. Cancel is checked between batches.
+    Images are RGB PIL at `options.resolution`. Generation is seeded per image (options.seed +
+    index), so a rerun makes the same images. Cancel is checked between batches.
+
+    The run's memory plan: on the CPU, float32 and batches of 4 as ever. On a GPU the models go
+    there in `dtype` (fp16, or the run's bf16) only for this, with VAE slicing, a batch that fits
+    the free memory (`_class_batch`; 1 on small cards or when `low_memory`) and attention slicing
+    when memory is tight; afterwards every model is back on the CPU with its own float32 weights.
     """
     made: list[tuple[Image.Image, str]] = []
-    for start in range(0, len(prompts), 4):
-        if should_cancel():
-            raise TrainingCanceled()
-        chunk = list(prompts[start:start + 4])
-        indices = [start_index + start + i for i in range(len(chunk))]
-        generators = [torch.Generator("cpu").manual_seed(options.seed * 100_003 + i) for i in indices]
-        images = pipe(
-            chunk, num_inference_steps=options.class_inference_steps, generator=generators,
-            height=options.resolution, width=options.resolution,
-        ).images
-        for index, image, prompt in zip(indices, images, chunk):
-            made.append((image, prompt))
-            if folder is not None:
-                folder.mkdir(parents=True, exist_ok=True)
-                buf = io.BytesIO()
-                image.save(buf, "PNG")
-                _write_atomically(folder / f"class_{index:05d}.txt", prompt.encode())
-                _write_atomically(folder / f"class_{index:05d}.png", buf.getvalue())
-        progress(TrainingProgress(phase="class_images", step=done_before + len(made), total=total))
+    with _rendering_on(pipe, device, dtype):
+        batch, slicing = _class_batch(device, options.resolution, low_memory)
+        if slicing:
+            pipe.enable_attention_slicing()
+        logger.info("class images on %s: batch %d%s", device, batch, ", attention slicing" if slicing else "")
+        try:
+            for start in range(0, len(prompts), batch):
+                if should_cancel():
+                    raise TrainingCanceled()
+                chunk = list(prompts[start:start + batch])
+                indices = [start_index + start + i for i in range(len(chunk))]
+                generators = [torch.Generator("cpu").manual_seed(options.seed * 100_003 + i) for i in indices]
+                images = pipe(
+                    chunk, num_inference_steps=options.class_inference_steps, generator=generators,
+                    height=options.resolution, width=options.resolution,
+                ).images
+                for index, image, prompt in zip(indices, images, chunk):
+                    made.append((image, prompt))
+                    if folder is not None:
+                        _save_class_image(folder, index, image, prompt)
+                progress(TrainingProgress(phase="class_images", step=done_before + len(made), total=total))
+        finally:
+            if slicing:
+                pipe.disable_attention_slicing()
     return made
 
 
-def _validation_images(pipe: Any, unet: Any, text_encoder: Any, train_te: bool, options: TrainingOptions, autocast: Any) -> list[Image.Image]:
+def _save_class_image(folder: Path, index: int, image: Image.Image, prompt: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    _write_atomically(folder / f"class_{index:05d}.txt", prompt.encode())
+    _write_atomically(folder / f"class_{index:05d}.png", buf.getvalue())
+
+
+@contextlib.contextmanager
+def _rendering_on(pipe: Any, device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """On a GPU: the pipeline's models on `device` in `dtype` with VAE slicing for the block, then
+    back to the very float32 CPU tensors they had (kept by reference, so no precision is lost and
+    no copy is made). Elsewhere: the pipeline on `device` as it is."""
+    if device.type != "cuda":
+        pipe.to(device)
+        yield
+        return
+    modules = {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+    kept = {name: m.state_dict() for name, m in modules.items()}  # the CPU tensors, by reference
+    try:
+        for m in modules.values():
+            m.to(device, dtype)
+        pipe.vae.enable_slicing()
+        yield
+    finally:
+        pipe.vae.disable_slicing()
+        for name, m in modules.items():
+            m.load_state_dict(kept[name], assign=True)
+        del kept
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def _class_batch(device: torch.device, resolution: int, low_memory: bool) -> tuple[int, bool]:
+    """(batch size, attention slicing) for class images on `device`, from the free memory once the
+    models are there (`torch.cuda.mem_get_info`). An image is budgeted about 1 GiB at 512 px in fp16
+    with SDPA (its classifier-free pair of UNet activations and a sliced VAE decode), growing with
+    the pixels: batch 1 on cards under 8 GiB, at most 4, slicing when under two images' worth is free."""
+    if device.type != "cuda":
+        return 4, False
+    if low_memory:
+        return 1, True
+    free, total = torch.cuda.mem_get_info(device)
+    per_image = GIB * (resolution / 512) ** 2
+    tight = free < 2 * per_image
+    if total < 8 * GIB:
+        return 1, tight
+    return int(max(1, min(4, (free - GIB // 2) // per_image))), tight
+
+
+def validation_embeddings(pipe: Any, prompts: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
+    """The validation prompts encoded once by the frozen text encoder(s), as the pipeline's call
+    takes them (`prompt_embeds`, `negative_prompt_embeds`, and SDXL's pooled pair), so the
+    encoders need not stay on the GPU for validation. The encoders must be on `device` now."""
+    with torch.no_grad():
+        out = pipe.encode_prompt(prompt=list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=True)
+    names = ["prompt_embeds", "negative_prompt_embeds"]
+    if len(out) == 4:  # SDXL
+        names += ["pooled_prompt_embeds", "negative_pooled_prompt_embeds"]
+    return dict(zip(names, out))
+
+
+def _validation_images(
+    pipe: Any, trained: Sequence[Any], options: TrainingOptions, autocast: Any, embeddings: dict[str, torch.Tensor] | None,
+) -> list[Image.Image]:
     """Sample one image per validation prompt with the weights as they are now (fixed seed, so
-    images are comparable across steps): RGB PIL at `options.resolution`."""
-    unet.eval()
-    text_encoder.eval()
+    images are comparable across steps): RGB PIL at `options.resolution`. `trained` are the
+    models in training mode (back to it afterwards); `embeddings` the prompts already encoded
+    (`validation_embeddings`), or None to encode them with the text encoders as they are now."""
+    for model in trained:
+        model.eval()
+    prompt_args: dict[str, Any] = dict(embeddings) if embeddings else {"prompt": list(options.validation_prompts)}
     try:
         with autocast, torch.no_grad():
             return list(pipe(
-                list(options.validation_prompts), num_inference_steps=options.validation_inference_steps,
+                **prompt_args, num_inference_steps=options.validation_inference_steps,
                 generator=torch.Generator("cpu").manual_seed(options.seed),
                 height=options.resolution, width=options.resolution,
             ).images)
     finally:
-        unet.train()
-        if train_te:
-            text_encoder.train()
+        for model in trained:
+            model.train()
