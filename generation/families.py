@@ -39,6 +39,7 @@ class Family:
     # single component (the UNet) in fp16: what `auto` weighs against free VRAM.
     vram_fp16_bytes: int
     largest_fp16_bytes: int
+    weights_fp16_bytes: int  # all weights in fp16 (vram_fp16_bytes less one image's activations)
 
     @property
     def min_size(self) -> int:
@@ -64,14 +65,14 @@ _SDXL = ((1024, 1024), (1152, 896), (896, 1152), (1216, 832), (832, 1216), (1344
 # SDXL in fp16 without offload). Estimates until bench/gpu_check.sh measures them on a lent GPU.
 FAMILIES: dict[str, Family] = {
     "sd1": Family("sd1", "Stable Diffusion 1.x", "StableDiffusionPipeline", 512, "epsilon", 1, HERE / "sd15_config",
-                  _SD512, 25, 7.5, int(3.5 * GB), int(1.72 * GB)),
+                  _SD512, 25, 7.5, int(3.5 * GB), int(1.72 * GB), int(2.14 * GB)),
     "sd2": Family("sd2", "Stable Diffusion 2.x (512)", "StableDiffusionPipeline", 512, "epsilon", 1, HERE / "sd2_config",
-                  _SD512, 25, 7.5, int(4.0 * GB), int(1.73 * GB)),
+                  _SD512, 25, 7.5, int(4.0 * GB), int(1.73 * GB), int(2.58 * GB)),
     "sd2v": Family("sd2v", "Stable Diffusion 2.x (768-v)", "StableDiffusionPipeline", 768, "v_prediction", 1,
-                   HERE / "sd2v_config", _SD768, 25, 7.5, int(4.5 * GB), int(1.73 * GB)),
+                   HERE / "sd2v_config", _SD768, 25, 7.5, int(4.5 * GB), int(1.73 * GB), int(2.58 * GB)),
     # Guidance 6: diffusers' SDXL pipeline defaults to 5.0, AUTOMATIC1111 and ComfyUI to 7-8.
     "sdxl": Family("sdxl", "SDXL", "StableDiffusionXLPipeline", 1024, "epsilon", 2, HERE / "sdxl_config",
-                   _SDXL, 30, 6.0, int(9.5 * GB), int(5.14 * GB)),
+                   _SDXL, 30, 6.0, int(9.5 * GB), int(5.14 * GB), int(6.94 * GB)),
 }
 SUPPORTED = "Stable Diffusion 1.x, Stable Diffusion 2.x (512 and 768-v) and SDXL"
 

@@ -10,7 +10,7 @@ import logging
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Iterator
@@ -20,94 +20,48 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from .errors import GenerationError
+from .families import Family, detect_family
+from .memory import PROFILES, MemoryPlan, lower_profile, memory_need, plan_memory, resolve_profile
 from .modelinfo import SCHEDULERS, describe_model, model_kind
 
 log = logging.getLogger("generation.pipeline")
+__all__ = ["PROFILES", "MemoryPlan", "lower_profile", "plan_memory", "resolve_profile", "GenerationError",
+           "Renderer", "RenderSettings", "Adapter", "get_renderer", "is_warm", "encode_for_gallery"]
 
-PROFILES = ("full", "medium", "low", "cpu")
-GIB = 1024**3
-
-
-# --- memory profiles ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MemoryPlan:
-    """Which diffusers memory features a profile turns on, after dropping what the device can't do."""
-
-    profile: str
-    device: str  # "cuda" | "cpu"
-    half_precision: bool = False  # fp16 weights (SDPA is torch 2's default attention everywhere)
-    attention_slicing: bool = False
-    vae_slicing: bool = False
-    vae_tiling: bool = False
-    model_cpu_offload: bool = False
-    sequential_cpu_offload: bool = False
-    skipped: tuple[str, ...] = field(default_factory=tuple)
-
-
-_WANTS = {
-    "full": {"half_precision": True},
-    "medium": {"half_precision": True, "attention_slicing": True, "vae_slicing": True, "model_cpu_offload": True},
-    "low": {
-        "half_precision": True,
-        "attention_slicing": True,
-        "vae_slicing": True,
-        "vae_tiling": True,
-        "sequential_cpu_offload": True,
-    },
-    # float32 on the CPU: fp16 matmuls are slow or missing there; VAE slicing bounds peak memory of batches.
-    "cpu": {"vae_slicing": True},
-}
-_NEEDS_ACCELERATOR = ("half_precision", "model_cpu_offload", "sequential_cpu_offload")
-
-
-def resolve_profile(requested: str, *, cuda_available: bool, free_vram_bytes: int = 0) -> str:
-    """Turn `auto` into a concrete profile by free VRAM (SD 1.5 at 512 px needs ~3.5 GB in fp16
-    without offload); anything else passes through after validation."""
-    if requested not in (*PROFILES, "auto"):
-        raise GenerationError(f"Unknown memory profile {requested!r}; use one of auto, {', '.join(PROFILES)}.")
-    if requested != "auto":
-        return requested
-    if not cuda_available:
-        return "cpu"
-    if free_vram_bytes >= 8 * GIB:
-        return "full"
-    if free_vram_bytes >= 5 * GIB:
-        return "medium"
-    return "low"
-
-
-def plan_memory(profile: str, *, cuda_available: bool) -> MemoryPlan:
-    """Map a profile to the features to switch on; on a machine without CUDA, keep what runs on the
-    CPU (slicing, tiling) and list what was skipped so the worker can log it."""
-    wants = dict(_WANTS[profile])
-    skipped: list[str] = []
-    if not cuda_available:
-        for feature in _NEEDS_ACCELERATOR:
-            if wants.pop(feature, False):
-                skipped.append(feature)
-    return MemoryPlan(profile=profile, device="cuda" if cuda_available else "cpu", skipped=tuple(skipped), **wants)
-
-
-def lower_profile(profile: str) -> str | None:
-    order = ("full", "medium", "low")
-    return order[order.index(profile) + 1] if profile in order[:-1] else None
 
 
 # --- loading -----------------------------------------------------------------------------------
-def _load(source: str, plan: MemoryPlan, single_file_config: str | None):
-    from diffusers import StableDiffusionPipeline
+def worker_device() -> str:
+    """The device this worker renders on: its pinned GPU ("cuda:N") when generation.gpus says so,
+    else "cuda" when there is one, else "cpu"."""
+    try:
+        from .gpus import worker_device as pinned
+    except ImportError:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return pinned()
+
+
+def _load(source: str, plan: MemoryPlan, single_file_config: str | None, family: Family):
+    """The family's pipeline class around `source` (folder, single file or hub id), with the plan applied."""
+    import diffusers
 
     dtype = torch.float16 if plan.half_precision else torch.float32
     kind = model_kind(source)
-    common = {"dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    common: dict = {"dtype": dtype}
+    if family.pipeline_class == "StableDiffusionPipeline":  # SDXL's pipeline has no safety checker
+        common |= {"safety_checker": None, "requires_safety_checker": False}
+    pipeline_class = getattr(diffusers, family.pipeline_class)
     if kind == "folder":
-        pipe = StableDiffusionPipeline.from_pretrained(source, local_files_only=True, **common)
+        try:
+            pipe = pipeline_class.from_pretrained(source, local_files_only=True, **common)
+        except (OSError, ValueError, KeyError) as exc:
+            raise GenerationError(f"{Path(source).name} ({family.label}) could not be loaded: {str(exc).splitlines()[0]}") from exc
     elif kind == "single_file":  # offline, safe with pickled .ckpt extras, readable errors
         from .single_file import load_single_file_pipeline
 
-        pipe = load_single_file_pipeline(source, single_file_config, **common)
+        pipe = load_single_file_pipeline(source, single_file_config, family=family, **common)
     else:  # a hub id: only works for users who are online
-        pipe = StableDiffusionPipeline.from_pretrained(source, **common)
+        pipe = pipeline_class.from_pretrained(source, **common)
     pipe.set_progress_bar_config(disable=True)
     _apply_plan(pipe, plan)
     return pipe
@@ -117,9 +71,9 @@ def _apply_plan(pipe, plan: MemoryPlan) -> None:
     for feature in plan.skipped:
         log.info("memory profile %s: %s needs a GPU, skipped on this machine", plan.profile, feature)
     if plan.sequential_cpu_offload:
-        pipe.enable_sequential_cpu_offload()
+        pipe.enable_sequential_cpu_offload(device=plan.device)
     elif plan.model_cpu_offload:
-        pipe.enable_model_cpu_offload()
+        pipe.enable_model_cpu_offload(device=plan.device)
     else:
         pipe.to(plan.device)
     if plan.attention_slicing:
@@ -170,18 +124,27 @@ class Renderer:
     def __init__(self, source: str, requested_profile: str = "auto", single_file_config: str | None = None, cpu_threads: int | None = None):
         self.source = source
         self.single_file_config = single_file_config
-        cuda = torch.cuda.is_available()
+        self.family = detect_family(source)  # a readable error for unsupported or damaged files
+        self.device = worker_device()
+        cuda = self.device.startswith("cuda")
         if cpu_threads and not cuda:
             torch.set_num_threads(cpu_threads)  # process-wide: the worker renders one job at a time
-        free = torch.cuda.mem_get_info()[0] if cuda else 0
-        self.profile = resolve_profile(requested_profile, cuda_available=cuda, free_vram_bytes=free)
+        free = torch.cuda.mem_get_info(self.device)[0] if cuda else 0
+        need = memory_need(source, self.family)
+        self.profile = resolve_profile(requested_profile, cuda_available=cuda, free_vram_bytes=free, need=need)
         self.info = describe_model(source)
         started = time.perf_counter()
-        self.pipe = _load(source, plan_memory(self.profile, cuda_available=cuda), single_file_config)
+        self.pipe = _load(source, self._plan(self.profile), single_file_config, self.family)
+        # The loaded scheduler's config: each job's sampler is built from it, keeping the model's
+        # prediction type (v for SD 2.x 768) and schedule.
         self.base_scheduler_config = dict(self.pipe.scheduler.config)
         self.loaded_loras: list[str] = []  # adapter keys, least recently used first
         self.lock = threading.Lock()
-        log.info("loaded %s with profile %s in %.1f s", source, self.profile, time.perf_counter() - started)
+        log.info("loaded %s (%s) with profile %s on %s in %.1f s (estimated need %.1f GB, %.1f GB free)", source,
+                 self.family.label, self.profile, self.device, time.perf_counter() - started, need.full_bytes / 1e9, free / 1e9)
+
+    def _plan(self, profile: str) -> MemoryPlan:
+        return plan_memory(profile, cuda_available=self.device.startswith("cuda"), device=self.device)
 
     def _set_scheduler(self, key: str) -> None:
         import diffusers
@@ -197,7 +160,7 @@ class Renderer:
         _empty_cuda_cache()
         self.profile = profile
         self.loaded_loras = []
-        self.pipe = _load(self.source, plan_memory(profile, cuda_available=torch.cuda.is_available()), self.single_file_config)
+        self.pipe = _load(self.source, self._plan(profile), self.single_file_config, self.family)
 
     def _call_pipe(self, s: RenderSettings, on_step: ProgressCallback | None) -> list[Image.Image]:
         device = "cpu"  # seeds drawn on the CPU give the same noise on every machine
@@ -333,6 +296,12 @@ def _oom_message(s: RenderSettings, profile: str) -> str:
 
 _renderer: Renderer | None = None
 _renderer_lock = threading.Lock()
+
+
+def is_warm(source: str) -> bool:
+    """Whether this worker process already holds `source` loaded (no load before the next job)."""
+    renderer = _renderer
+    return renderer is not None and renderer.source == source
 
 
 def get_renderer(source: str, requested_profile: str = "auto", single_file_config: str | None = None, cpu_threads: int | None = None) -> Renderer:

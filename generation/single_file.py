@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .errors import GenerationError
+from .families import FAMILIES, Family, detect_family
 
 log = logging.getLogger("generation.single_file")
 
@@ -106,41 +107,55 @@ def resave_single_file(source: str | os.PathLike, dest: str | os.PathLike, *, tr
     return write_state_dict(state, dest)
 
 
-def load_single_file_pipeline(source: str, config: str | None, **kwargs: Any):
-    """`StableDiffusionPipeline.from_single_file` with nothing downloaded and readable failures.
+def config_for(family: Family, explicit: str | os.PathLike | None) -> str:
+    """The config folder a single file of `family` is built with: IMAGESITE_MODEL_CONFIG when the
+    operator points it somewhere, else the family's shipped one. The shipped SD 1.5 folder (that
+    setting's default) counts as unset, so an SDXL or SD 2.x file needs no setting either."""
+    if explicit and Path(explicit).resolve() != FAMILIES["sd1"].config_dir.resolve():
+        return str(explicit)
+    return str(family.config_dir)
 
-    `config` is a local diffusers folder whose configs describe the file's architecture
-    (generation/sd15_config for SD 1.5 files); `kwargs` go to `from_single_file` (dtype, ...).
-    Every failure a user can fix becomes a GenerationError saying what to do."""
-    from diffusers import StableDiffusionPipeline
+
+def load_single_file_pipeline(source: str, config: str | None, *, family: Family | None = None, **kwargs: Any):
+    """`from_single_file` of the family's pipeline class with nothing downloaded and readable failures.
+
+    `config` is IMAGESITE_MODEL_CONFIG (None or the shipped SD 1.5 folder: the family's shipped
+    configs, see `config_for`); `family` is detected from the file when not given; `kwargs` go to
+    `from_single_file` (dtype, ...). Every failure a user can fix becomes a GenerationError."""
+    import diffusers
 
     path = Path(source)
     if not path.is_file():
         raise GenerationError(f"The model file {source} does not exist.")
-    if not config or not (Path(config) / "model_index.json").is_file():
+    family = family or detect_family(str(path))
+    config = config_for(family, config)
+    if not (Path(config) / "model_index.json").is_file():
         raise GenerationError(
             f"{path.name} is a single checkpoint file; set IMAGESITE_MODEL_CONFIG to a local diffusers folder "
-            f"with its configs (model_index.json, unet/, vae/, ...; nothing is downloaded). {config or 'None'} is not one."
+            f"with its configs (model_index.json, unet/, vae/, ...; nothing is downloaded). {config} is not one."
         )
+    pipeline_class = getattr(diffusers, family.pipeline_class)
+    if family.pipeline_class != "StableDiffusionPipeline":  # only SD 1.x/2.x take a safety checker
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("safety_checker", "requires_safety_checker")}
     inert = inert_globals_for(path) if path.suffix.lower() == ".ckpt" else []
     try:
         with torch.serialization.safe_globals(inert):
-            return StableDiffusionPipeline.from_single_file(str(path), config=config, local_files_only=True, **kwargs)
+            return pipeline_class.from_single_file(str(path), config=config, local_files_only=True, **kwargs)
     except (GenerationError, MemoryError, torch.cuda.OutOfMemoryError):
         raise
     except Exception as exc:
-        raise GenerationError(_explain(path, config, exc)) from exc
+        raise GenerationError(_explain(path, config, family, exc)) from exc
 
 
-def _explain(path: Path, config: str, exc: Exception) -> str:
+def _explain(path: Path, config: str, family: Family, exc: Exception) -> str:
     text = str(exc)
     if "expected shape" in text or "size mismatch" in text:
         return (
-            f"{path.name} does not match the architecture in {config} ({text.split('. ')[0]}). Single files "
-            "load as Stable Diffusion 1.x by default; for another architecture set IMAGESITE_MODEL_CONFIG to a "
-            "folder with that model's configs."
+            f"{path.name} looks like {family.label} but does not match the architecture in {config} "
+            f"({text.split('. ')[0]}). For a model with other sizes, set IMAGESITE_MODEL_CONFIG to a folder "
+            "with that model's configs."
         )
-    if "Unable to load weights" in text:
+    if "Unable to load weights" in text or "Error while deserializing" in text:
         if path.suffix.lower() == ".ckpt":
             return (
                 f"{path.name} could not be read safely: it holds pickled Python objects imagesite will not unpickle "
@@ -148,5 +163,5 @@ def _explain(path: Path, config: str, exc: Exception) -> str:
             )
         return f"{path.name} could not be read as a checkpoint (damaged or incomplete download?). Download or export it again."
     if "missing in the checkpoint" in text:
-        return f"{path.name} is not a full Stable Diffusion checkpoint (a LoRA or a single component?): {text.splitlines()[0]}"
+        return f"{path.name} is not a full {family.label} checkpoint (a LoRA or a single component?): {text.splitlines()[0]}"
     return f"Could not load {path.name} with the configs in {config}: {text.splitlines()[0] if text else type(exc).__name__}"

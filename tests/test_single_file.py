@@ -197,11 +197,18 @@ def test_export_command_turns_a_ckpt_into_safetensors(state, tmp_path):
 
 
 # --- configs -----------------------------------------------------------------------------------
-def test_single_file_without_a_config_folder_is_a_readable_error(demo, tmp_path):
+def test_a_config_setting_that_is_no_config_folder_is_a_readable_error(demo, tmp_path):
     path = save_single_file(demo, tmp_path / "demo.safetensors")
-    for config in (None, tmp_path / "missing", tmp_path):  # unset, absent, a folder without model_index.json
+    for config in (tmp_path / "missing", tmp_path):  # absent, a folder without model_index.json
         with pytest.raises(GenerationError, match="set IMAGESITE_MODEL_CONFIG"):
-            Renderer(str(path), "cpu", single_file_config=str(config) if config else None)
+            Renderer(str(path), "cpu", single_file_config=str(config))
+
+
+def test_without_a_config_setting_the_familys_shipped_configs_are_used(demo, tmp_path):
+    # The demo is SD 1.x by its keys, but 64 px: SD 1.5's shipped configs don't fit it, readably.
+    path = save_single_file(demo, tmp_path / "demo.safetensors")
+    with pytest.raises(GenerationError, match=r"looks like Stable Diffusion 1\.x but does not match the architecture in .*sd15_config"):
+        Renderer(str(path), "cpu", single_file_config=None)
 
 
 def test_single_file_of_another_architecture_is_a_readable_error(demo, tmp_path):
