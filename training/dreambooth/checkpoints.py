@@ -1,9 +1,9 @@
-"""The files a run writes: the LoRA (or the UNet and text encoder folders) and the token's learnt
-rows, all staged under a temporary name and moved into place at the end."""
+"""The files a run writes: the LoRA (kohya layout, the token's rows bundled) or the UNet and text
+encoder folders, and the token's learnt rows, all staged under a temporary name and moved into
+place at the end."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from generation.embeddings import save_token_embedding
+from generation.lora_files import write_lora_file
 
 from ..checkpoint_names import LORA_WEIGHT_NAME, TOKEN_EMBEDDING_NAME
 
@@ -25,54 +26,36 @@ def token_embedding_state(text_encoder: Any, rows: Sequence[int]) -> dict[str, t
     return {"token_ids": ids, "embeddings": weight.detach()[ids.to(weight.device)].to("cpu", torch.float32).contiguous()}
 
 
-def _lora_state_dicts(unet: Any, text_encoder: Any | None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
-    """The LoRA weights as `save_lora_weights` takes them and `load_lora_weights` reads them back
-    whole, float32 on the CPU.
-
-    The UNet's keys stay in peft's layout (`lora_A`/`lora_B`) for every module. diffusers'
-    `convert_state_dict_to_diffusers` renames only the attention projections (`lora.down`), and
-    `load_lora_weights` judges the layout of a UNet LoRA by its first key: a file that mixed both
-    loaded only the modules in the first key's layout and silently dropped the rest (e.g. every
-    attention LoRA when the first key was a convolution's). The text encoder keeps diffusers' layout,
-    which its loader converts as a whole.
-    """
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    def cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-
-    text = cpu(convert_state_dict_to_diffusers(get_peft_model_state_dict(text_encoder))) if text_encoder is not None else None
-    return cpu(get_peft_model_state_dict(unet)), text
-
-
 def _save_checkpoint(
     output_dir: Path, *, method: str, unet: Any, text_encoder: Any, train_text_encoder: bool,
-    token_state: dict[str, torch.Tensor] | None, token: str,
+    token_state: dict[str, torch.Tensor] | None, token: str, text_encoder_2: Any | None = None,
+    is_xl: bool = False, v_parameterization: bool = False, class_noun: str | None = None,
 ) -> tuple[Path, list[Path]]:
     """Write the result under a temporary folder in `output_dir`, then move it into place.
 
-    Returns the checkpoint path and every file written (the token embedding file, when there is
-    one, first).
+    A LoRA run writes one kohya-layout file (LORA_WEIGHT_NAME: the file other tools load) with the
+    token's rows bundled in it (generation.lora_files); the rows are also written alone as a
+    textual-inversion file (TOKEN_EMBEDDING_NAME), which ComfyUI needs since it ignores bundled
+    embeddings. `is_xl` picks SDXL's names; `text_encoder_2` is SDXL's second encoder (its LoRA, if
+    it has one, and its token rows go into the file too). Returns the checkpoint path and every file
+    written (the token embedding file, when there is one, first).
     """
-    from diffusers import StableDiffusionPipeline
-
     output_dir.mkdir(parents=True, exist_ok=True)
     staging = output_dir / f".staging-{uuid.uuid4().hex}"
     staging.mkdir()
     extra: list[Path] = []
+    if token_state is not None and is_xl and text_encoder_2 is not None and "embeddings_2" not in token_state:
+        token_state = {**token_state, "embeddings_2": token_embedding_state(text_encoder_2, token_state["token_ids"].tolist())["embeddings"]}
     try:
         if token_state is not None:
             save_token_embedding(token_state, staging / TOKEN_EMBEDDING_NAME, token)
             extra.append(output_dir / TOKEN_EMBEDDING_NAME)
             os.replace(staging / TOKEN_EMBEDDING_NAME, extra[0])
         if method == "lora":
-            unet_layers, text_layers = _lora_state_dicts(unet, text_encoder if train_text_encoder else None)
-            StableDiffusionPipeline.save_lora_weights(
-                staging, unet_lora_layers=unet_layers, text_encoder_lora_layers=text_layers,
-                safe_serialization=True,
-                unet_lora_adapter_metadata=_peft_metadata(unet),
-                text_encoder_lora_adapter_metadata=_peft_metadata(text_encoder) if train_text_encoder else None,
+            write_lora_file(
+                staging / LORA_WEIGHT_NAME, unet, {"text_encoder": text_encoder, "text_encoder_2": text_encoder_2},
+                is_xl=is_xl, token=token, token_state=token_state, class_noun=class_noun,
+                v_parameterization=v_parameterization,
             )
             target = output_dir / LORA_WEIGHT_NAME
             os.replace(staging / LORA_WEIGHT_NAME, target)
@@ -93,12 +76,4 @@ def _save_checkpoint(
         return output_dir, written
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _peft_metadata(model: Any) -> dict[str, Any] | None:
-    """The adapter's LoraConfig as a JSON-able dict (rank, alpha, targets) stored in the file."""
-    config = getattr(model, "peft_config", {}).get("default")
-    if config is None:
-        return None
-    return json.loads(json.dumps(config.to_dict(), default=lambda o: sorted(o) if isinstance(o, set) else str(o)))
 
