@@ -49,8 +49,10 @@ class FileKeys:
         return self.precisions.most_common(1)[0][0]
 
     def has(self, *fragments: str) -> bool:
-        """Whether any key contains any of `fragments`."""
-        return any(fragment in key for key in self.keys for fragment in fragments)
+        """Whether any key contains one of `fragments` starting at a name boundary (the key's start or a
+        dot), so "t_block." does not match "input_hint_block."."""
+        bounded = tuple(f if f.startswith(".") else "." + f for f in fragments)
+        return any(key.startswith(fragments) or any(f in key for f in bounded) for key in self.keys)
 
     def starts(self, *prefixes: str) -> bool:
         return any(key.startswith(prefixes) for key in self.keys)

@@ -105,7 +105,7 @@ def detect_family(source: str) -> Family:
 
     Raises UnsupportedModel for a model of another kind (SD3, Flux, an SDXL refiner, a LoRA, ...) and
     GenerationError for a damaged or unknown file. Reads only configs and headers; cached per file
-    version (path, size, modification time)."""
+    version (path, size, modification time; a folder's configs, a file's .yaml)."""
     path = Path(source)
     try:
         stat = path.stat()
@@ -113,6 +113,8 @@ def detect_family(source: str) -> Family:
         if path.is_dir():
             stamp += tuple(_stat_or_none(path / name) for name in ("model_index.json", "text_encoder/config.json",
                                                                      "scheduler/scheduler_config.json"))
+        else:
+            stamp += (_stat_or_none(path.with_suffix(".yaml")),)  # an SD 2.x file's yaml decides v or not
     except OSError:
         stamp = ()
     return _detect_cached(str(source), stamp)
@@ -120,9 +122,10 @@ def detect_family(source: str) -> Family:
 
 def _stat_or_none(path: Path):
     try:
-        return path.stat().st_mtime_ns
+        stat = path.stat()
     except OSError:
         return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 # --- folders -------------------------------------------------------------------------------------
