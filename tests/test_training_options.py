@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
-def test_building_and_checking_the_training_form_leaves_torch_unimported():
-    # A fresh interpreter: this test process has torch loaded by other tests already.
+def test_building_and_checking_the_training_form_leaves_torch_unimported(tiny_model):
+    # A fresh interpreter: this test process has torch loaded by other tests already. The SDXL
+    # defaults (the family read from the folder) are torch-free too.
     script = (
         "import sys, django; django.setup()\n"
         "import training.forms\n"
@@ -31,10 +32,13 @@ def test_building_and_checking_the_training_form_leaves_torch_unimported():
         "bound = training.forms.TrainingForm(data={'method': 'full', 'steps': 10, 'lora_rank': 4, 'num_class_images': 2,"
         " 'prior_loss_weight': 1, 'prior_target': 'base', 'mixed_precision': 'auto'})\n"
         "assert bound.is_valid(), bound.errors\n"
+        "from training.dreambooth.options import method_defaults\n"
+        "sdxl = method_defaults(sys.argv[1])\n"
+        "assert (sdxl.family, sdxl.lora_rank, sdxl.train_text_encoder) == ('sdxl', 16, False), sdxl\n"
         "print(sorted(name for name in sys.modules if name == 'torch' or name.startswith(('torch.', 'diffusers'))))\n"
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "imagesite.settings"}
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", script, str(tiny_model("sdxl"))], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
 

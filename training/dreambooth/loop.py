@@ -321,7 +321,8 @@ def _train(
     family = {"text_encoder_2": encoders[1], "is_xl": True} if text.is_xl else {}
     checkpoint, files = _save_checkpoint(
         Path(output_dir), method=options.method, unet=unet, text_encoder=encoders[0], train_text_encoder=train_te,
-        token_state=token_embedding_state(encoders[0], token_rows) if token_rows else None, token=token, **family,
+        token_state=token_embedding_state(encoders[0], token_rows) if token_rows else None, token=token,
+        v_parameterization=prediction_type == "v_prediction", class_noun=class_noun, **family,
     )
     return TrainingResult(
         method=options.method, checkpoint_path=checkpoint, files=files,

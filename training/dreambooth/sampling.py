@@ -138,7 +138,7 @@ def _generate_class_images(
     when memory is tight; afterwards every model is back on the CPU with its own float32 weights.
     """
     made: list[tuple[Image.Image, str]] = []
-    with _rendering_on(pipe, device, dtype):
+    with _rendering_on(pipe, device, dtype if device.type == "cuda" else torch.float32):
         batch, slicing = _class_batch(device, options.resolution, low_memory)
         if slicing:
             pipe.enable_attention_slicing()
@@ -175,10 +175,11 @@ def _save_class_image(folder: Path, index: int, image: Image.Image, prompt: str)
 
 @contextlib.contextmanager
 def _rendering_on(pipe: Any, device: torch.device, dtype: torch.dtype) -> Iterator[None]:
-    """On a GPU: the pipeline's models on `device` in `dtype` with VAE slicing for the block, then
-    back to the very float32 CPU tensors they had (kept by reference, so no precision is lost and
-    no copy is made). Elsewhere: the pipeline on `device` as it is."""
-    if device.type != "cuda":
+    """In half precision (`dtype` fp16/bf16, a GPU's plan): the pipeline's models on `device` in
+    `dtype` with VAE slicing for the block, then back to the very float32 CPU tensors they had
+    (kept by reference, so no precision is lost and no copy is made). In float32 (the CPU's plan):
+    the pipeline on `device` as it is."""
+    if dtype == torch.float32:
         pipe.to(device)
         yield
         return
@@ -195,7 +196,8 @@ def _rendering_on(pipe: Any, device: torch.device, dtype: torch.dtype) -> Iterat
             m.load_state_dict(kept[name], assign=True)
         del kept
         gc.collect()
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 def _class_batch(device: torch.device, resolution: int, low_memory: bool) -> tuple[int, bool]:
