@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_by_id, filter_status, id_param
 from imagesite.files import private_file_response
 
-from . import rules
+from . import catalog, rules
 from . import serializers as s
 from .modelinfo import SCHEDULERS
 from .models import GeneratedImage, Generation
@@ -28,11 +28,16 @@ def search_prompt(queryset: QuerySet, request: Request, field: str = "prompt") -
     return queryset.filter(**{f"{field}__icontains": text}) if text else queryset
 
 
-# --- the model -----------------------------------------------------------------------------------
-def model_description() -> dict:
-    info = rules.current_model()
+# --- the base models ----------------------------------------------------------------------------
+def model_description(row) -> dict:
+    info = row.info()
     return {
-        "name": info.name,
+        "id": row.pk,
+        "name": row.name,
+        "family": row.family,
+        "family_label": row.family_label,
+        "size_bytes": row.size_bytes,
+        "is_default": row.is_default,
         "kind": info.kind,
         "native_size": info.native_size,
         "defaults": info.defaults(),
@@ -47,9 +52,14 @@ def model_description() -> dict:
 
 
 class ModelsView(APIView):
-    @extend_schema(summary="What the server generates with: the model, its native size, defaults and limits", responses=s.ModelInfoSerializer(many=True))
+    @extend_schema(
+        summary="The base models offered: family, size on disk, defaults and limits (the default first)",
+        description="Pass a model's `id` or `name` as `base_model` when creating a generation or starting a training run.",
+        responses=s.ModelInfoSerializer(many=True),
+    )
     def get(self, request: Request) -> Response:
-        return Response(s.ModelInfoSerializer([model_description()], many=True).data)
+        rows = catalog.offered_models().order_by("-is_default", "name")
+        return Response(s.ModelInfoSerializer([model_description(row) for row in rows], many=True).data)
 
 
 # --- generations -----------------------------------------------------------------------------------
@@ -87,7 +97,7 @@ class GenerationViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.Retriev
                     "progress": {"step": 0, "total": 0, "percent": 0, "eta_seconds": None}, "error": "", "attempts": 0,
                     "prompt": "a red circle on a blue background", "negative_prompt": "", "seed": 1234567, "steps": 20,
                     "guidance_scale": 7.5, "width": 64, "height": 64, "scheduler": "dpmpp_2m", "num_images": 1,
-                    "model_name": "imagesite-demo", "subject": None, "subject_name": "", "webhook_url": "",
+                    "model_name": "imagesite-demo", "base_model": 1, "phase": "", "subject": None, "subject_name": "", "webhook_url": "",
                     "created_at": "2026-11-25T03:00:00Z", "started_at": None, "finished_at": None, "images": [],
                 },
             ),
@@ -95,7 +105,7 @@ class GenerationViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.Retriev
                 "Every setting",
                 value={"prompt": "a red circle on a blue background", "negative_prompt": "blurry", "seed": 42, "steps": 20,
                        "guidance_scale": 7.5, "width": 64, "height": 64, "scheduler": "dpmpp_2m", "num_images": 2,
-                       "webhook_url": "https://example.com/hooks/imagesite"},
+                       "base_model": "imagesite-demo", "webhook_url": "https://example.com/hooks/imagesite"},
                 request_only=True,
             ),
         ],

@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class GenerationConfig(AppConfig):
@@ -20,3 +21,7 @@ class GenerationConfig(AppConfig):
         quotas.register("generations_per_hour", lambda user: Generation.objects.for_user(user).filter(training_run__isnull=True),
                         window=timedelta(hours=1))
         register_job_serializer(Generation, GenerationSerializer)
+        from .catalog import scan_after_migrate
+
+        # The base model rows (IMAGESITE_MODEL, the models folder) exist as soon as the database does.
+        post_migrate.connect(scan_after_migrate, sender=self, dispatch_uid="generation-scan-models")

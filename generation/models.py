@@ -8,10 +8,63 @@ from django.urls import reverse
 
 from imagesite.jobs import Job, JobQuerySet
 
-from .modelinfo import SCHEDULERS
+from .modelinfo import SCHEDULERS, ModelInfo, describe_model
 
 SCHEDULER_CHOICES = [(key, choice.label) for key, choice in SCHEDULERS.items()]
 MAX_SEED = 2**32 - 1
+
+
+class ModelOrigin(models.TextChoices):
+    SETTING = "setting", "IMAGESITE_MODEL"
+    FOLDER = "folder", "models folder"
+    ADMIN = "admin", "added in the admin"
+
+
+class BaseModelQuerySet(models.QuerySet):
+    def offered(self) -> "BaseModelQuerySet":
+        """What users may pick: enabled by the operator and usable (no problem found by the scan)."""
+        return self.filter(enabled=True, problem="")
+
+
+class BaseModel(models.Model):
+    """A base checkpoint users may generate with and train on: a diffusers folder, a single
+    .safetensors/.ckpt file or a hub id. Rows come from IMAGESITE_MODEL (the `setting` row), from the
+    models folder (generation.catalog scans it) or from staff in the admin. Family, size and the
+    problem (why it cannot be used) are read from the files, torch-free."""
+
+    name = models.CharField(max_length=200, unique=True)
+    path = models.CharField(max_length=1000, unique=True, help_text="A diffusers folder, a .safetensors/.ckpt file or a hub id.")
+    origin = models.CharField(max_length=8, choices=ModelOrigin.choices, default=ModelOrigin.ADMIN)
+    family = models.CharField(max_length=16, blank=True, help_text="Read from the files, e.g. sd1, sd2, sdxl.")
+    family_label = models.CharField(max_length=60, blank=True)
+    size_bytes = models.BigIntegerField(default=0, help_text="Size on disk.")
+    enabled = models.BooleanField(default=True, help_text="Offered to users (when it has no problem).")
+    is_default = models.BooleanField(default=False, help_text="Preselected in the generate and training forms.")
+    problem = models.TextField(blank=True, help_text="Why the files cannot be used; such a model is not offered.")
+    added_at = models.DateTimeField(auto_now_add=True)
+    scanned_at = models.DateTimeField(null=True, blank=True)
+
+    objects = BaseModelQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-is_default", "name"]
+        constraints = [models.UniqueConstraint(fields=["is_default"], condition=models.Q(is_default=True), name="one_default_base_model")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.family_label or 'unknown family'})"
+
+    @property
+    def is_offered(self) -> bool:
+        return self.enabled and not self.problem
+
+    def worker_source(self) -> str:
+        """What a worker loads: the `setting` row stands for the worker's own IMAGESITE_MODEL (a job
+        stores what the user chose; each machine resolves the default itself), others their path."""
+        return settings.IMAGESITE_MODEL if self.origin == ModelOrigin.SETTING else self.path
+
+    def info(self) -> ModelInfo:
+        """Defaults and limits from the files (generation.modelinfo; torch-free, cached)."""
+        return describe_model(self.path)
 
 
 class Generation(Job):
@@ -30,6 +83,10 @@ class Generation(Job):
     scheduler = models.CharField(max_length=32, choices=SCHEDULER_CHOICES)
     num_images = models.PositiveSmallIntegerField(default=1)
     model_name = models.CharField(max_length=200, blank=True)
+    # The base chosen; model_name stays as the record when the row is removed.
+    base_model = models.ForeignKey(BaseModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="generations")
+    # "loading" while the worker (re)loads the base model, "rendering" once steps run.
+    phase = models.CharField(max_length=16, blank=True)
     webhook_url = models.URLField(blank=True, help_text="POSTed a signed JSON payload when the job ends.")
     # The subject's name stays when the subject is deleted, so its images can say so.
     subject = models.ForeignKey("training.Subject", null=True, blank=True, on_delete=models.SET_NULL, related_name="generations")
@@ -73,7 +130,7 @@ class Generation(Job):
 
     def form_initial(self) -> dict:
         """The settings as generate-form values ("generate again with these settings")."""
-        fields = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler", "num_images", "subject")
+        fields = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler", "num_images", "subject", "base_model")
         return {name: getattr(self, name) for name in fields}
 
 
@@ -83,9 +140,14 @@ def subjects_of(owner) -> models.QuerySet:
     return Generation._meta.get_field("subject").related_model.objects.for_user(owner)
 
 
-def usable_subjects(owner) -> models.QuerySet:
-    """The owner's subjects that a generation may use (trained ones)."""
-    return subjects_of(owner).ready()
+def usable_subjects(owner, family: str | None = None) -> models.QuerySet:
+    """The owner's subjects that a generation may use (trained ones), each annotated with
+    `trained_family` (the family of the base its checkpoint was trained on; blank for runs from
+    before base models were recorded). With `family`, only those that fit a base of that family."""
+    subjects = subjects_of(owner).ready().with_trained_family()
+    if family:
+        subjects = subjects.filter(models.Q(trained_family=family) | models.Q(trained_family="") | models.Q(trained_family__isnull=True))
+    return subjects
 
 
 class GeneratedImageQuerySet(models.QuerySet):

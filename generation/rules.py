@@ -26,6 +26,19 @@ def validate_size(value: int, info: ModelInfo | None = None) -> int:
     return value
 
 
+def validate_subject_family(subject, base_model) -> None:
+    """A subject's checkpoint fits only bases of the family it was trained on (a LoRA's shapes are
+    its base's). Runs from before bases were recorded carry no family and are let through."""
+    run = subject.trained_run()
+    family = run.base_family if run is not None else ""
+    if family and base_model.family and family != base_model.family:
+        trained = (run.base_model.family_label if run.base_model_id else "") or family
+        raise ValidationError(
+            f"“{subject.name}” was trained on {run.base_model_name or 'a base'} ({trained}); “{base_model.name}” is "
+            f"{base_model.family_label or base_model.family}. Pick a {trained} base model, or another subject."
+        )
+
+
 def validate_prompt(value: str) -> str:
     value = value.strip()
     if not value:

@@ -11,7 +11,7 @@ from rest_framework import serializers
 from api.serializers import DescribedCharField, LinkField, NON_SPACE, ProgressSerializer, StrictSerializer, WEBHOOK_URL_SCHEMA, absolute
 from api.webhooks import check_webhook_url
 
-from . import rules
+from . import catalog, rules
 from .models import MAX_SEED, SCHEDULER_CHOICES, GeneratedImage, Generation, usable_subjects
 
 
@@ -29,8 +29,29 @@ class ImageSizeFieldSchema(OpenApiSerializerFieldExtension):
     target_class = "generation.serializers.ImageSizeField"
 
     def map_serializer_field(self, auto_schema, direction):
-        info = rules.current_model()
-        return {"type": "integer", "minimum": info.min_size, "maximum": info.max_size, "multipleOf": 8}
+        low, high = catalog.size_limits()  # over every base model offered; each has its own (GET /models/)
+        return {"type": "integer", "minimum": low, "maximum": high, "multipleOf": 8}
+
+
+@extend_schema_field({
+    "oneOf": [{"type": "integer", "minimum": 1}, {"type": "string", "minLength": 1, "maxLength": 200}],
+    "description": "A base model offered (GET /api/v1/models/), by id or name. Omitted: the subject's base, else the default.",
+})
+class BaseModelField(serializers.Field):
+    """A base model picked by id or by name, among those offered."""
+
+    default_error_messages = {"unknown": "No base model {value!r} is offered; see /api/v1/models/.", "invalid": "An id (number) or a name."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, (int, str)) or data == "":
+            self.fail("invalid")
+        row = catalog.find_offered(data)
+        if row is None:
+            self.fail("unknown", value=data)
+        return row
+
+    def to_representation(self, value):
+        return value.pk
 
 
 # --- generations and images ----------------------------------------------------------------------
@@ -60,9 +81,14 @@ class GenerationSerializer(serializers.ModelSerializer):
         fields = [
             "id", "url", "cancel_url", "page_url", "status", "progress", "error", "attempts",
             "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler",
-            "num_images", "model_name", "subject", "subject_name", "webhook_url", "created_at", "started_at", "finished_at", "images",
+            "num_images", "model_name", "base_model", "phase", "subject", "subject_name", "webhook_url", "created_at", "started_at",
+            "finished_at", "images",
         ]
         read_only_fields = fields
+        extra_kwargs = {
+            "base_model": {"help_text": "The base model's id (GET /api/v1/models/); null once removed (model_name keeps its name)."},
+            "phase": {"help_text": "While running: loading (the worker loads the base model) or rendering."},
+        }
 
     @extend_schema_field(ImageSummarySerializer(many=True))
     def get_images(self, obj: Generation) -> list[dict]:
@@ -80,8 +106,9 @@ class GenerationCreateSerializer(StrictSerializer):
     seed = serializers.IntegerField(min_value=0, max_value=MAX_SEED, required=False, allow_null=True, default=None, help_text="Omit or null for a random seed; the seed used is returned.")
     steps = serializers.IntegerField(min_value=rules.STEPS_RANGE[0], max_value=rules.STEPS_RANGE[1], required=False)
     guidance_scale = serializers.FloatField(min_value=rules.GUIDANCE_RANGE[0], max_value=rules.GUIDANCE_RANGE[1], required=False)
-    width = ImageSizeField(required=False, help_text="A multiple of 8 within the model's limits.")
-    height = ImageSizeField(required=False, help_text="A multiple of 8 within the model's limits.")
+    base_model = BaseModelField(required=False, allow_null=True, default=None)
+    width = ImageSizeField(required=False, help_text="A multiple of 8 within the base model's limits.")
+    height = ImageSizeField(required=False, help_text="A multiple of 8 within the base model's limits.")
     scheduler = serializers.ChoiceField(choices=SCHEDULER_CHOICES, required=False)
     num_images = serializers.IntegerField(min_value=rules.NUM_IMAGES_RANGE[0], max_value=rules.NUM_IMAGES_RANGE[1], required=False, default=1)
     webhook_url = DescribedCharField(schema=WEBHOOK_URL_SCHEMA, max_length=200, required=False, allow_blank=True, default="", help_text="POSTed a signed JSON payload when the job ends.")
@@ -99,12 +126,6 @@ class GenerationCreateSerializer(StrictSerializer):
 
     def validate_prompt(self, value: str) -> str:
         return rules.validate_prompt(value)
-
-    def validate_width(self, value: int) -> int:
-        return rules.validate_size(value)
-
-    def validate_height(self, value: int) -> int:
-        return rules.validate_size(value)
 
     def validate_webhook_url(self, value: str) -> str:
         return check_webhook_url(value) if value else value
@@ -165,7 +186,12 @@ class ModelDefaultsSerializer(serializers.Serializer):
 
 
 class ModelInfoSerializer(serializers.Serializer):
+    id = serializers.IntegerField(help_text="What generations and training runs take as base_model (or the name).")
     name = serializers.CharField()
+    family = serializers.CharField(help_text="e.g. sd1, sd2, sdxl: a subject trained on one family works only with bases of that family.")
+    family_label = serializers.CharField()
+    size_bytes = serializers.IntegerField(help_text="Size on disk.")
+    is_default = serializers.BooleanField(help_text="Used when a job names no base model.")
     kind = serializers.CharField(help_text="folder, single_file or hub")
     native_size = serializers.IntegerField()
     defaults = ModelDefaultsSerializer()

@@ -12,42 +12,70 @@ from django.utils import timezone
 from imagesite import quotas
 from imagesite.jobs import JobCanceled, JobStatus
 
-from .models import MAX_SEED, GeneratedImage, Generation, usable_subjects
-from .rules import current_model, validate_subject_in_prompt
+from .catalog import default_model
+from .models import MAX_SEED, BaseModel, GeneratedImage, Generation, usable_subjects
+from .rules import validate_size, validate_subject_family, validate_subject_in_prompt
 
 
 DEFAULTED_SETTINGS = ("steps", "guidance_scale", "width", "height", "scheduler")
 
 
-def create_generation(*, owner, prompt: str, seed: int | None = None, subject=None, **settings) -> Generation:
+def create_generation(*, owner, prompt: str, seed: int | None = None, subject=None, base_model=None, **settings) -> Generation:
     """Create the row and queue its task in one transaction, after the owner's limits admit it (pages
-    and the API both come here). Omitted settings take the model's defaults; a blank seed becomes a
-    random one, and the seed used is recorded. `subject` must be one of the owner's trained subjects
-    with its token in the prompt (ValidationError keyed by field otherwise)."""
-    info = current_model()
+    and the API both come here). `base_model` is an offered BaseModel (None: the subject's own base
+    when it is offered, else the operator's default). Omitted settings take that model's defaults; a
+    blank seed becomes a random one, and the seed used is recorded. Width and height must be within
+    the model's limits; `subject` must be one of the owner's trained subjects, trained on a base of
+    the same family, with its token in the prompt (ValidationError keyed by field otherwise)."""
+    base_model = _choose_base(base_model, subject)
+    info = base_model.info()
     for name in DEFAULTED_SETTINGS:
         if settings.get(name) is None:
             settings[name] = getattr(info, name)
+    errors: dict[str, list[str]] = {}
+    for name in ("width", "height"):
+        try:
+            validate_size(settings[name], info)
+        except ValidationError as exc:
+            errors[name] = exc.messages
     if subject is not None:
         if not usable_subjects(owner).filter(pk=subject.pk).exists():
-            raise ValidationError({"subject": ["Choose one of your trained subjects."]})
-        try:
-            validate_subject_in_prompt(prompt, subject.token)
-        except ValidationError as exc:
-            raise ValidationError({"prompt": exc.messages}) from None
+            errors["subject"] = ["Choose one of your trained subjects."]
+        else:
+            for name, check in (("subject", lambda: validate_subject_family(subject, base_model)),
+                                ("prompt", lambda: validate_subject_in_prompt(prompt, subject.token))):
+                try:
+                    check()
+                except ValidationError as exc:
+                    errors[name] = exc.messages
+    if errors:
+        raise ValidationError(errors)
     with transaction.atomic():
         quotas.admit(owner, "max_queued_jobs", "generations_per_hour")
         generation = Generation.objects.create(
             owner=owner,
             prompt=prompt,
             seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
-            model_name=f"{info.name} + {subject.name}" if subject else info.name,
+            model_name=f"{base_model.name} + {subject.name}" if subject else base_model.name,
+            base_model=base_model,
             subject=subject,
             subject_name=subject.name if subject else "",
             **settings,
         )
         generation.enqueue()
     return generation
+
+
+def _choose_base(base_model: BaseModel | None, subject) -> BaseModel:
+    if base_model is not None:
+        if not BaseModel.objects.offered().filter(pk=base_model.pk).exists():
+            raise ValidationError({"base_model": [f"“{base_model.name}” is not offered (disabled, or its files cannot be used)."]})
+        return base_model
+    if subject is not None:  # the base the subject was trained on, when it is still offered
+        run = subject.trained_run()
+        if run is not None and run.base_model_id and BaseModel.objects.offered().filter(pk=run.base_model_id).exists():
+            return run.base_model
+    return default_model()
 
 
 def store_images(generation: Generation, pngs: list[tuple[bytes, bytes]], seeds: list[int], *, finish: Callable[[], bool]) -> None:
@@ -75,7 +103,8 @@ def store_images(generation: Generation, pngs: list[tuple[bytes, bytes]], seeds:
 
 
 def record_finished_images(*, owner, subject, training_run, prompt: str, seed: int, steps: int, guidance_scale: float,
-                           scheduler: str, model_name: str, pngs: list[tuple[bytes, bytes]], size: tuple[int, int]) -> Generation:
+                           scheduler: str, model_name: str, pngs: list[tuple[bytes, bytes]], size: tuple[int, int],
+                           base_model: BaseModel | None = None) -> Generation:
     """A finished generation drawn by someone else's job (a training run's validation images): files
     first, then the row (already succeeded) and its images in one transaction, so no row is ever
     "running" without a worker's heartbeat behind it. A failure removes the files written."""
@@ -83,7 +112,7 @@ def record_finished_images(*, owner, subject, training_run, prompt: str, seed: i
     now = timezone.now()
     generation = Generation(
         owner=owner, prompt=prompt, seed=seed, steps=steps, guidance_scale=guidance_scale, width=width, height=height,
-        scheduler=scheduler, num_images=len(pngs), model_name=model_name, subject=subject,
+        scheduler=scheduler, num_images=len(pngs), model_name=model_name, base_model=base_model, subject=subject,
         subject_name=subject.name if subject else "", training_run=training_run, status=JobStatus.SUCCEEDED,
         started_at=now, finished_at=now, progress_step=steps, progress_total=steps,
     )

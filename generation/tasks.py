@@ -12,18 +12,43 @@ from .services import store_images
 
 
 def run_generation(generation_id: int) -> str:
-    job = Generation.objects.filter(pk=generation_id).first()
+    job = Generation.objects.select_related("base_model").filter(pk=generation_id).first()
     return run_job(job, _render, label="Generation", readable=(GenerationError,))
 
 
 def _render(job: Generation) -> None:
-    from .pipeline import encode_for_gallery, get_renderer
+    from . import pipeline
 
-    renderer = get_renderer(settings.IMAGESITE_MODEL, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
+    source = _base_source(job)
+    adapter = _subject_adapter(job)
+    if not _is_warm(pipeline, source):
+        # A (re)load takes seconds to minutes: the job page says "Loading model…" meanwhile.
+        job.report_progress(0, job.steps, pace_starts=False, phase=LOADING)
+    renderer = pipeline.get_renderer(source, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
     render_settings = job.render_settings()
-    images = renderer.render(render_settings, on_step=ProgressReporter(job), adapter=_subject_adapter(job))
-    pngs = encode_for_gallery(images, render_settings, renderer.info.name)
+    report = ProgressReporter(job)
+    images = renderer.render(render_settings, on_step=lambda step, total: report(step, total, phase=RENDERING), adapter=adapter)
+    pngs = pipeline.encode_for_gallery(images, render_settings, renderer.info.name)
     store_images(job, pngs, render_settings.seeds, finish=job.succeed)
+
+
+LOADING, RENDERING = "loading", "rendering"
+
+
+def _is_warm(pipeline, source: str) -> bool:
+    """Whether this worker's renderer already holds `source` (get_renderer keeps the last one)."""
+    warm = getattr(pipeline, "is_warm", None)
+    if warm is not None:
+        return warm(source)
+    renderer = getattr(pipeline, "_renderer", None)
+    return renderer is not None and renderer.source == source
+
+
+def _base_source(job: Generation) -> str:
+    """What to load for this job: its base model's files (the default row: this worker's own
+    IMAGESITE_MODEL). A job without one (from before base models were recorded) renders with
+    IMAGESITE_MODEL, as it would have then."""
+    return job.base_model.worker_source() if job.base_model_id else settings.IMAGESITE_MODEL
 
 
 def _subject_adapter(job: Generation):

@@ -46,18 +46,26 @@ def generate(request: HttpRequest) -> HttpResponse:
         form, status = GenerateForm(initial=_initial_from_query(request), owner=request.user), 200
     recent = Generation.objects.for_user(request.user).prefetch_related("images")[:6]
     subjects = form.fields["subject"].queryset
-    return render(request, "generation/generate.html", {"form": form, "model": form.model_info, "recent": recent, "subjects": subjects}, status=status)
+    context = {"form": form, "model": form.model_info, "base_model": form.base_model, "presets": getattr(form.model_info, "aspect_presets", ()),
+               "recent": recent, "subjects": subjects}
+    return render(request, "generation/generate.html", context, status=status)
 
 
 def _initial_from_query(request: HttpRequest) -> dict:
     """?again=<generation> fills the form with its settings; ?subject=<subject> preselects a subject
-    and starts the prompt with its token. Only the user's own rows count."""
+    (and the base it was trained on) and starts the prompt with its token; ?model=<base model>
+    preselects a base model. Only the user's own rows count."""
     if request.GET.get("again", "").isdigit():
         source = Generation.objects.for_user(request.user).filter(pk=request.GET["again"]).first()
         return source.form_initial() if source else {}
     if request.GET.get("subject", "").isdigit():
         subject = subjects_of(request.user).filter(pk=request.GET["subject"]).first()
-        return {"subject": subject, "prompt": f"{subject.prompt_example} "} if subject else {}
+        if subject is None:
+            return {}
+        run = subject.trained_run()
+        return {"subject": subject, "prompt": f"{subject.prompt_example} ", "base_model": run.base_model_id if run else None}
+    if request.GET.get("model", "").isdigit():
+        return {"base_model": int(request.GET["model"])}
     return {}
 
 

@@ -1,7 +1,11 @@
 from __future__ import annotations
 
 from django import forms
-from django.conf import settings
+
+from generation import catalog
+from generation.forms import BaseModelField
+from generation.modelinfo import model_kind
+from generation.models import BaseModel
 
 from . import rules
 from .dreambooth.options import MACHINE_FIELDS, method_defaults
@@ -110,6 +114,8 @@ class TrainingForm(forms.Form):
     choices are judged and stored by `rules.clean_training_options`, as the API's are.
     """
 
+    base_model = BaseModelField(queryset=BaseModel.objects.none(), required=False, empty_label=None, label="Base model",
+                                help_text="The subject works in generations with base models of this one's family.")
     method = forms.ChoiceField(choices=TrainingMethod.choices, initial=TrainingMethod.LORA)
     steps = forms.IntegerField(min_value=rules.STEPS_RANGE[0], max_value=rules.STEPS_RANGE[1])
     # Blank: the chosen method's own default (a full fine-tune needs a lower rate than a LoRA).
@@ -137,11 +143,23 @@ class TrainingForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.defaults = method_defaults(settings.IMAGESITE_MODEL, TrainingMethod.LORA)
+        # Trainable bases: offered ones with files here (a hub id is not).
+        bases = [m for m in catalog.offered_models() if model_kind(m.path) != "hub"]
+        self.fields["base_model"].queryset = BaseModel.objects.filter(pk__in=[m.pk for m in bases])
+        default = catalog.default_model()
+        self.fields["base_model"].initial = default.pk
+        if len(bases) < 2:
+            self.fields["base_model"].widget = forms.HiddenInput()
+        # The defaults shown are the default base's; the worker resolves them for the base chosen.
+        self.base_source = default.path
+        if self.is_bound:
+            chosen = next((m for m in bases if str(m.pk) == str(self.data.get(self.add_prefix("base_model")))), None)
+            self.base_source = chosen.path if chosen else self.base_source
+        self.defaults = method_defaults(self.base_source, TrainingMethod.LORA)
         for name, field in self.fields.items():
             if name not in ("method", "learning_rate") and name not in MACHINE_FIELDS and hasattr(self.defaults, name):
                 field.initial = getattr(self.defaults, name)
-        full_rate = method_defaults(settings.IMAGESITE_MODEL, TrainingMethod.FULL).learning_rate
+        full_rate = method_defaults(self.base_source, TrainingMethod.FULL).learning_rate
         rate = self.fields["learning_rate"]
         rate.widget.attrs["placeholder"] = "default"
         rate.help_text = f"Blank: the method's default (LoRA {self.defaults.learning_rate:g}, full {full_rate:g})."
@@ -152,9 +170,9 @@ class TrainingForm(forms.Form):
             # A value left as the page showed it is the model's default, not a choice: it is not stored,
             # so the page and the API (which sends only what it sets) store the same options.
             given = {name: value for name, value in data.items()
-                     if name != "method" and value not in (None, "", AUTO) and value != self.fields[name].initial}
+                     if name not in ("method", "base_model") and value not in (None, "", AUTO) and value != self.fields[name].initial}
             try:
-                self.chosen = rules.clean_training_options(data["method"], given)
+                self.chosen = rules.clean_training_options(data["method"], given, base_source=self.base_source)
             except forms.ValidationError as exc:
                 self.add_error(None, exc)
         return data

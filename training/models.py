@@ -20,6 +20,12 @@ class SubjectQuerySet(models.QuerySet):
         """Subjects with a finished training run, i.e. usable in prompts."""
         return self.filter(runs__status=JobStatus.SUCCEEDED).distinct()
 
+    def with_trained_family(self) -> "SubjectQuerySet":
+        """Annotate `trained_family`: the base model family of the run generations use (the newest
+        succeeded one, as Subject.trained_run picks); None without one, blank for older runs."""
+        newest = TrainingRun.objects.filter(subject=models.OuterRef("pk"), status=JobStatus.SUCCEEDED).order_by("-finished_at", "-pk")
+        return self.annotate(trained_family=models.Subquery(newest.values("base_family")[:1]))
+
 
 class Subject(models.Model):
     """A user's own concept (a person, a pet, an object), learnt from their photos."""
@@ -58,6 +64,11 @@ class Subject(models.Model):
     def trained_run(self) -> "TrainingRun | None":
         """The newest run that produced a checkpoint (what generation uses)."""
         return self.runs.filter(status=JobStatus.SUCCEEDED).order_by("-finished_at", "-pk").first()
+
+    def trained_family(self) -> str:
+        """The family of the base its checkpoint was trained on ("" when untrained or unrecorded)."""
+        run = self.trained_run()
+        return run.base_family if run else ""
 
     def is_training(self) -> bool:
         return self.runs.active().exists()
@@ -188,6 +199,10 @@ class TrainingRun(Job):
 
     subject = models.ForeignKey(Subject, on_delete=models.CASCADE, related_name="runs")
     method = models.CharField(max_length=8, choices=TrainingMethod.choices, default=TrainingMethod.LORA)
+    # The base it trains on; base_model_name and base_family stay as the record when the row goes.
+    base_model = models.ForeignKey("generation.BaseModel", null=True, blank=True, on_delete=models.SET_NULL, related_name="training_runs")
+    base_model_name = models.CharField(max_length=200, blank=True)
+    base_family = models.CharField(max_length=16, blank=True, help_text="Generations may use the checkpoint only with a base of this family.")
     options = models.JSONField(default=dict, help_text="TrainingOptions overrides chosen by the user.")
     phase = models.CharField(max_length=16, blank=True)  # "class_images" | "training"
     loss = models.FloatField(null=True, blank=True)

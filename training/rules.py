@@ -114,7 +114,7 @@ TRAINING_OPTION_RULES: dict[str, tuple[type, tuple]] = {
 }
 
 
-def clean_training_options(method: str, chosen: dict) -> dict:
+def clean_training_options(method: str, chosen: dict, *, base_source: str | None = None) -> dict:
     """Judge a user's choices for a training run; return the options to store in `TrainingRun.options`.
 
     Every edge that starts a run calls this (the training form, the API's start serializer) with the
@@ -124,7 +124,8 @@ def clean_training_options(method: str, chosen: dict) -> dict:
     learning rate, or fp16 only where there is a GPU. Values come with their Python types (int,
     float, bool, str), as form and serializer fields clean them; the names are TRAINING_OPTION_RULES'.
 
-    Cross-field rules judge the choices together with the defaults they leave in place (prior
+    Cross-field rules judge the choices together with the defaults they leave in place for the base
+    model at `base_source` (default: IMAGESITE_MODEL) (prior
     preservation is on by default and needs at least one class image). Torch-free: the model's
     defaults come from its config files (`method_defaults`).
 
@@ -146,7 +147,7 @@ def clean_training_options(method: str, chosen: dict) -> dict:
     if errors:
         raise ValidationError(errors)
 
-    resolved = method_defaults(settings.IMAGESITE_MODEL, method, **options)
+    resolved = method_defaults(base_source or settings.IMAGESITE_MODEL, method, **options)
     if resolved.prior_preservation and resolved.num_class_images < 1:
         field = "num_class_images" if "num_class_images" in options else "prior_preservation"
         raise ValidationError({field: "Prior preservation needs at least one class image."})

@@ -14,6 +14,8 @@ from rest_framework import serializers
 from api.serializers import TEXT_SCHEMA, WEBHOOK_URL_SCHEMA, DescribedCharField, LinkField, ProgressSerializer, StrictSerializer, absolute
 from api.webhooks import check_webhook_url
 
+from generation.serializers import BaseModelField
+
 from . import rules as training_rules
 from .models import Subject, SubjectPhoto, TrainingMethod, TrainingRun
 
@@ -34,11 +36,17 @@ class TrainingRunSerializer(serializers.ModelSerializer):
     class Meta:
         model = TrainingRun
         fields = [
-            "id", "url", "cancel_url", "page_url", "subject", "subject_url", "status", "phase", "progress", "loss",
+            "id", "url", "cancel_url", "page_url", "subject", "subject_url", "base_model", "base_model_name", "base_family",
+            "status", "phase", "progress", "loss",
             "seconds_per_step", "error", "attempts", "method", "options", "checkpoint_size", "checkpoint_url",
             "token_embedding_url", "webhook_url", "created_at", "started_at", "finished_at",
         ]
         read_only_fields = fields
+        extra_kwargs = {
+            "base_model": {"help_text": "The base model's id (GET /api/v1/models/); null once removed."},
+            "base_model_name": {"help_text": "The base model trained on, kept when it is removed."},
+            "base_family": {"help_text": "Generations use the subject only with base models of this family."},
+        }
 
     @extend_schema_field(OpenApiTypes.URI)
     def get_subject_url(self, run: TrainingRun) -> str | None:
@@ -63,6 +71,7 @@ class TrainingRunSerializer(serializers.ModelSerializer):
 class TrainingStartSerializer(StrictSerializer):
     """Options of a run. Omitted ones take the defaults that fit the base model."""
 
+    base_model = BaseModelField(required=False, allow_null=True, default=None)
     method = serializers.ChoiceField(choices=TrainingMethod.choices, required=False)
     steps = serializers.IntegerField(min_value=training_rules.STEPS_RANGE[0], max_value=training_rules.STEPS_RANGE[1], required=False)
     learning_rate = serializers.FloatField(min_value=training_rules.LEARNING_RATE_RANGE[0], max_value=training_rules.LEARNING_RATE_RANGE[1], required=False)
@@ -87,7 +96,10 @@ class TrainingStartSerializer(StrictSerializer):
         worker decides the rest for the chosen method and its GPU."""
         webhook_url = attrs.pop("webhook_url", "")
         method = attrs.pop("method", TrainingMethod.LORA)
-        return {"method": method, "options": training_rules.clean_training_options(method, attrs), "webhook_url": webhook_url}
+        base_model = attrs.pop("base_model", None)
+        source = base_model.path if base_model is not None else None
+        options = training_rules.clean_training_options(method, attrs, base_source=source)
+        return {"method": method, "options": options, "webhook_url": webhook_url, "base_model": base_model}
 
 
 # --- subjects and photos -------------------------------------------------------------------------

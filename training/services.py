@@ -8,7 +8,9 @@ from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
+from generation.catalog import default_model
 from generation.modelinfo import describe_model, model_kind
+from generation.models import BaseModel
 from imagesite import quotas
 from imagesite.conflicts import conflict
 
@@ -132,10 +134,12 @@ def set_captions(*, subject: Subject, captions: dict[int, str]) -> list[SubjectP
     return list(photos.values())
 
 
-def start_training(*, subject: Subject, method: str = TrainingMethod.LORA, options: dict | None = None, webhook_url: str = "") -> TrainingRun:
-    """Queue a DreamBooth run on the training cluster, after checking the subject can train."""
-    if model_kind(settings.IMAGESITE_MODEL) != "folder":
-        raise conflict("Training needs the base model as a diffusers folder (IMAGESITE_MODEL).")
+def start_training(*, subject: Subject, method: str = TrainingMethod.LORA, options: dict | None = None, webhook_url: str = "",
+                   base_model=None) -> TrainingRun:
+    """Queue a DreamBooth run on the training cluster, after checking the subject can train.
+    `base_model` is an offered BaseModel (None: the operator's default); the run records it and its
+    family, and generations then offer the subject only with bases of that family."""
+    base_model = _training_base(base_model)
     with transaction.atomic():
         # The owner's lock also keeps a concurrent second start for the same subject out.
         quotas.admit(subject.owner, "max_queued_jobs", "trainings_per_day")
@@ -147,6 +151,21 @@ def start_training(*, subject: Subject, method: str = TrainingMethod.LORA, optio
         count = subject.photos.ready().count()
         if count < MIN_PHOTOS:
             raise conflict(f"Upload at least {MIN_PHOTOS} photos first (there {'is' if count == 1 else 'are'} {count}).")
-        run = TrainingRun.objects.create(subject=subject, method=method, options=dict(options or {}), webhook_url=webhook_url)
+        run = TrainingRun.objects.create(
+            subject=subject, method=method, options=dict(options or {}), webhook_url=webhook_url,
+            base_model=base_model, base_model_name=base_model.name, base_family=base_model.family,
+        )
         run.enqueue()
     return run
+
+
+def _training_base(base_model):
+    """The base a run trains on: an offered one with files here (a diffusers folder or a single
+    file, which the training worker converts once); None is the operator's default."""
+    if base_model is None:
+        base_model = default_model()
+    elif not BaseModel.objects.offered().filter(pk=base_model.pk).exists():
+        raise ValidationError({"base_model": [f"“{base_model.name}” is not offered (disabled, or its files cannot be used)."]})
+    if model_kind(base_model.path) == "hub":
+        raise ValidationError({"base_model": [f"Training needs the base model's files on this server; “{base_model.name}” is a hub id."]})
+    return base_model

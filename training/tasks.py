@@ -46,12 +46,11 @@ class TrainingReporter:
 
     def _save_validation_images(self, progress) -> None:
         from generation.pipeline import RenderSettings, encode_for_gallery
-        from generation.rules import current_model
         from generation.services import record_finished_images
 
-        info = current_model()
+        info = describe_model(run_base_source(self.run))
         subject = self.run.subject
-        model_name = f"{info.name} + {subject.name}"
+        model_name = f"{self.run.base_model_name or info.name} + {subject.name}"
         steps, seed = self.options.validation_inference_steps, self.options.seed
         for prompt, image in zip(progress.validation_prompts, progress.validation_images):
             settings_ = RenderSettings(prompt, "", seed, steps, 7.5, image.width, image.height, info.scheduler, 1)
@@ -59,13 +58,20 @@ class TrainingReporter:
                 owner=subject.owner, subject=subject, training_run=self.run, prompt=f"{prompt} (training step {progress.step})",
                 seed=seed, steps=steps, guidance_scale=7.5, scheduler=info.scheduler, model_name=model_name,
                 pngs=encode_for_gallery([image], settings_, model_name), size=(image.width, image.height),
+                base_model=self.run.base_model,
             )
+
+
+def run_base_source(run: TrainingRun) -> str:
+    """What a run trains on: its base model's files (the default row: this worker's own
+    IMAGESITE_MODEL); a run from before bases were recorded trains on IMAGESITE_MODEL."""
+    return run.base_model.worker_source() if run.base_model_id else settings.IMAGESITE_MODEL
 
 
 def run_training(run_id: int) -> str:
     from .dreambooth.progress import TrainingCanceled, TrainingError
 
-    run = TrainingRun.objects.select_related("subject", "subject__owner").filter(pk=run_id).first()
+    run = TrainingRun.objects.select_related("subject", "subject__owner", "base_model").filter(pk=run_id).first()
     return run_job(run, _train, label="Training", readable=(TrainingError,), canceled=(TrainingCanceled,), cleanup=_discard_outputs)
 
 
@@ -82,10 +88,11 @@ def _train(run: TrainingRun) -> None:
     output_dir = Path(default_storage.path(run.files_dir))
     photos = list(subject.photos.ready())
     images = [_open_rgb(photo.crop) for photo in photos]
-    options = default_options_for(settings.IMAGESITE_MODEL, method=run.method, **run.options, validation_prompts=(subject.prompt_example,))
+    base = run_base_source(run)
+    options = default_options_for(base, method=run.method, **run.options, validation_prompts=(subject.prompt_example,))
     options = replace(options, validation_every=max(1, options.steps // 4))  # four rounds of validation images
     result = train_dreambooth(
-        base_model=settings.IMAGESITE_MODEL, instance_images=images, token=subject.token,
+        base_model=base, instance_images=images, token=subject.token,
         class_noun=subject.class_noun, options=options, output_dir=output_dir,
         instance_prompts=[photo.caption or None for photo in photos],
         progress=TrainingReporter(run, options),
