@@ -242,8 +242,20 @@ class LoraFile:
     @property
     def state(self) -> dict[str, torch.Tensor]:
         """The LoRA tensors alone, as `pipe.load_lora_weights(state, adapter_name=...)` takes them
-        (a fresh dict each time: diffusers pops keys from what it is given)."""
+        (a fresh dict each time: diffusers pops keys from what it is given). Complete for kohya
+        files (alpha is a tensor there); an older peft-layout file's alpha is in its metadata, so
+        load that one with `load_into`."""
         return dict(self.tensors)
+
+    def load_into(self, pipe: Any, adapter_name: str) -> None:
+        """`pipe.load_lora_weights` with this file's LoRA: the split-off tensors for a file with a
+        bundled embedding (diffusers refuses its bundle_emb keys), else the path itself, so that an
+        older run's peft-layout file keeps the lora_alpha diffusers reads from the file's metadata
+        (a dict of its tensors alone would load at scale 1)."""
+        if self.bundled:
+            pipe.load_lora_weights(self.state, adapter_name=adapter_name)
+        else:
+            pipe.load_lora_weights(str(self.path), adapter_name=adapter_name)
 
     @property
     def is_kohya(self) -> bool:
