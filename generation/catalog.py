@@ -117,9 +117,9 @@ def size_limits() -> tuple[int, int]:
 # --- the rows -----------------------------------------------------------------------------------------
 def scan_models() -> ScanReport:
     """Bring the rows in line with IMAGESITE_MODEL, the models folder and the files behind admin
-    rows: add what is new, refresh family, size and problem, and leave exactly one default. A
-    folder row whose file went is deleted (or, when jobs name it, kept with its problem); a former
-    IMAGESITE_MODEL is kept disabled. Safe to run from several processes at once."""
+    rows: add what is new, refresh family, size and problem, and leave exactly one default. A folder
+    row no longer in the folder is deleted, or kept disabled (as an admin row) when jobs name it, as
+    a former IMAGESITE_MODEL is. Safe to run from several processes at once."""
     for attempt in range(3):
         try:
             with transaction.atomic():
@@ -143,14 +143,14 @@ def _scan() -> ScanReport:
     for row in rows.values():
         if row.path in wanted:
             continue
-        if row.origin == ModelOrigin.SETTING:  # IMAGESITE_MODEL names another model now
+        if row.origin == ModelOrigin.FOLDER and not (row.generations.exists() or row.training_runs.exists()):
+            row.delete()  # gone from the folder, and no job names it
+            names.discard(row.name)
+            report.removed.append(row.name)
+            continue
+        if row.origin != ModelOrigin.ADMIN:  # gone from the folder or from IMAGESITE_MODEL: kept as a record
             row.origin, row.enabled, row.is_default = ModelOrigin.ADMIN, False, False
-        elif row.origin == ModelOrigin.FOLDER and not Path(row.path).exists():
-            if not (row.generations.exists() or row.training_runs.exists()):
-                row.delete()
-                names.discard(row.name)
-                report.removed.append(row.name)
-                continue
+            report.removed.append(row.name)
         _refresh(row, now, report)
     for path, origin in wanted.items():
         row = rows.get(path)
