@@ -21,6 +21,7 @@ from imagesite.files import private_download, private_file_response
 
 from . import serializers as ts
 from . import services
+from .checkpoint_names import named_for_tools
 from .forms import PhotoUploadForm
 from .models import Subject, SubjectPhoto, TrainingRun
 
@@ -187,15 +188,22 @@ class TrainingRunViewSet(OwnedViewSetMixin, viewsets.ReadOnlyModelViewSet):
         run.refresh_from_db()
         return Response(self.get_serializer(run).data)
 
-    @extend_schema(summary="Download the checkpoint (LoRA .safetensors that diffusers' load_lora_weights reads)", responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY)})
+    @extend_schema(
+        summary="Download the checkpoint: the LoRA in kohya layout (<token>.safetensors, the token's embedding bundled; "
+                "A1111/Forge/SD.Next/ComfyUI/InvokeAI load it), or a full fine-tune's UNet weights",
+        responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY)},
+    )
     @action(detail=True, methods=["get"], content_negotiation_class=FileNegotiation)
     def checkpoint(self, request: Request, pk: str | None = None):
-        return private_download(self.get_object().checkpoint_file())
+        run = self.get_object()
+        return private_download(named_for_tools(run.checkpoint_file(), run.subject.token))
 
     @extend_schema(
-        summary="Download the learnt token embedding (textual-inversion .safetensors, key emb_params), when the run trained one",
+        summary="Download the learnt token embedding (textual-inversion .safetensors: emb_params, or clip_l/clip_g for SDXL; "
+                "<token>-embedding.safetensors, for ComfyUI's models/embeddings), when the run trained one",
         responses={(200, "application/octet-stream"): OpenApiResponse(OpenApiTypes.BINARY)},
     )
     @action(detail=True, methods=["get"], url_path="token-embedding", content_negotiation_class=FileNegotiation)
     def token_embedding(self, request: Request, pk: str | None = None):
-        return private_download(self.get_object().token_embedding_file())
+        run = self.get_object()
+        return private_download(named_for_tools(run.token_embedding_file(), run.subject.token))

@@ -27,3 +27,14 @@ def token_embedding_download_name(token: str) -> str:
 
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-") or "subject"
+
+
+def named_for_tools(found: tuple[str, str] | None, token: str) -> tuple[str, str] | None:
+    """A run's (storage name, download name) answer with the download named as other tools want
+    it: the kohya LoRA as `lora_download_name`, the token file as `token_embedding_download_name`.
+    Anything else (an older run's diffusers-layout LoRA, a full fine-tune's UNet) keeps its name."""
+    if found is None:
+        return None
+    file_name = found[0].rsplit("/", 1)[-1]
+    names = {LORA_WEIGHT_NAME: lora_download_name, TOKEN_EMBEDDING_NAME: token_embedding_download_name}
+    return (found[0], names[file_name](token)) if file_name in names else found

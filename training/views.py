@@ -15,6 +15,7 @@ from imagesite.files import private_download, private_file_response
 from imagesite.quotas import QuotaExceeded
 
 from . import services
+from .checkpoint_names import named_for_tools
 from .forms import CaptionsForm, PhotoUploadForm, SubjectForm, TrainingForm
 from .models import PhotoStatus, Subject, SubjectPhoto, TrainingRun
 
@@ -187,10 +188,12 @@ def run_cancel(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_GET
 def run_checkpoint(request: HttpRequest, pk: int) -> HttpResponse:
-    return private_download(_get_run_for_user(request, pk).checkpoint_file(), "This run has no checkpoint.")
+    run = _get_run_for_user(request, pk)
+    return private_download(named_for_tools(run.checkpoint_file(), run.subject.token), "This run has no checkpoint.")
 
 
 @login_required
 @require_GET
 def run_token_embedding(request: HttpRequest, pk: int) -> HttpResponse:
-    return private_download(_get_run_for_user(request, pk).token_embedding_file(), "This run learnt no token embedding.")
+    run = _get_run_for_user(request, pk)
+    return private_download(named_for_tools(run.token_embedding_file(), run.subject.token), "This run learnt no token embedding.")
