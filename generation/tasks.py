@@ -21,7 +21,7 @@ def _render(job: Generation) -> None:
 
     source = _base_source(job)
     adapter = _subject_adapter(job)
-    if not _is_warm(pipeline, source):
+    if not pipeline.is_warm(source):
         # A (re)load takes seconds to minutes: the job page says "Loading model…" meanwhile.
         job.report_progress(0, job.steps, pace_starts=False, phase=LOADING)
     renderer = pipeline.get_renderer(source, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
@@ -33,15 +33,6 @@ def _render(job: Generation) -> None:
 
 
 LOADING, RENDERING = "loading", "rendering"
-
-
-def _is_warm(pipeline, source: str) -> bool:
-    """Whether this worker's renderer already holds `source` (get_renderer keeps the last one)."""
-    warm = getattr(pipeline, "is_warm", None)
-    if warm is not None:
-        return warm(source)
-    renderer = getattr(pipeline, "_renderer", None)
-    return renderer is not None and renderer.source == source
 
 
 def _base_source(job: Generation) -> str:

@@ -116,6 +116,26 @@ def test_worker_killed_on_the_last_attempt_fails_the_job(owner, spawn_worker):
     assert generation.status == JobStatus.FAILED and "worker stopped" in generation.error
 
 
+def test_one_worker_switches_base_models_between_jobs(owner, worker, settings, tmp_path, tiny_model):
+    """Two jobs on two base models (the demo, the default; a tiny random SDXL from the models folder:
+    mechanics only) through one warm worker: each renders with its own model and says so."""
+    import shutil
+
+    from generation import catalog
+
+    shutil.copytree(tiny_model("sdxl"), tmp_path / "tiny-sdxl")
+    settings.IMAGESITE_MODELS_DIR = str(tmp_path)
+    sdxl = catalog.find_offered("tiny-sdxl")
+    default = catalog.default_model()
+    first = create_generation(owner=owner, prompt="a red circle on a blue background", seed=5, base_model=sdxl, **FAST)
+    second = create_generation(owner=owner, prompt="a red circle on a blue background", seed=5, **FAST)
+    for generation, base, name in ((first, sdxl, "tiny-sdxl"), (second, default, default.info().name)):
+        wait_for_status(generation, JobStatus.SUCCEEDED, timeout=180)
+        assert generation.base_model == base and generation.model_name == base.name and generation.phase == "rendering"
+        with generation.images.first().file.open("rb") as f:
+            assert f"Model: {name}" in Image.open(io.BytesIO(f.read())).text["parameters"]
+
+
 def test_broker_redelivery_of_a_finished_job_does_not_run_it_again(owner, worker):
     """django-q2 #327: the ORM broker hands a task out again once its lock expires. Our row guards it."""
     generation = create_generation(owner=owner, prompt="a red circle on a blue background", seed=2, **FAST)
