@@ -140,11 +140,27 @@ def load_single_file_pipeline(source: str, config: str | None, *, family: Family
     inert = inert_globals_for(path) if path.suffix.lower() == ".ckpt" else []
     try:
         with torch.serialization.safe_globals(inert):
-            return pipeline_class.from_single_file(str(path), config=config, local_files_only=True, **kwargs)
+            pipe = pipeline_class.from_single_file(str(path), config=config, local_files_only=True, **kwargs)
     except (GenerationError, MemoryError, torch.cuda.OutOfMemoryError):
         raise
     except Exception as exc:
         raise GenerationError(_explain(path, config, family, exc)) from exc
+    _check_complete(pipe, path, config)
+    return pipe
+
+
+def _check_complete(pipe: Any, path: Path, config: str) -> None:
+    """diffusers leaves a weight the file lacks on the meta device (no data) instead of failing;
+    rendering would then crash far from the cause. Say which weights are missing instead."""
+    for name, component in pipe.components.items():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        missing = [key for key, tensor in component.state_dict().items() if tensor.is_meta]
+        if missing:
+            raise GenerationError(
+                f"{path.name} does not hold every weight the configs in {config} describe: {name} lacks "
+                f"{', '.join(missing[:3])}{' …' if len(missing) > 3 else ''}. Is it a complete checkpoint of this family?"
+            )
 
 
 def _explain(path: Path, config: str, family: Family, exc: Exception) -> str:
