@@ -67,9 +67,11 @@ def parse_gpu_list(value: str | None) -> tuple[int, ...] | None:
 def current_settings() -> GpuSettings:
     """The GPU settings from Django's settings when configured (imagesite/settings.py parses them),
     else from the environment with the same names and defaults."""
-    from django.conf import settings
-
-    if settings.configured:
+    try:
+        from django.conf import settings
+    except ImportError:  # a bench on a GPU machine without the web stack
+        settings = None
+    if settings is not None and settings.configured:
         gpus = getattr(settings, "IMAGESITE_GPUS", None)
         return GpuSettings(
             gpus=tuple(gpus) if gpus else None,
