@@ -1,6 +1,7 @@
 """``python manage.py export_single_file OUT.safetensors [--model FOLDER]``: the model as one file.
 
-Writes the original Stable Diffusion layout that AUTOMATIC1111, ComfyUI and the LDM scripts read.
+Writes the original layout of the model's family (SD 1.x, SD 2.x, SDXL) that AUTOMATIC1111, ComfyUI and
+diffusers' ``from_single_file`` read.
 With a single file as ``--model`` (an old ``model_trained.ckpt``), its tensors are re-saved as they
 are: the way to turn a pickled ``.ckpt`` into a ``.safetensors`` imagesite loads without unpickling.
 """
@@ -15,7 +16,7 @@ from generation.modelinfo import model_kind
 
 
 class Command(BaseCommand):
-    help = "Export a diffusers SD 1.x model (the demo, a fine-tune) or a .ckpt as one .safetensors/.ckpt file."
+    help = "Export a diffusers SD 1.x, SD 2.x or SDXL model (the demo, a fine-tune) or a .ckpt as one .safetensors/.ckpt file."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("out", help="file to write: .safetensors (recommended) or .ckpt")
