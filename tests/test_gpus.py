@@ -174,6 +174,23 @@ def test_importing_gpus_loads_no_torch():
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout.strip() == "False"
 
 
+def test_what_qcluster_loads_before_it_forks_holds_no_torch():
+    """The fast guard (the worker-lane test below checks a running cluster): Django's set-up with every
+    app's ready(), the broker, the cluster and the scheduler, as `manage.py qcluster` loads them."""
+    code = textwrap.dedent("""
+        import os, sys
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "imagesite.settings")
+        import django
+        django.setup()
+        from django_q import cluster, scheduler
+        from django_q.brokers import get_broker
+        get_broker()
+        print(sorted(m for m in ("torch", "diffusers", "transformers", "generation.gpus") if m in sys.modules))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.stdout.strip() == "[]", done.stderr[-2000:]
+
+
 # --- a real cluster ---------------------------------------------------------------------------------
 def _maps_torch(pid: int) -> bool:
     return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
