@@ -292,3 +292,31 @@ def test_refusals_name_the_problem(tiny_model, tmp_path) -> None:
     path = write_lora_file(tmp_path / "sks.safetensors", pipe.unet, {}, is_xl=False, token="sks", token_state=rows)
     with pytest.raises(ValueError, match="token piece"):
         read_lora_file(path).token_rows(lambda text, add_special_tokens: type("T", (), {"input_ids": [1, 2]})())
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("file_name", [LORA_WEIGHT_NAME, "pytorch_lora_weights.safetensors"])
+def test_run_page_and_download_name_the_lora_for_other_tools(owner, owner_client, other_client, file_name) -> None:
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+    from django.urls import reverse
+
+    from imagesite.jobs import JobStatus
+    from training.models import Subject, TrainingRun
+
+    subject = Subject.objects.create(owner=owner, name="Rex", token="sks", class_noun="dog")
+    folder = f"{subject.files_prefix()}/runs/1"
+    name = default_storage.save(f"{folder}/{file_name}", ContentFile(b"lora"))
+    default_storage.save(f"{folder}/{TOKEN_EMBEDDING_NAME}", ContentFile(b"rows"))
+    run = TrainingRun.objects.create(subject=subject, status=JobStatus.SUCCEEDED, checkpoint=name, checkpoint_size=4, files_dir=folder)
+    page = owner_client.get(run.get_absolute_url()).content.decode()
+    download = owner_client.get(reverse("training-run-checkpoint", args=[run.pk]))
+    embedding = owner_client.get(reverse("training-run-token-embedding", args=[run.pk]))
+    assert embedding["Content-Disposition"] == 'attachment; filename="sks-embedding.safetensors"'
+    if file_name == LORA_WEIGHT_NAME:
+        assert "&lt;lora:sks:1&gt; a photo of sks dog" in page and "embedding:sks-embedding" in page
+        assert download["Content-Disposition"] == 'attachment; filename="sks.safetensors"'
+    else:  # an older run's diffusers-layout file: named as before, and the page says where it loads
+        assert "lora:sks" not in page and "loads in diffusers only" in page
+        assert download["Content-Disposition"] == f'attachment; filename="sks-dog-lora-run{run.pk}.safetensors"'
+    assert other_client.get(reverse("training-run-checkpoint", args=[run.pk])).status_code == 404
