@@ -221,19 +221,39 @@ class Renderer:
 
     @contextlib.contextmanager
     def _token_rows(self, adapter: Adapter) -> Iterator[None]:
-        """Write the subject's learnt token embedding into the text encoder for the call; the
-        base rows go back afterwards (the next job sees the base exactly)."""
-        if not adapter.token_embedding:
+        """Write the subject's learnt token rows into the text encoder(s) for the call; the base rows
+        go back afterwards (the next job sees the base exactly)."""
+        swaps = self._subject_rows(adapter)
+        if not swaps:
             yield
             return
         from .embeddings import swap_token_embedding
 
-        text_encoder = self.pipe.text_encoder
-        base_rows = swap_token_embedding(text_encoder, _token_embedding(adapter.token_embedding))
+        restore = [(encoder, swap_token_embedding(encoder, rows)) for encoder, rows in swaps]
         try:
             yield
         finally:
-            swap_token_embedding(text_encoder, base_rows)
+            for encoder, base_rows in reversed(restore):
+                swap_token_embedding(encoder, base_rows)
+
+    def _subject_rows(self, adapter: Adapter) -> list[tuple[object, dict]]:
+        """(text encoder, rows) pairs: the embedding bundled in a kohya LoRA file (CLIP-L's, and
+        SDXL's CLIP-G's when it has one), else an older run's separate token file (text_encoder)."""
+        swaps: list[tuple[object, dict]] = []
+        if adapter.kind == "lora":
+            lora = _lora_file(adapter.path)
+            for encoder, (model, tokenizer) in enumerate((("text_encoder", "tokenizer"), ("text_encoder_2", "tokenizer_2")), 1):
+                if getattr(self.pipe, model, None) is None:
+                    continue
+                try:
+                    rows = lora.token_rows(getattr(self.pipe, tokenizer), encoder=encoder)
+                except ValueError as exc:
+                    raise GenerationError(f"The subject's LoRA cannot be used with this model: {exc}") from exc
+                if rows is not None:
+                    swaps.append((getattr(self.pipe, model), rows))
+        if not swaps and adapter.token_embedding:
+            swaps.append((self.pipe.text_encoder, _token_embedding(adapter.token_embedding)))
+        return swaps
 
     @contextlib.contextmanager
     def _subject_weights(self, adapter: Adapter) -> Iterator[None]:
@@ -268,7 +288,7 @@ class Renderer:
             with warnings.catch_warnings():
                 # peft warns whenever a model gets a second adapter; keeping a few is the point here.
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-                self.pipe.load_lora_weights(adapter.path, adapter_name=adapter.key)
+                _lora_file(adapter.path).load_into(self.pipe, adapter.key)
         loaded.append(adapter.key)
         self.pipe.enable_lora()
         self.pipe.set_adapters([adapter.key])
@@ -280,6 +300,15 @@ def _token_embedding(path: str) -> dict:
     from .embeddings import load_token_embedding
 
     return load_token_embedding(path)
+
+
+@lru_cache(maxsize=LORA_CACHE_SIZE)
+def _lora_file(path: str):
+    """A subject's LoRA file read once (kohya layout with its bundled embedding, or an older run's
+    peft layout): a run's files never change."""
+    from .lora_files import read_lora_file
+
+    return read_lora_file(path)
 
 
 def _empty_cuda_cache() -> None:

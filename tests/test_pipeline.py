@@ -257,3 +257,45 @@ def test_an_unsupported_model_fails_readably_before_loading(tmp_path):
     save_file({"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight": torch.zeros(1)}, str(path))
     with pytest.raises(GenerationError, match="sd3_medium.safetensors is Stable Diffusion 3, .* Supported: "):
         Renderer(str(path), "cpu")
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl"])
+def test_a_kohya_lora_with_a_bundled_token_applies_for_one_job(tiny_model, tmp_path, family):
+    """The subject's kohya file (LoRA + bundled embedding, helper module generation.lora_files) through
+    the Renderer: the picture is what the LoRA and the rows give when applied by hand, and the next
+    job without it is the base again. Random LoRA weights: mechanics only."""
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    from generation.embeddings import swap_token_embedding
+    from generation.lora_files import read_lora_file, write_lora_file
+    from generation.pipeline import Adapter
+
+    folder = tiny_model(family)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+    r = Renderer(str(folder), "cpu")
+    ids = torch.tensor(r.pipe.tokenizer("sks", add_special_tokens=False).input_ids)
+    rows = {"token_ids": ids, "embeddings": torch.randn(len(ids), 32, generator=generator),
+            "embeddings_2": torch.randn(len(ids), 32, generator=generator)}
+    path = write_lora_file(tmp_path / "sks.safetensors", unet, {}, is_xl=family == "sdxl", token="sks", token_state=rows)
+    s = fast(prompt="a sks square", steps=2)
+
+    base = np.asarray(r.render(s)[0], dtype=np.int16)
+    subject = np.asarray(r.render(s, adapter=Adapter(kind="lora", path=str(path), key="run-1"))[0], dtype=np.int16)
+    assert np.array_equal(np.asarray(r.render(s)[0], dtype=np.int16), base)  # nothing leaks into the next job
+
+    lora = read_lora_file(path)
+    lora.load_into(r.pipe, "by-hand")
+    swap_token_embedding(r.pipe.text_encoder, lora.token_rows(r.pipe.tokenizer))
+    if family == "sdxl":
+        swap_token_embedding(r.pipe.text_encoder_2, lora.token_rows(r.pipe.tokenizer_2, encoder=2))
+    r.pipe.enable_lora()  # the renderer disabled LoRA after its job
+    r.pipe.set_adapters(["by-hand"])
+    by_hand = np.asarray(r._call_pipe(s, None)[0], dtype=np.int16)
+    assert np.abs(subject - base).mean() > 1.0 and np.abs(subject - by_hand).max() <= 1
