@@ -47,6 +47,7 @@ from generation.demo.data import COLOUR_NAMES, COLOURS, HELD_OUT, TRAIN_COMBOS, 
 from generation.modelinfo import describe_model  # noqa: E402
 from training.captions import suggest_caption  # noqa: E402
 from generation.embeddings import load_token_embedding, swap_token_embedding  # noqa: E402
+from generation.lora_files import read_lora_file  # noqa: E402
 from training.checkpoint_names import LORA_WEIGHT_NAME, TOKEN_EMBEDDING_NAME  # noqa: E402
 from training.dreambooth.loop import train_dreambooth  # noqa: E402
 from training.dreambooth.devices import default_options_for  # noqa: E402
@@ -199,7 +200,7 @@ def attach_subject(pipe, folder: Path) -> tuple[object, dict | None]:
     if (folder / "unet").is_dir():
         pipe.unet = UNet2DConditionModel.from_pretrained(folder / "unet")
     else:
-        pipe.load_lora_weights(str(folder / LORA_WEIGHT_NAME), adapter_name="subject")
+        read_lora_file(folder / LORA_WEIGHT_NAME).load_into(pipe, "subject")
     token_file = folder / TOKEN_EMBEDDING_NAME
     base_rows = swap_token_embedding(pipe.text_encoder, load_token_embedding(token_file)) if token_file.exists() else None
     return base_unet, base_rows
