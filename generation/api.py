@@ -105,7 +105,7 @@ class GenerationViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.Retriev
                 "Every setting",
                 value={"prompt": "a red circle on a blue background", "negative_prompt": "blurry", "seed": 42, "steps": 20,
                        "guidance_scale": 7.5, "width": 64, "height": 64, "scheduler": "dpmpp_2m", "num_images": 2,
-                       "base_model": "imagesite-demo", "webhook_url": "https://example.com/hooks/imagesite"},
+                       "base_model": 1, "webhook_url": "https://example.com/hooks/imagesite"},
                 request_only=True,
             ),
         ],

@@ -35,12 +35,12 @@ PUBLIC_ADDRESS = "93.184.215.14"
 # Rules that hang on stored data or the outside world, which no schema can state: each is a 400 on
 # exactly these fields, with the reason in `errors`. Anything else schema-valid must be accepted.
 DATA_DEPENDENT_FIELDS = {
-    ("POST", "/api/v1/generations/"): {"subject"},  # one of *your* trained subjects
+    ("POST", "/api/v1/generations/"): {"subject", "base_model"},  # one of *your* trained subjects; a base model offered
     ("POST", "/api/v1/subjects/"): {"token"},  # not a word the model knows (its vocabulary)
     ("POST", "/api/v1/subjects/{id}/photos/"): {"photos"},  # the files must be images
     # Prior preservation (on or off by the model's default) needs class images. (A name already used,
     # too few photos or a run in progress are 409s: stored state, which positive data may meet.)
-    ("POST", "/api/v1/subjects/{id}/train/"): {"num_class_images", "prior_preservation"},
+    ("POST", "/api/v1/subjects/{id}/train/"): {"num_class_images", "prior_preservation", "base_model"},
     ("PATCH", "/api/v1/subjects/{id}/photos/{photo_id}/"): {"caption", "non_field_errors"},  # names the subject's token
 }
 WEBHOOK_FIELDS = {"webhook_url", "default_webhook_url"}
