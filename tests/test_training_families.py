@@ -23,7 +23,7 @@ from training.dreambooth.data import size_conditions
 from training.dreambooth.devices import default_options_for
 from training.dreambooth.options import check_options, method_defaults
 from training.dreambooth.progress import TrainingError, TrainingProgress
-from training.dreambooth.sampling import _class_batch, _rendering_on
+from training.dreambooth.sampling import ClassImagePlan, _class_image_plan, _rendering_on
 
 
 def _photo(background: str, size: tuple[int, int] = (64, 64)) -> Image.Image:
@@ -174,32 +174,41 @@ def test_a_second_out_of_memory_fails_naming_the_knobs(tiny_model, tmp_path: Pat
     assert "lora_rank" in str(failed.value) and not (tmp_path / "out").exists()
 
 
-def test_class_image_batch_follows_the_free_gpu_memory(monkeypatch) -> None:
+def test_class_image_plan_follows_the_free_gpu_memory(monkeypatch) -> None:
     # No GPU here: mem_get_info answers as a card's would (free, total bytes).
     gib = 1024**3
-    cuda = torch.device("cuda")
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(2.5 * gib), 6 * gib))
-    assert _class_batch(cuda, 512, low_memory=False) == (1, False)  # a 6 GB card: one at a time
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (20 * gib, 24 * gib))
-    assert _class_batch(cuda, 512, low_memory=False) == (4, False)
-    assert _class_batch(cuda, 1024, low_memory=False) == (4, False)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (5 * gib, 12 * gib))
-    assert _class_batch(cuda, 1024, low_memory=False) == (1, True)  # SDXL on a 12 GB card: tight
-    assert _class_batch(cuda, 512, low_memory=True) == (1, True)
-    assert _class_batch(torch.device("cpu"), 512, low_memory=False) == (4, False)  # the CPU as ever
+    cuda, half = torch.device("cuda"), torch.float16
+    sd15, sdxl = int(2.0 * gib), int(6.5 * gib)  # the pipelines' weights in fp16
+
+    def card(free: float, total: float) -> None:
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(free * gib), int(total * gib)))
+
+    card(5.3, 6)  # SD 1.5 on a 6 GB card: one at a time, all on the GPU (2.6 GiB measured on a GPU)
+    assert _class_image_plan(cuda, half, 512, False, sd15) == ClassImagePlan(half, 1)
+    card(22, 24)
+    assert _class_image_plan(cuda, half, 512, False, sd15) == ClassImagePlan(half, 4)
+    assert _class_image_plan(cuda, half, 1024, False, sdxl) == ClassImagePlan(half, 4)  # 10.6 GiB measured
+    card(15.3, 16)
+    assert _class_image_plan(cuda, half, 1024, False, sdxl) == ClassImagePlan(half, 4)
+    card(11.3, 12)  # SDXL on a 12 GB card: one model on the GPU at a time (5.4 GiB measured)
+    assert _class_image_plan(cuda, half, 1024, False, sdxl) == ClassImagePlan(half, 1, vae_tiling=True, offload=True)
+    card(60, 80)  # the out-of-memory retry takes the lowest plan whatever the card says
+    assert _class_image_plan(cuda, half, 512, True, sd15) == ClassImagePlan(half, 1, vae_tiling=True, offload=True)
+    assert _class_image_plan(torch.device("cpu"), half, 512, False, sd15) == ClassImagePlan(torch.float32, 4)  # as ever
 
 
 def test_class_images_render_in_half_precision_and_the_weights_come_back_exactly(tiny_model) -> None:
     # The GPU plan's precision detour, on the CPU (no GPU here): the models are fp16 inside, and
-    # afterwards hold their own float32 weights again, bit for bit.
+    # afterwards hold their own float32 weights again, bit for bit, with no memory feature left on.
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_model("sd1"), local_files_only=True)
     before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    with _rendering_on(pipe, torch.device("cpu"), torch.float16):
+    plan = ClassImagePlan(torch.float16, 1, vae_tiling=True)
+    with _rendering_on(pipe, torch.device("cpu"), plan):
         assert pipe.unet.dtype == pipe.vae.dtype == pipe.text_encoder.dtype == torch.float16
-        assert pipe.vae.use_slicing
-    assert pipe.unet.dtype == torch.float32 and not pipe.vae.use_slicing
+        assert pipe.vae.use_slicing and pipe.vae.use_tiling
+    assert pipe.unet.dtype == torch.float32 and not pipe.vae.use_slicing and not pipe.vae.use_tiling
     after = pipe.unet.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
 

@@ -11,6 +11,7 @@ import logging
 import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,38 +131,31 @@ def _generate_class_images(
     """Generate one base-model image per prompt and cache each as PNG + .txt in `folder`.
 
     Images are RGB PIL at `options.resolution`. Generation is seeded per image (options.seed +
-    index), so a rerun makes the same images. Cancel is checked between batches.
-
-    The run's memory plan: on the CPU, float32 and batches of 4 as ever. On a GPU the models go
-    there in `dtype` (fp16, or the run's bf16) only for this, with VAE slicing, a batch that fits
-    the free memory (`_class_batch`; 1 on small cards or when `low_memory`) and attention slicing
-    when memory is tight; afterwards every model is back on the CPU with its own float32 weights.
+    index), so a rerun makes the same images. Cancel is checked between batches. The memory plan
+    is the run's (`_class_image_plan`): on the CPU float32 and batches of 4 as ever; on a GPU
+    `dtype` (fp16, or the run's bf16) and what fits its free memory; afterwards every model holds
+    its own float32 weights on the CPU again.
     """
+    weights = sum(p.numel() for m in pipe.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters())
+    plan = _class_image_plan(device, dtype, options.resolution, low_memory, weights * 2)
+    logger.info("class images: %s", plan)
     made: list[tuple[Image.Image, str]] = []
-    with _rendering_on(pipe, device, dtype if device.type == "cuda" else torch.float32):
-        batch, slicing = _class_batch(device, options.resolution, low_memory)
-        if slicing:
-            pipe.enable_attention_slicing()
-        logger.info("class images on %s: batch %d%s", device, batch, ", attention slicing" if slicing else "")
-        try:
-            for start in range(0, len(prompts), batch):
-                if should_cancel():
-                    raise TrainingCanceled()
-                chunk = list(prompts[start:start + batch])
-                indices = [start_index + start + i for i in range(len(chunk))]
-                generators = [torch.Generator("cpu").manual_seed(options.seed * 100_003 + i) for i in indices]
-                images = pipe(
-                    chunk, num_inference_steps=options.class_inference_steps, generator=generators,
-                    height=options.resolution, width=options.resolution,
-                ).images
-                for index, image, prompt in zip(indices, images, chunk):
-                    made.append((image, prompt))
-                    if folder is not None:
-                        _save_class_image(folder, index, image, prompt)
-                progress(TrainingProgress(phase="class_images", step=done_before + len(made), total=total))
-        finally:
-            if slicing:
-                pipe.disable_attention_slicing()
+    with _rendering_on(pipe, device, plan):
+        for start in range(0, len(prompts), plan.batch):
+            if should_cancel():
+                raise TrainingCanceled()
+            chunk = list(prompts[start:start + plan.batch])
+            indices = [start_index + start + i for i in range(len(chunk))]
+            generators = [torch.Generator("cpu").manual_seed(options.seed * 100_003 + i) for i in indices]
+            images = pipe(
+                chunk, num_inference_steps=options.class_inference_steps, generator=generators,
+                height=options.resolution, width=options.resolution,
+            ).images
+            for index, image, prompt in zip(indices, images, chunk):
+                made.append((image, prompt))
+                if folder is not None:
+                    _save_class_image(folder, index, image, prompt)
+            progress(TrainingProgress(phase="class_images", step=done_before + len(made), total=total))
     return made
 
 
@@ -173,24 +167,67 @@ def _save_class_image(folder: Path, index: int, image: Image.Image, prompt: str)
     _write_atomically(folder / f"class_{index:05d}.png", buf.getvalue())
 
 
+@dataclass(frozen=True)
+class ClassImagePlan:
+    """How class images are drawn: the models' dtype, images per call, and diffusers' memory
+    features (VAE tiling; model CPU offload: one model on the GPU at a time). VAE slicing is always
+    on for a GPU. Attention slicing never: PyTorch's SDPA attention already needs less (on an H200,
+    SDXL at 1024 px with attention slicing drew one image in 5.1 GiB above its weights, four
+    without it in 4.1 GiB)."""
+
+    dtype: torch.dtype
+    batch: int
+    vae_tiling: bool = False
+    offload: bool = False
+
+
+def _class_image_plan(device: torch.device, dtype: torch.dtype, resolution: int, low_memory: bool, weights_bytes: int) -> ClassImagePlan:
+    """The plan that fits `device`, read before any model is there (`torch.cuda.mem_get_info`).
+
+    `weights_bytes` is the pipeline in `dtype`. Beside its weights a render needs about 1.3 GiB at
+    512 px, growing with the pixels (5.2 GiB at 1024), batch 1 to 4 alike (the VAE decodes one
+    image at a time). Measured on an H200 with random weights, SDPA attention, fp16: SD 1.5 at
+    512 px 0.7 GiB; SDXL at 1024 px 4.1 GiB for four images, 5.1 GiB for one, and 5.4 GiB in all
+    (weights included) with model CPU offload. So: all on the GPU when that fits, batch 4 with
+    1 GiB to spare on a card of 8 GiB or more, else 1; model CPU offload and VAE tiling when it
+    does not fit, and on the out-of-memory retry (`low_memory`)."""
+    if device.type != "cuda":
+        return ClassImagePlan(torch.float32, 4)
+    if low_memory:
+        return ClassImagePlan(dtype, 1, vae_tiling=True, offload=True)
+    free, total = torch.cuda.mem_get_info(device)
+    spare = free - weights_bytes
+    need = 1.3 * GIB * (resolution / 512) ** 2
+    if spare < need:
+        return ClassImagePlan(dtype, 1, vae_tiling=True, offload=True)
+    return ClassImagePlan(dtype, 4 if spare >= need + GIB and total >= 8 * GIB else 1)
+
+
 @contextlib.contextmanager
-def _rendering_on(pipe: Any, device: torch.device, dtype: torch.dtype) -> Iterator[None]:
-    """In half precision (`dtype` fp16/bf16, a GPU's plan): the pipeline's models on `device` in
-    `dtype` with VAE slicing for the block, then back to the very float32 CPU tensors they had
-    (kept by reference, so no precision is lost and no copy is made). In float32 (the CPU's plan):
-    the pipeline on `device` as it is."""
-    if dtype == torch.float32:
+def _rendering_on(pipe: Any, device: torch.device, plan: ClassImagePlan) -> Iterator[None]:
+    """The pipeline set up for `plan` for the block. In float32 (the CPU's plan): on `device` as it
+    is. In half precision (a GPU's plan): the models in `plan.dtype`, on `device` (or offloaded to
+    it one at a time), with VAE slicing and the plan's features; afterwards back to the very float32
+    CPU tensors they had (kept by reference: no precision lost, no copy made) and no feature left on."""
+    if plan.dtype == torch.float32:
         pipe.to(device)
         yield
         return
     modules = {name: m for name, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
     kept = {name: m.state_dict() for name, m in modules.items()}  # the CPU tensors, by reference
     try:
-        for m in modules.values():
-            m.to(device, dtype)
+        for m in modules.values():  # offloaded models wait on the CPU, already in half precision
+            m.to(*(() if plan.offload else (device,)), plan.dtype)
+        if plan.offload:
+            pipe.enable_model_cpu_offload(device=device)
         pipe.vae.enable_slicing()
+        if plan.vae_tiling:
+            pipe.vae.enable_tiling()
         yield
     finally:
+        if plan.offload:
+            pipe.remove_all_hooks()
+        pipe.vae.disable_tiling()
         pipe.vae.disable_slicing()
         for name, m in modules.items():
             m.load_state_dict(kept[name], assign=True)
@@ -198,23 +235,6 @@ def _rendering_on(pipe: Any, device: torch.device, dtype: torch.dtype) -> Iterat
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-
-
-def _class_batch(device: torch.device, resolution: int, low_memory: bool) -> tuple[int, bool]:
-    """(batch size, attention slicing) for class images on `device`, from the free memory once the
-    models are there (`torch.cuda.mem_get_info`). An image is budgeted about 1 GiB at 512 px in fp16
-    with SDPA (its classifier-free pair of UNet activations and a sliced VAE decode), growing with
-    the pixels: batch 1 on cards under 8 GiB, at most 4, slicing when under two images' worth is free."""
-    if device.type != "cuda":
-        return 4, False
-    if low_memory:
-        return 1, True
-    free, total = torch.cuda.mem_get_info(device)
-    per_image = GIB * (resolution / 512) ** 2
-    tight = free < 2 * per_image
-    if total < 8 * GIB:
-        return 1, tight
-    return int(max(1, min(4, (free - GIB // 2) // per_image))), tight
 
 
 def validation_embeddings(pipe: Any, prompts: Sequence[str], device: torch.device) -> dict[str, torch.Tensor]:
