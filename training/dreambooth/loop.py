@@ -51,16 +51,21 @@ def train_dreambooth(
 ) -> TrainingResult:
     """Train a subject into the base model and write the checkpoint to `output_dir`.
 
-    `base_model` is a diffusers folder, a hub id, or a private, freshly loaded
-    StableDiffusionPipeline. `instance_images` are the subject's RGB photos (any size: resized and
+    `base_model` is an SD 1.x, SD 2.x or SDXL model: a diffusers folder, a single
+    `.safetensors`/`.ckpt` file (converted once into a cached folder: the "preparing_model" phase),
+    a hub id, or a private, freshly loaded StableDiffusion(XL)Pipeline. `instance_images` are the subject's RGB photos (any size: resized and
     centre-cropped to `options.resolution`); `instance_prompts` one caption per photo
     ("a sks shape on a red background"), falling back to "a photo of <token> <class_noun>".
     `progress` is called after every step (and every batch of class images); `should_cancel` is
     polled before every step and raises TrainingCanceled when it returns True. Class images for prior
     preservation are read from, and topped up into, `class_images_dir` (None: kept in memory only).
 
-    Returns a TrainingResult. Writes only `pytorch_lora_weights.safetensors` (LoRA) or `unet/`
-    (+ `text_encoder/`) (full) into `output_dir`, all at the end.
+    A GPU out-of-memory starts the run once more with every lower-memory setting (the progress
+    says so in a message); a second one is a TrainingError naming the knobs left.
+
+    Returns a TrainingResult (its `options` are the ones the run finished with). Writes only the
+    LoRA file (kohya layout, checkpoints.py) and the token's embedding, or `unet/`
+    (+ `text_encoder/`) (full), into `output_dir`, all at the end.
     """
     check_options(options)
     if not instance_images:
