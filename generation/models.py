@@ -140,14 +140,11 @@ def subjects_of(owner) -> models.QuerySet:
     return Generation._meta.get_field("subject").related_model.objects.for_user(owner)
 
 
-def usable_subjects(owner, family: str | None = None) -> models.QuerySet:
+def usable_subjects(owner) -> models.QuerySet:
     """The owner's subjects that a generation may use (trained ones), each annotated with
     `trained_family` (the family of the base its checkpoint was trained on; blank for runs from
-    before base models were recorded). With `family`, only those that fit a base of that family."""
-    subjects = subjects_of(owner).ready().with_trained_family()
-    if family:
-        subjects = subjects.filter(models.Q(trained_family=family) | models.Q(trained_family="") | models.Q(trained_family__isnull=True))
-    return subjects
+    before base models were recorded: those fit any base)."""
+    return subjects_of(owner).ready().with_trained_family()
 
 
 class GeneratedImageQuerySet(models.QuerySet):

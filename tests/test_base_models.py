@@ -246,3 +246,38 @@ def test_job_page_and_api_say_loading_model(owner, owner_client, owner_api, offe
     assert owner_api.get(f"/api/v1/generations/{generation.pk}/").json()["phase"] == "loading"
     Generation.objects.filter(pk=generation.pk).update(phase="rendering", progress_step=1)
     assert "step 1 of 4" in owner_client.get(reverse("generation-detail", args=[generation.pk])).content.decode()
+
+
+# --- the page's script, in a real browser ------------------------------------------------------------
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium")
+def test_picking_a_model_in_the_browser_follows_its_defaults_and_family(live_server, owner, offered, monkeypatch):
+    """Picking SDXL in the form sets its defaults and hides a subject trained on SD 1.x (Debian's
+    chromium through Playwright, as tests/test_browser.py drives it)."""
+    from django.test import Client
+    from playwright.sync_api import sync_playwright
+
+    from .test_browser import CHROMIUM, CHROMIUM_ARGS
+
+    trained_subject(owner, offered["sd1"])
+    client = Client()
+    client.force_login(owner)
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        context = browser.new_context()
+        context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}])
+        page = context.new_page()
+        page.goto(live_server.url + reverse("generation-new"))
+        subject_option = page.locator("#id_subject option[data-family='sd1']")
+        default_guidance = catalog.default_model().info().guidance_scale
+        assert float(page.locator("#id_guidance_scale").input_value()) == default_guidance != 6.0
+        assert not subject_option.is_disabled()
+        page.select_option("#id_base_model", str(offered["sdxl"].pk))
+        assert page.locator("#id_guidance_scale").input_value() == "6"
+        assert page.locator("#id_width").get_attribute("max") == str(offered["sdxl"].info().max_size)
+        assert subject_option.is_disabled()
+        page.select_option("#id_base_model", str(offered["sd1"].pk))
+        assert not subject_option.is_disabled()
+        browser.close()
