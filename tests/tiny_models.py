@@ -17,11 +17,11 @@ FAMILIES = ("sd1", "sd2", "sd2v", "sdxl")
 VOCAB_SIZE = 49408  # CLIP's, so the shipped tokenizer's ids fit the text encoders
 
 
-def _text_config(hidden_act: str, projection_dim: int = 32):
+def _text_config(hidden_act: str, hidden_size: int = 32, projection_dim: int = 32):
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=32, intermediate_size=37,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=hidden_size, intermediate_size=37,
         layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2, vocab_size=VOCAB_SIZE,
         hidden_act=hidden_act, projection_dim=projection_dim, max_position_embeddings=77,
     )
@@ -49,9 +49,10 @@ def _unet(family: str):
         return UNet2DConditionModel(cross_attention_dim=32, attention_head_dim=8, **common)
     if family in ("sd2", "sd2v"):  # SD 2.x: linear projections, per-block head dims, OpenCLIP width
         return UNet2DConditionModel(cross_attention_dim=32, attention_head_dim=(2, 4), use_linear_projection=True, **common)
-    # SDXL: both encoders' hidden states side by side (32 + 32) and the pooled text + 6 size ids
+    # SDXL: both encoders' hidden states side by side (32 + 40) and the pooled text + 6 size ids. The
+    # encoders differ in width as CLIP-L and bigG do: diffusers' single-file loader tells them apart so.
     return UNet2DConditionModel(
-        cross_attention_dim=64, attention_head_dim=(2, 4), use_linear_projection=True,
+        cross_attention_dim=32 + 40, attention_head_dim=(2, 4), use_linear_projection=True,
         addition_embed_type="text_time", addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
         projection_class_embeddings_input_dim=6 * 8 + 32, **common,
     )
@@ -85,7 +86,7 @@ def tiny_pipeline(family: str):
     if family == "sdxl":
         text_encoder = CLIPTextModel(_text_config("quick_gelu"))
         torch.manual_seed(0)
-        text_encoder_2 = CLIPTextModelWithProjection(_text_config("gelu"))
+        text_encoder_2 = CLIPTextModelWithProjection(_text_config("gelu", hidden_size=40))
         return StableDiffusionXLPipeline(
             vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
             tokenizer=CLIPTokenizer.from_pretrained(TOKENIZER),
