@@ -280,7 +280,7 @@ def test_a_kohya_lora_with_a_bundled_token_applies_for_one_job(tiny_model, tmp_p
     r = Renderer(str(folder), "cpu")
     ids = torch.tensor(r.pipe.tokenizer("sks", add_special_tokens=False).input_ids)
     rows = {"token_ids": ids, "embeddings": torch.randn(len(ids), 32, generator=generator),
-            "embeddings_2": torch.randn(len(ids), 32, generator=generator)}
+            "embeddings_2": torch.randn(len(ids), 40, generator=generator)}  # tiny SDXL's bigG stand-in is 40 wide
     path = write_lora_file(tmp_path / "sks.safetensors", unet, {}, is_xl=family == "sdxl", token="sks", token_state=rows)
     s = fast(prompt="a sks square", steps=2)
 
