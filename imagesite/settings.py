@@ -283,9 +283,10 @@ if not DEBUG:
     SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)
     CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", True)
 
-# A single .ckpt/.safetensors needs a local diffusers folder with the matching configs (nothing is
-# downloaded); the shipped one holds Stable Diffusion 1.x's configs and CLIP tokenizer.
-IMAGESITE_MODEL_CONFIG = env_str("IMAGESITE_MODEL_CONFIG", str(BASE_DIR / "generation" / "sd15_config"))
+# A single .ckpt/.safetensors is built with its family's shipped configs (generation/<family>_config:
+# configs and CLIP tokenizers, no weights; nothing is downloaded). Empty: those. Set it only for a model
+# with non-standard sizes, to a local diffusers folder holding that model's configs.
+IMAGESITE_MODEL_CONFIG = env_str("IMAGESITE_MODEL_CONFIG", "")
 
 # In development whitenoise serves static files straight from the finders (no collectstatic).
 WHITENOISE_USE_FINDERS = DEBUG
