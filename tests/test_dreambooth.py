@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from generation.embeddings import load_token_embedding, swap_token_embedding
+from generation.lora_files import read_lora_file
 from training.checkpoint_names import LORA_WEIGHT_NAME, TOKEN_EMBEDDING_NAME
 from training.dreambooth.loop import train_dreambooth
 from training.dreambooth.devices import default_options_for
@@ -183,12 +184,13 @@ def test_lora_file_loads_changes_the_output_and_unloads_exactly(lora_run, demo_p
     assert result.size_bytes == sum(f.stat().st_size for f in result.files) > result.checkpoint_path.stat().st_size
     from safetensors import safe_open
 
-    with safe_open(str(result.checkpoint_path), "pt") as f:
-        conv_shapes = [f.get_slice(k).get_shape() for k in f.keys() if ".resnets." in k and (".conv1." in k or ".conv2." in k)]
+    with safe_open(str(result.checkpoint_path), "pt") as f:  # kohya layout (generation.lora_files)
+        conv_shapes = [f.get_slice(k).get_shape() for k in f.keys()
+                       if "_resnets_" in k and ("_conv1." in k or "_conv2." in k) and k.endswith(".lora_down.weight")]
     assert conv_shapes and all(len(shape) == 4 for shape in conv_shapes)  # LoRA on the convolutions too
 
     base = _render(demo_pipe)
-    demo_pipe.load_lora_weights(str(result.checkpoint_path), adapter_name="subject")
+    read_lora_file(result.checkpoint_path).load_into(demo_pipe, "subject")
     try:
         with_lora = _render(demo_pipe)
     finally:
@@ -215,12 +217,12 @@ def test_text_encoder_lora_is_saved_and_loads(tmp_path: Path, demo_pipe) -> None
     result = _train(tmp_path, _quick(prior_preservation=False, steps=2, train_text_encoder=True))
     with safe_open(str(result.checkpoint_path), "pt") as f:
         keys = list(f.keys())
-    assert any(k.startswith("text_encoder.") for k in keys) and any(k.startswith("unet.") for k in keys)
+    assert any(k.startswith("lora_te_") for k in keys) and any(k.startswith("lora_unet_") for k in keys)
 
     ids = demo_pipe.tokenizer(["a sks square"], return_tensors="pt").input_ids
     with torch.no_grad():
         base = demo_pipe.text_encoder(ids)[0]
-        demo_pipe.load_lora_weights(str(result.checkpoint_path), adapter_name="subject_te")
+        read_lora_file(result.checkpoint_path).load_into(demo_pipe, "subject_te")
         with_lora = demo_pipe.text_encoder(ids)[0]
         demo_pipe.unload_lora_weights()
         after = demo_pipe.text_encoder(ids)[0]
@@ -228,30 +230,23 @@ def test_text_encoder_lora_is_saved_and_loads(tmp_path: Path, demo_pipe) -> None
     assert torch.equal(after, base)
 
 
-def test_every_trained_lora_weight_loads_back_whatever_module_comes_first(tmp_path: Path, demo_pipe) -> None:
-    # diffusers judges a UNet LoRA file's key layout by its first key. With the LoRA on the decoder
-    # half only, the first key is a resnet convolution's; the file once mixed layouts and the
-    # attention half was silently dropped on load (88 tensors saved, 24 loaded).
-    from safetensors.torch import load_file
-
-    result = _train(tmp_path, _quick(prior_preservation=False, steps=2, lora_blocks=("up_blocks",), train_text_encoder=True))
-    saved = load_file(str(result.checkpoint_path))
-    assert next(k for k in saved if k.startswith("unet.")).startswith("unet.up_blocks.0.resnets.0.conv1.")
-    demo_pipe.load_lora_weights(str(result.checkpoint_path), adapter_name="whole")
+def test_every_trained_lora_module_loads_back(tmp_path: Path, demo_pipe) -> None:
+    # Every adapted module in the file (kohya layout: one lora_down per module) becomes an adapter
+    # module again on load, attention and convolutions, UNet and text encoder alike; a file that
+    # once mixed key layouts silently dropped the attention half (88 tensors saved, 24 loaded).
+    lora = read_lora_file(_train(
+        tmp_path, _quick(prior_preservation=False, steps=2, lora_blocks=("up_blocks",), train_text_encoder=True),
+    ).checkpoint_path)
+    saved = {part: [k for k in lora.tensors if k.startswith(prefix) and k.endswith(".lora_down.weight")]
+             for part, prefix in (("unet", "lora_unet_"), ("text_encoder", "lora_te_"))}
+    assert any("_attn2_to_k." in k for k in saved["unet"]) and any("_conv1." in k for k in saved["unet"])
+    lora.load_into(demo_pipe, "whole")
     try:
-        loaded = {
-            f"{part}.{key.replace('.whole.', '.')}": value
-            for part, model in (("unet", demo_pipe.unet), ("text_encoder", demo_pipe.text_encoder))
-            for key, value in model.state_dict().items() if ".whole." in key
-        }
+        loaded = {part: sum(".lora_A.whole." in k for k in getattr(demo_pipe, part).state_dict())
+                  for part in ("unet", "text_encoder")}
     finally:
         demo_pipe.unload_lora_weights()
-    unet_saved = {k: v for k, v in saved.items() if k.startswith("unet.")}
-    assert any(".attn2.to_k." in k for k in unet_saved) and any(".conv1." in k for k in unet_saved)
-    assert unet_saved.keys() <= loaded.keys()
-    assert all(torch.equal(loaded[k], v) for k, v in unet_saved.items())
-    # the text encoder's half loads too (its keys are renamed on load, so count them)
-    assert sum(k.startswith("text_encoder.") for k in loaded) == sum(k.startswith("text_encoder.") for k in saved) > 0
+    assert loaded == {part: len(keys) for part, keys in saved.items()} and loaded["text_encoder"] > 0
 
 
 def test_subjects_with_and_without_a_text_encoder_lora_take_turns_on_one_renderer(tmp_path: Path) -> None:
@@ -283,15 +278,13 @@ def test_subjects_with_and_without_a_text_encoder_lora_take_turns_on_one_rendere
 
 
 def test_lora_blocks_limit_the_adapter_to_those_blocks(tmp_path: Path, demo_pipe) -> None:
-    from safetensors import safe_open
-
     result = _train(tmp_path, _quick(prior_preservation=False, steps=2, lora_blocks=("up_blocks",)))
-    with safe_open(str(result.checkpoint_path), "pt") as f:
-        blocks = {key.split(".")[1] for key in f.keys()}
-    assert blocks == {"up_blocks"}  # e.g. "unet.up_blocks.1.attentions.0...lora.down.weight"
+    lora = read_lora_file(result.checkpoint_path)
+    # e.g. "lora_unet_up_blocks_1_attentions_0_..._to_q.lora_down.weight"
+    assert lora.tensors and all(key.startswith("lora_unet_up_blocks_") for key in lora.tensors)
 
     base = _render(demo_pipe)
-    demo_pipe.load_lora_weights(str(result.checkpoint_path), adapter_name="decoder_only")
+    lora.load_into(demo_pipe, "decoder_only")
     try:
         assert np.abs(_render(demo_pipe) - base).max() > 1e-3
     finally:
@@ -315,8 +308,8 @@ def test_lora_plus_moves_the_b_matrices_faster_and_the_a_matrices_alike(tmp_path
 
     plain, plus = trained(1.0), trained(16.0)
     assert plain.keys() == plus.keys()
-    b_keys = [k for k in plain if ".lora_B." in k]
-    a_keys = [k for k in plain if ".lora_A." in k]
+    b_keys = [k for k in plain if k.endswith(".lora_up.weight")]  # kohya's names for B and A
+    a_keys = [k for k in plain if k.endswith(".lora_down.weight")]
     assert b_keys and len(a_keys) == len(b_keys)
     # B starts at zero and Adam's first step moves every weight by about its rate: 16x for LoRA+.
     b_plain = torch.cat([plain[k].flatten().abs() for k in b_keys]).max()

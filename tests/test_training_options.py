@@ -21,11 +21,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SD_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
-def test_building_and_checking_the_training_form_leaves_torch_unimported(tiny_model):
-    # A fresh interpreter: this test process has torch loaded by other tests already. The SDXL
-    # defaults (the family read from the folder) are torch-free too.
+def test_building_and_checking_the_training_form_leaves_torch_unimported(tiny_model, tmp_path):
+    # A fresh interpreter: this test process has torch loaded by other tests already. The form lists
+    # the base models, so it gets a database of its own. The SDXL defaults (the family read from
+    # the folder) are torch-free too.
     script = (
         "import sys, django; django.setup()\n"
+        "from django.core.management import call_command\n"
+        "call_command('migrate', verbosity=0)\n"
         "import training.forms\n"
         "form = training.forms.TrainingForm()\n"
         "form.as_div()\n"
@@ -37,7 +40,7 @@ def test_building_and_checking_the_training_form_leaves_torch_unimported(tiny_mo
         "assert (sdxl.family, sdxl.lora_rank, sdxl.train_text_encoder) == ('sdxl', 16, False), sdxl\n"
         "print(sorted(name for name in sys.modules if name == 'torch' or name.startswith(('torch.', 'diffusers'))))\n"
     )
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "imagesite.settings"}
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "imagesite.settings", "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}"}
     done = subprocess.run([sys.executable, "-c", script, str(tiny_model("sdxl"))], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
@@ -104,7 +107,7 @@ def _page_data(**changes) -> dict:
     return {**data, **changes}
 
 
-def test_the_form_shows_auto_for_what_the_gpu_decides_and_stores_nothing_for_it():
+def test_the_form_shows_auto_for_what_the_gpu_decides_and_stores_nothing_for_it(db):  # the form lists the base models
     form = TrainingForm()
     assert form.fields["mixed_precision"].initial == "auto" and form.fields["gradient_checkpointing"].initial == "auto"
     assert "auto (decided by the worker&#x27;s GPU)" in form.as_div()
@@ -119,7 +122,7 @@ def test_the_form_shows_auto_for_what_the_gpu_decides_and_stores_nothing_for_it(
     assert changed.is_valid() and changed.options() == {"steps": 7}
 
 
-def test_the_form_stores_the_gpu_switches_the_user_set():
+def test_the_form_stores_the_gpu_switches_the_user_set(db):  # the form lists the base models
     bound = TrainingForm(data=_page_data(mixed_precision="bf16", gradient_checkpointing="off", use_8bit_adam="on"))
     assert bound.is_valid(), bound.errors
     assert {k: bound.options()[k] for k in ("mixed_precision", "gradient_checkpointing", "use_8bit_adam")} == {
@@ -127,7 +130,7 @@ def test_the_form_stores_the_gpu_switches_the_user_set():
     }
 
 
-def test_the_form_puts_the_rules_refusal_on_the_field():
+def test_the_form_puts_the_rules_refusal_on_the_field(db):  # the form lists the base models
     bound = TrainingForm(data=_page_data(prior_preservation="on", num_class_images=0))
     assert not bound.is_valid()
     assert bound.errors["num_class_images"] == ["Prior preservation needs at least one class image."]
