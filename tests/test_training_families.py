@@ -117,13 +117,31 @@ def test_sd2_v_model_trains_on_the_velocity_and_its_lora_loads(tiny_model, tmp_p
     _loads_back_and_changes_the_output(model, result.checkpoint_path, StableDiffusionPipeline)
 
 
+def test_sdxl_pivotal_tuning_learns_the_tokens_rows_in_both_encoders(tiny_model, tmp_path: Path) -> None:
+    from diffusers import StableDiffusionXLPipeline
+
+    from generation.lora_files import read_lora_file
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_model("sdxl"), local_files_only=True)
+    before = [e.get_input_embeddings().weight.detach().clone() for e in (pipe.text_encoder, pipe.text_encoder_2)]
+    options = _quick(tiny_model("sdxl"), prior_preservation=False, train_token_embedding=True, token_learning_rate=1e-2)
+    result = _train(pipe, tmp_path / "out", options)
+    sks = pipe.tokenizer("sks", add_special_tokens=False).input_ids
+    for encoder, start in zip((pipe.text_encoder, pipe.text_encoder_2), before):
+        changed = torch.nonzero((encoder.get_input_embeddings().weight.detach() != start).any(dim=1)).flatten().tolist()
+        assert changed == sks  # only the token's rows moved, in each encoder
+    lora = read_lora_file(result.checkpoint_path)
+    assert set(lora.bundled["sks"]) == {"clip_l", "clip_g"}  # A1111's SDXL bundle: both encoders' rows
+    assert torch.equal(lora.token_rows(pipe.tokenizer_2, encoder=2)["embeddings"], pipe.text_encoder_2.get_input_embeddings().weight[sks].detach())
+
+
 def test_size_conditions_say_where_each_photo_was_cropped() -> None:
     ids = size_conditions([_photo("red", (96, 64)), _photo("red", (64, 128))], 64)
     # (original h, w, crop top, left, target h, w): the wide photo loses 16 px each side, the tall 32 top and bottom
     assert ids.tolist() == [[64, 96, 0, 16, 64, 64], [128, 64, 32, 0, 64, 64]]
 
 
-def test_sdxl_defaults_follow_its_anchors_and_refuse_pivotal_tuning(tiny_model) -> None:
+def test_sdxl_defaults_follow_its_anchors(tiny_model) -> None:
     options = method_defaults(tiny_model("sdxl"))
     assert (options.family, options.method, options.lora_rank, options.learning_rate, options.steps, options.batch_size) == (
         "sdxl", "lora", 16, 1e-4, 500, 1)
@@ -131,8 +149,6 @@ def test_sdxl_defaults_follow_its_anchors_and_refuse_pivotal_tuning(tiny_model) 
     assert not options.train_text_encoder and not options.train_token_embedding and options.lr_schedule == "constant"
     assert options.resolution == 64  # the model's native size (1024 on a real SDXL)
     check_options(options)
-    with pytest.raises(ValueError, match="pivotal tuning.*SDXL"):
-        check_options(method_defaults(tiny_model("sdxl"), train_token_embedding=True))
     with pytest.raises(ValueError, match="full fine-tune of SDXL"):
         check_options(method_defaults(tiny_model("sdxl"), method="full", train_text_encoder=True))
     assert method_defaults(tiny_model("sd2v")).family == "sd2" and method_defaults(tiny_model("sd1")).family == "sd1"

@@ -187,6 +187,8 @@ def _train(
     # A fully fine-tuned text encoder trains every embedding row already.
     pivotal = options.train_token_embedding and not (train_te and options.method == "full")
     token_rows = _token_rows(pipe.tokenizer, token) if pivotal else []
+    if token_rows and text.is_xl and _token_rows(pipe.tokenizer_2, token) != token_rows:
+        raise ValueError(f"the token {token!r} is spelt differently by SDXL's two tokenizers")
     encode_each_step = train_te or bool(token_rows)
     distil = bool(class_items) and options.prior_target == "base"
     if class_items:
@@ -219,8 +221,8 @@ def _train(
     # Two-phase pivotal tuning: the model's own weights (these groups) wait while the token's rows warm up.
     model_params = [p for group in params for p in group["params"]]
     warmup = options.token_warmup_steps if token_rows else 0
-    if token_rows:
-        params.append(_trainable_token_rows(encoders[0], token_rows, options, device, weight_dtype))
+    for encoder in encoders if token_rows else ():  # SDXL: the token's rows in both encoders
+        params.append(_trainable_token_rows(encoder, token_rows, options, device, weight_dtype))
     optimizer = _make_optimizer(params, options, device)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda done: _lr_factor(done, warmup, options))
     trainable = [p for group in params for p in group["params"]]

@@ -177,7 +177,7 @@ def method_defaults(base_model: str | Path, method: str = "lora", **overrides: A
     `method="full"` lowers the learning rate (1e-4 on tiny models, 5e-6 on SD) unless
     `learning_rate` is given too. SDXL, whatever its size, gets its anchors' recipe
     (`_sdxl_defaults`: a rank-16 attention LoRA, 1e-4 constant, 500 steps, batch 1, native size,
-    text encoders frozen, no pivotal tuning).
+    text encoders frozen, no pivotal tuning unless asked for).
     """
     resolution, prior_prompts = _native_size(base_model), describe_model(str(base_model)).prior_prompts
     family = model_family(base_model)
@@ -239,7 +239,8 @@ def _sdxl_defaults(full: bool, resolution: int, prior_prompts: tuple[str, ...]) 
         num_class_images=100, class_inference_steps=25,
         # The native size (1024 on SDXL): every anchor trains SDXL at 1024 px.
         resolution=resolution, prior_prompts=prior_prompts,
-        # Pivotal tuning is SD-only here: SDXL's token lives in two encoders (check_options).
+        # No pivotal tuning by default (none of the three anchors' SDXL LoRA recipes learns the
+        # token's embedding); asked for, it learns the token's rows in both encoders.
         train_token_embedding=False, train_text_encoder=False,
     )
 
@@ -276,8 +277,6 @@ def check_options(options: TrainingOptions) -> None:
         raise ValueError("token_warmup_steps must be at least 0 and less than steps")
     if options.family not in FAMILIES:
         raise ValueError(f"family must be one of {', '.join(FAMILIES)}, not {options.family!r}")
-    if options.family == "sdxl" and options.train_token_embedding:
-        raise ValueError("train_token_embedding (pivotal tuning) is not supported on SDXL; train the LoRA without it")
     if options.family == "sdxl" and options.method == "full" and options.train_text_encoder:
         raise ValueError("a full fine-tune of SDXL trains the UNet only; use method 'lora' to train the text encoders")
 
