@@ -94,7 +94,7 @@ def test_sdxl_trains_on_both_encoders_states_pooled_text_and_size_ids(tiny_model
     assert result.class_images_generated == 2 and [r.step for r in reports if r.phase == "training"] == [1, 2]
     assert reports[-1].validation_images and reports[-1].validation_images[0].size == (64, 64)
     first = seen[0]  # batch: one photo + one class image (prior preservation)
-    assert first["states"] == (2, 77, 64)  # both encoders' penultimate states side by side (32 + 32)
+    assert first["states"] == (2, 77, 72)  # both encoders' penultimate states side by side (32 + 40 wide)
     assert first["text_embeds"].shape == (2, 32)  # the second encoder's pooled projection
     assert first["time_ids"].shape == (2, 6)
     assert {tuple(r.tolist()) for r in first["time_ids"][:1]} <= {(64, 64, 0, 0, 64, 64), (64, 96, 0, 16, 64, 64)}
