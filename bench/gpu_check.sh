@@ -11,6 +11,9 @@
 # $GPU_CHECK_WHEELS), e.g.:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d .whl diffusers==0.42.1
+# What worked on a lent H200 (torch 2.11, huggingface_hub 1.33 on the machine): diffusers, transformers,
+# peft, accelerate, tokenizers and safetensors at our pinned versions (25 MB; pass `carry: [".whl"]`).
+# Not huggingface_hub 2.x: it needs httpx2 and more; the machine's own hub serves.
 # They are installed into a private folder for this run only. Without bitsandbytes the 8-bit rows are
 # skipped and the table says so.
 set -u
@@ -32,6 +35,7 @@ fi
 wheels="${GPU_CHECK_WHEELS:-.whl}"
 if compgen -G "$wheels/*.whl" >/dev/null; then
     site=/tmp/gpu-check-site
+    rm -rf "$site"  # a warm machine keeps an earlier run's packages: start clean
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$wheels"/*.whl \
         && export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" \
         || echo "gpu_check: installing the wheels in $wheels failed; going on without them" >&2
