@@ -352,10 +352,10 @@ def test_run_status_list_cancel_and_checkpoint(owner_api, subject_with_photos):
     assert run["progress"]["percent"] == 0 and run["checkpoint_size"] == 17
     download = owner_api.get(run["checkpoint_url"])
     assert download.status_code == 200 and b"".join(download.streaming_content) == b"not really a lora"
-    assert download["Content-Disposition"] == f'attachment; filename="sks-shape-lora-run{done.pk}.safetensors"'
+    assert download["Content-Disposition"] == 'attachment; filename="sks.safetensors"'
     embedding = owner_api.get(run["token_embedding_url"])
     assert embedding.status_code == 200 and b"".join(embedding.streaming_content) == b"not really an embedding"
-    assert embedding["Content-Disposition"] == f'attachment; filename="sks-embedding-run{done.pk}.safetensors"'
+    assert embedding["Content-Disposition"] == 'attachment; filename="sks-embedding.safetensors"'
     queued_body = owner_api.get(f"/api/v1/training-runs/{queued.pk}/").json()
     assert queued_body["checkpoint_url"] is None and queued_body["token_embedding_url"] is None
     assert_error(owner_api.get(f"/api/v1/training-runs/{queued.pk}/checkpoint/"), 404)

@@ -208,6 +208,19 @@ def test_api_train_takes_a_base_model_by_name(owner, owner_api, offered):
     assert run.options == {"steps": 2}
 
 
+def test_the_train_button_trains_on_the_base_chosen_on_the_page(owner, owner_client, offered):
+    from django.urls import reverse
+
+    subject = Subject.objects.create(owner=owner, name="New", token="sks", class_noun="shape")
+    _ready_photos(subject)
+    form = owner_client.get(reverse("subject-detail", args=[subject.pk])).context["training_form"]
+    data = {name: field.initial for name, field in form.fields.items() if field.initial not in (None, False)}
+    data.update(method="lora", steps=2, base_model=offered["sdxl"].pk)
+    owner_client.post(reverse("subject-train", args=[subject.pk]), data)
+    run = TrainingRun.objects.get()
+    assert (run.base_model, run.base_family) == (offered["sdxl"], "sdxl")
+
+
 def test_training_form_offers_the_bases_default_first(offered):
     from training.forms import TrainingForm
 

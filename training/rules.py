@@ -29,7 +29,15 @@ CLASS_IMAGES_RANGE = (0, 1000)
 
 @lru_cache(maxsize=4)
 def _vocab(model_source: str) -> dict[str, int]:
-    for folder in (Path(model_source), Path(getattr(settings, "IMAGESITE_MODEL_CONFIG", ""))):
+    from generation.families import detect_family
+    from generation.errors import GenerationError
+
+    folders = [Path(model_source)]
+    try:  # a single file's tokenizer is its family's shipped one
+        folders.append(detect_family(model_source).config_dir)
+    except GenerationError:
+        pass
+    for folder in folders:
         path = folder / "tokenizer" / "vocab.json"
         if path.is_file():
             return json.loads(path.read_text())

@@ -36,6 +36,8 @@ class TrainingReporter:
         self.report = ProgressReporter(run, interval_s=interval_s)
 
     def __call__(self, progress) -> None:
+        if progress.message:  # e.g. the lower-memory retry after an out-of-memory
+            log.warning("training run %s: %s", self.run.pk, progress.message)
         if progress.validation_images:
             self._save_validation_images(progress)
         self.report(

@@ -148,7 +148,10 @@ def training_start(request: HttpRequest, pk: int) -> HttpResponse:
     if not form.is_valid():
         return _subject_page(request, subject, training_form=form, status=400)
     try:
-        run = services.start_training(subject=subject, method=form.cleaned_data["method"], options=form.options())
+        run = services.start_training(
+            subject=subject, method=form.cleaned_data["method"], options=form.options(),
+            base_model=form.cleaned_data.get("base_model"),
+        )
     except QuotaExceeded as exc:
         form.add_error(None, exc.message)
         return _subject_page(request, subject, training_form=form, status=429)
