@@ -57,7 +57,7 @@ _VAE_ATTENTION_PARTS = (
 )
 
 
-def _unet_block_prefixes(config: dict[str, Any]) -> dict[str, str]:
+def unet_block_prefixes(config: dict[str, Any]) -> dict[str, str]:
     """Diffusers module prefix → LDM prefix for a UNet2DConditionModel config of SD 1.x, 2.x or SDXL.
 
     LDM numbers the UNet as flat lists: `input_blocks` hold conv_in, then each down block's
@@ -101,7 +101,7 @@ def _unet_block_prefixes(config: dict[str, Any]) -> dict[str, str]:
 
 def convert_unet(state: dict[str, torch.Tensor], config: dict[str, Any]) -> dict[str, torch.Tensor]:
     """UNet2DConditionModel state dict → LDM keys (without the `model.diffusion_model.` prefix)."""
-    prefixes = _unet_block_prefixes(config)
+    prefixes = unet_block_prefixes(config)
     longest_first = sorted(prefixes, key=len, reverse=True)
     out: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():

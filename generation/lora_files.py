@@ -40,40 +40,13 @@ _RESNET_PARTS = {
 
 
 def sgm_unet_prefixes(config: Any) -> dict[str, str]:
-    """Diffusers module path prefix -> original (SGM/LDM) prefix, for a UNet2DConditionModel config
-    (SD 1.x/2.x/SDXL: one `layers_per_block` for all blocks). Both end with a dot.
+    """Diffusers module path prefix -> original (SGM/LDM) prefix for a UNet2DConditionModel config
+    (a dict or the model's FrozenDict), both ending with a dot: the single-file export's own map
+    (`checkpoint_convert.unet_block_prefixes`), so a LoRA and a checkpoint name a module alike. The
+    same numbers as sd-scripts' library/sdxl_model_util.make_unet_conversion_map."""
+    from .checkpoint_convert import unet_block_prefixes
 
-    The original UNet is flat: `input_blocks` hold conv_in, then per level `layers_per_block`
-    (resnet, attention) pairs and a downsampler; `output_blocks` per level `layers_per_block + 1`
-    (resnet, attention[, upsampler]) entries. The same numbers as sd-scripts'
-    library/sdxl_model_util.make_unet_conversion_map, derived from the config so tiny UNets map too."""
-    get = config.get if isinstance(config, dict) else lambda k, d=None: getattr(config, k, d)
-    layers = get("layers_per_block")
-    if not isinstance(layers, int):
-        raise ValueError("Only UNets with one layers_per_block for every block have an original layout.")
-    levels = len(get("block_out_channels"))
-    up_types = list(get("up_block_types"))
-    prefixes = {
-        "conv_in.": "input_blocks.0.0.", "time_embedding.linear_1.": "time_embed.0.",
-        "time_embedding.linear_2.": "time_embed.2.", "add_embedding.linear_1.": "label_emb.0.0.",
-        "add_embedding.linear_2.": "label_emb.0.2.", "conv_norm_out.": "out.0.", "conv_out.": "out.2.",
-        "mid_block.resnets.0.": "middle_block.0.", "mid_block.attentions.0.": "middle_block.1.",
-        "mid_block.resnets.1.": "middle_block.2.",
-    }
-    for i in range(levels):
-        for j in range(layers):
-            index = 1 + i * (layers + 1) + j
-            prefixes[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{index}.0."
-            prefixes[f"down_blocks.{i}.attentions.{j}."] = f"input_blocks.{index}.1."
-        for j in range(layers + 1):
-            index = i * (layers + 1) + j
-            prefixes[f"up_blocks.{i}.resnets.{j}."] = f"output_blocks.{index}.0."
-            prefixes[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{index}.1."
-        if i < levels - 1:
-            prefixes[f"down_blocks.{i}.downsamplers.0.conv."] = f"input_blocks.{(i + 1) * (layers + 1)}.0.op."
-            slot = 2 if up_types[i].startswith("CrossAttn") else 1  # after the attention, when there is one
-            prefixes[f"up_blocks.{i}.upsamplers.0."] = f"output_blocks.{i * (layers + 1) + layers}.{slot}."
-    return prefixes
+    return unet_block_prefixes(dict(config))
 
 
 def unet_lora_name(module: str, sgm: dict[str, str] | None = None) -> str:
