@@ -221,6 +221,32 @@ def test_the_train_button_trains_on_the_base_chosen_on_the_page(owner, owner_cli
     assert (run.base_model, run.base_family) == (offered["sdxl"], "sdxl")
 
 
+def test_a_run_on_a_bigger_base_crops_the_full_photo_again(owner):
+    """Photos are cropped at the default model's size when uploaded (64 px for the demo); a run on a
+    bigger base takes a new crop of that size from the cleaned full photo, not the small crop scaled up."""
+    import io
+
+    from django.core.files.base import ContentFile
+    from PIL import Image
+
+    from training.models import PhotoStatus, SubjectPhoto
+    from training.tasks import _training_image
+
+    def png(size, colour):
+        buf = io.BytesIO()
+        Image.new("RGB", size, colour).save(buf, "PNG")
+        return ContentFile(buf.getvalue())
+
+    subject = Subject.objects.create(owner=owner, name="New", token="sks", class_noun="shape")
+    photo = SubjectPhoto(subject=subject, status=PhotoStatus.READY, width=800, height=600)
+    photo.image.save("full.png", png((800, 600), (200, 10, 10)), save=False)
+    photo.crop.save("crop.png", png((64, 64), (10, 10, 200)), save=False)
+    photo.save()
+    assert _training_image(photo, 64).getpixel((5, 5)) == (10, 10, 200)  # the stored crop
+    big = _training_image(photo, 512)
+    assert big.size == (512, 512) and big.getpixel((5, 5)) == (200, 10, 10)
+
+
 def test_training_form_offers_the_bases_default_first(offered):
     from training.forms import TrainingForm
 

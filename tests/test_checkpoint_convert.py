@@ -16,52 +16,21 @@ from safetensors.torch import load_file
 from generation.checkpoint_convert import diffusers_to_original_sd, save_single_file
 from generation.checkpoint_convert_openclip import convert_open_clip, folder_family
 
-from .tiny_models import tiny_pipeline
+from .torch_support import offline_hub, one_torch_thread  # noqa: F401  (autouse fixtures)
 
 COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
 
 
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub call would fail the test instead of downloading
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def sdxl_folder(tmp_path_factory) -> Path:
-    """A tiny SDXL whose two text encoders differ in width (32 and 40), as the real ones do (768 and
-    1280). diffusers' `from_single_file` tells CLIP-L from OpenCLIP bigG by the width of the position
-    embedding, so with equal widths it loads CLIP-L's weights into both encoders."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    pipe = tiny_pipeline("sdxl")
-    torch.manual_seed(1)
-    pipe.text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, hidden_size=40, intermediate_size=37,
-        num_attention_heads=4, num_hidden_layers=2, vocab_size=49408, hidden_act="gelu", projection_dim=32,
-        max_position_embeddings=77,
-    ))
-    config = dict(pipe.unet.config, cross_attention_dim=32 + 40)
-    torch.manual_seed(1)
-    pipe.unet = UNet2DConditionModel.from_config(config)
-    pipe.register_modules(unet=pipe.unet, text_encoder_2=pipe.text_encoder_2)
-    folder = tmp_path_factory.mktemp("tiny-sdxl-widths")
-    pipe.save_pretrained(folder, safe_serialization=True)
-    return folder
+def sdxl_folder(tiny_model) -> Path:
+    """The tiny SDXL: its two text encoders differ in width (32 and 40) as the real ones do (768 and
+    1280); diffusers' `from_single_file` tells CLIP-L from OpenCLIP bigG by that width."""
+    return tiny_model("sdxl")
 
 
 @pytest.fixture
-def model_folder(request, tiny_model, sdxl_folder):
-    family = request.param
-    return family, (sdxl_folder if family == "sdxl" else tiny_model(family))
+def model_folder(request, tiny_model):
+    return request.param, tiny_model(request.param)
 
 
 def _pipeline_class(family: str):

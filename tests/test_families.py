@@ -19,16 +19,10 @@ from generation.errors import GenerationError
 from generation.families import FAMILIES, UnsupportedModel, detect_family
 from generation.modelinfo import describe_model
 
+from .torch_support import one_torch_thread  # noqa: F401  (autouse fixtures)
+
 ROOT = Path(__file__).resolve().parent.parent
 FAMILY_KEYS = ("sd1", "sd2", "sd2v", "sdxl")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from training.dreambooth.lora import TEXT_ENCODER_TARGET_MODULES
 from training.dreambooth.options import RESNET_CONV_TARGET_MODULES, TrainingOptions
 
 from . import lora_tool_keymaps as tools
+from .torch_support import one_torch_thread  # noqa: F401  (autouse fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 # What our runs put LoRA on: the attention projections (every family) and the resnets' 3×3
@@ -34,14 +35,6 @@ UNET_TARGETS = [*TrainingOptions.lora_target_modules, *RESNET_CONV_TARGET_MODULE
 ALL_UNET_TARGETS = UNET_TARGETS + ["proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "time_emb_proj", "conv_shortcut", "conv"]
 ALL_TEXT_TARGETS = [*TEXT_ENCODER_TARGET_MODULES, "fc1", "fc2"]
 PROMPT = "a photo of sks dog"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _pipe(tiny_model, family: str):

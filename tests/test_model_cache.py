@@ -15,21 +15,10 @@ from generation.errors import GenerationError
 from generation.families import detect_family
 from generation.model_cache import diffusers_folder
 
+from .torch_support import offline_hub, one_torch_thread  # noqa: F401  (autouse fixtures)
+
 COMPONENTS = {"sd1": ("unet", "vae", "text_encoder"), "sd2": ("unet", "vae", "text_encoder"),
               "sd2v": ("unet", "vae", "text_encoder"), "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2")}
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub call would fail the test instead of downloading
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _weights(folder: Path, component: str) -> dict[str, torch.Tensor]:

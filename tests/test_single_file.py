@@ -26,25 +26,13 @@ from generation.checkpoint_convert import (
 )
 from generation.pipeline import GenerationError, Renderer, RenderSettings
 
+from .torch_support import offline_hub, one_torch_thread  # noqa: F401  (autouse fixtures)
+
 ROOT = Path(__file__).resolve().parent.parent
 SD15_CONFIG = ROOT / "generation" / "sd15_config"
 SETTINGS = RenderSettings(prompt="a red circle on a blue background", negative_prompt="", seed=5, steps=4,
                           guidance_scale=7.5, width=64, height=64, scheduler="dpmpp_2m")
 TRIPPED: list[str] = []
-
-
-@pytest.fixture(autouse=True)
-def _offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a hub call would fail the test instead of downloading
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Two torch threads fighting other work for this 2-core machine run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -273,6 +273,19 @@ def square_crop_box(
     return left, top, left + side, top + side
 
 
+def face_centred_crop(clean: Image.Image, resolution: int) -> tuple[Image.Image, tuple[int, int, int, int] | None]:
+    """The largest square of a cleaned RGB photo, centred on its largest face when one is found,
+    resized to `resolution`² (Lanczos); and the face box (left, top, width, height) or None."""
+    faces = detect_faces(clean)
+    face_box = faces[0] if faces else None
+    centre = None
+    if face_box is not None:
+        x, y, w, h = face_box
+        centre = (x + w / 2, y + h / 2)
+    crop = clean.crop(square_crop_box(clean.width, clean.height, centre))
+    return crop.resize((resolution, resolution), Image.Resampling.LANCZOS), face_box
+
+
 def check_and_prepare(data: bytes, *, resolution: int) -> PreparedPhoto:
     """Check one uploaded file and return it cleaned, with its square training crop.
 
@@ -282,15 +295,7 @@ def check_and_prepare(data: bytes, *, resolution: int) -> PreparedPhoto:
     img, _ = _check_before_decoding(io.BytesIO(data), len(data))
     _check_min_side(img.width, img.height, resolution)
     clean = _decode(img)
-
-    faces = detect_faces(clean)
-    face_box = faces[0] if faces else None
-    centre = None
-    if face_box is not None:
-        x, y, w, h = face_box
-        centre = (x + w / 2, y + h / 2)
-    crop = clean.crop(square_crop_box(clean.width, clean.height, centre))
-    crop = crop.resize((resolution, resolution), Image.Resampling.LANCZOS)
+    crop, face_box = face_centred_crop(clean, resolution)
 
     full = io.BytesIO()
     clean.save(full, "JPEG", quality=JPEG_QUALITY, optimize=True)

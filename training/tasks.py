@@ -89,9 +89,9 @@ def _train(run: TrainingRun) -> None:
     run.save(update_fields=["files_dir"])
     output_dir = Path(default_storage.path(run.files_dir))
     photos = list(subject.photos.ready())
-    images = [_open_rgb(photo.crop) for photo in photos]
     base = run_base_source(run)
     options = default_options_for(base, method=run.method, **run.options, validation_prompts=(subject.prompt_example,))
+    images = [_training_image(photo, options.resolution) for photo in photos]
     options = replace(options, validation_every=max(1, options.steps // 4))  # four rounds of validation images
     result = train_dreambooth(
         base_model=base, instance_images=images, token=subject.token,
@@ -108,6 +108,17 @@ def _train(run: TrainingRun) -> None:
     run.save(update_fields=["checkpoint", "checkpoint_size", "loss", "seconds_per_step"])
     if not run.succeed():
         raise TrainingCanceled()
+
+
+def _training_image(photo, resolution: int) -> Image.Image:
+    """The photo's square crop, or, when the crop was cut for a smaller model than this run's base
+    (the demo's 64 px crop for an SDXL run), a new face-centred crop from the cleaned full photo."""
+    crop = _open_rgb(photo.crop)
+    if min(crop.size) >= resolution or not photo.image:
+        return crop
+    from .photos import face_centred_crop
+
+    return face_centred_crop(_open_rgb(photo.image), resolution)[0]
 
 
 def _open_rgb(field_file) -> Image.Image:
