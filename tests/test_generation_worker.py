@@ -118,23 +118,31 @@ def test_worker_killed_on_the_last_attempt_fails_the_job(owner, spawn_worker):
 
 
 def test_one_worker_switches_base_models_between_jobs(owner, worker, settings, tmp_path, tiny_model):
-    """Two jobs on two base models (the demo, the default; a tiny random SDXL from the models folder:
-    mechanics only) through one warm worker: each renders with its own model and says so."""
+    """Jobs on three base models (a tiny random SDXL and SD 2.x-v from the models folder: mechanics
+    only; the demo, the default) through one warm worker: each renders with its own model's pipeline
+    and says so."""
     import shutil
 
     from generation import catalog
 
-    shutil.copytree(tiny_model("sdxl"), tmp_path / "tiny-sdxl")
+    for family in ("sdxl", "sd2v"):
+        shutil.copytree(tiny_model(family), tmp_path / f"tiny-{family}")
     settings.IMAGESITE_MODELS_DIR = str(tmp_path)
-    sdxl = catalog.find_offered("tiny-sdxl")
+    sdxl, sd2v = catalog.find_offered("tiny-sdxl"), catalog.find_offered("tiny-sd2v")
+    assert (sdxl.family, sd2v.family) == ("sdxl", "sd2v")
     default = catalog.default_model()
-    first = create_generation(owner=owner, prompt="a red circle on a blue background", seed=5, base_model=sdxl, **FAST)
-    second = create_generation(owner=owner, prompt="a red circle on a blue background", seed=5, **FAST)
-    for generation, base, name in ((first, sdxl, "tiny-sdxl"), (second, default, default.info().name)):
+    jobs = [
+        (create_generation(owner=owner, prompt="a red circle on a blue background", seed=5, base_model=base, **FAST), base)
+        for base in (sdxl, sd2v, None)
+    ]
+    for generation, base in jobs:
+        base = base or default
         wait_for_status(generation, JobStatus.SUCCEEDED, timeout=180)
         assert generation.base_model == base and generation.model_name == base.name and generation.phase == "rendering"
+        name = base.name if base != default else default.info().name
         with generation.images.first().file.open("rb") as f:
-            assert f"Model: {name}" in Image.open(io.BytesIO(f.read())).text["parameters"]
+            png = Image.open(io.BytesIO(f.read()))
+        assert png.size == (64, 64) and f"Model: {name}" in png.text["parameters"]
 
 
 def test_broker_redelivery_of_a_finished_job_does_not_run_it_again(owner, worker):
