@@ -5,6 +5,8 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
 from django.urls import path, reverse
 
+from imagesite.admin import JobAdmin
+
 from . import catalog
 from .models import BaseModel, GeneratedImage, Generation, ModelOrigin
 
@@ -15,9 +17,12 @@ class GeneratedImageInline(admin.TabularInline):
     fields = ("index", "seed", "width", "height", "favourite", "created_at")
     readonly_fields = fields
 
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False  # images come from a worker, with their files
+
 
 @admin.register(Generation)
-class GenerationAdmin(admin.ModelAdmin):
+class GenerationAdmin(JobAdmin):
     list_display = ("pk", "owner", "prompt", "model_name", "status", "attempts", "created_at", "finished_at")
     list_filter = ("status", "scheduler", "base_model")
     search_fields = ("prompt", "owner__username")

@@ -1,5 +1,7 @@
 from django.contrib import admin
 
+from imagesite.admin import JobAdmin
+
 from .models import Subject, SubjectPhoto, TrainingRun
 
 
@@ -8,6 +10,9 @@ class SubjectPhotoInline(admin.TabularInline):
     extra = 0
     fields = ("original_name", "caption", "face_found", "width", "height", "created_at")
     readonly_fields = ("original_name", "face_found", "width", "height", "created_at")
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False  # a photo comes through the upload checks and a worker, never as a bare row
 
 
 @admin.register(Subject)
@@ -18,7 +23,7 @@ class SubjectAdmin(admin.ModelAdmin):
 
 
 @admin.register(TrainingRun)
-class TrainingRunAdmin(admin.ModelAdmin):
+class TrainingRunAdmin(JobAdmin):
     list_display = ("pk", "subject", "method", "status", "progress_step", "progress_total", "attempts", "created_at")
     list_filter = ("status", "method")
     readonly_fields = ("created_at", "started_at", "finished_at", "heartbeat_at", "checkpoint", "checkpoint_size", "files_dir")
