@@ -1,12 +1,14 @@
 """Work that spans rows and the queue."""
 from __future__ import annotations
 
+import re
 import secrets
 from typing import Callable
 
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.db import transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from imagesite import quotas
@@ -120,3 +122,30 @@ def record_finished_images(*, owner, subject, training_run, prompt: str, seed: i
         generation.save()
         store_images(generation, pngs, [seed + i for i in range(len(pngs))], finish=lambda: True)
     return generation
+
+
+SEARCH_MAX_TERMS = 10
+_SEARCH_TERM = re.compile(r'"([^"]+)"|(\S+)')
+
+
+def search_terms(text: str) -> list[str]:
+    """The words of a search, each matched on its own; a "quoted phrase" stays one term. At most
+    SEARCH_MAX_TERMS (one LIKE each), duplicates dropped."""
+    terms: list[str] = []
+    for phrase, word in _SEARCH_TERM.findall(text):
+        term = " ".join((phrase or word).split()).lower()
+        if term and term not in terms:
+            terms.append(term)
+    return terms[:SEARCH_MAX_TERMS]
+
+
+def filter_by_words(queryset: QuerySet, text: str, *, field: str = "prompt") -> QuerySet:
+    """Rows whose `field` contains every term of `text`, in any order, ignoring case: "green heart"
+    finds "a white heart on a green background". The gallery and the API both search with it.
+    icontains is UPPER(..) LIKE UPPER(..) on PostgreSQL and LIKE on SQLite (which folds ASCII
+    letters only); both escape % and _."""
+    condition = Q()
+    for term in search_terms(text):
+        condition &= Q(**{f"{field}__icontains": term})
+    return queryset.filter(condition) if condition else queryset
+

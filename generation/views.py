@@ -13,7 +13,7 @@ from imagesite.quotas import QuotaExceeded
 
 from .forms import GenerateForm
 from .models import GeneratedImage, Generation, subjects_of
-from .services import create_generation
+from .services import create_generation, filter_by_words
 
 GALLERY_PAGE_SIZE = 24
 
@@ -101,7 +101,7 @@ def generation_delete(request: HttpRequest, pk: int) -> HttpResponse:
 def gallery(request: HttpRequest) -> HttpResponse:
     query = request.GET.get("q", "")
     favourites = request.GET.get("favourites") == "1"
-    images = GeneratedImage.objects.for_user(request.user).search(query).select_related("generation")
+    images = filter_by_words(GeneratedImage.objects.for_user(request.user), query, field="generation__prompt").select_related("generation")
     if favourites:
         images = images.filter(favourite=True)
     page = Paginator(images, GALLERY_PAGE_SIZE).get_page(request.GET.get("page"))

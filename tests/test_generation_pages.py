@@ -97,6 +97,17 @@ def test_gallery_lists_only_own_images_newest_first_and_searches(owner, other_us
     assert theirs not in found.object_list
 
 
+def test_gallery_search_matches_every_word_in_any_order_ignoring_case(owner, owner_client):
+    heart = make_image(owner, prompt="a white heart on a Green background")
+    make_image(owner, prompt="a green circle")
+    make_image(owner, prompt="a white heart on a red background")
+    for query in ("green heart", "HEART   green", "heart green heart", '"white heart" green'):
+        assert list(owner_client.get(reverse("gallery"), {"q": query}).context["page"].object_list) == [heart], query
+    assert list(owner_client.get(reverse("gallery"), {"q": '"green heart"'}).context["page"].object_list) == []  # a quoted phrase stays whole
+    assert list(owner_client.get(reverse("gallery"), {"q": "heart 50%"}).context["page"].object_list) == []  # % is a character, not a wildcard
+    assert len(owner_client.get(reverse("gallery"), {"q": "  "}).context["page"].object_list) == 3
+
+
 def test_star_an_image_and_show_only_favourites(owner, owner_client):
     circle = make_image(owner, prompt="a red circle on a blue background")
     star = make_image(owner, prompt="a yellow star on a purple background")
