@@ -27,7 +27,8 @@ diffusers' own `train_dreambooth_lora.py` on the same SD 1.5 folder measured 83-
 47-76 s/step on this kind of machine (../shared/ML-FACTS.md); it needs `accelerate launch` and a
 dataset folder, so it is not rerun here.
 
-It prints one table at the end (and writes build/realscale/results.json). On 2 quiet cores the whole run
+It prints one table at the end: every row measured so far (build/realscale/results.json keeps them, so
+rows may be run a few at a time with --rows/--families). On 2 quiet cores the whole run
 takes about 45-60 minutes; SDXL at 1024 px dominates.
 """
 from __future__ import annotations
@@ -292,8 +293,19 @@ def main() -> None:
             print(json.dumps(result), flush=True)
             if row == "build" and "error" in result:
                 break  # nothing else can run on a model that was not built
-    (WORK / "results.json").write_text(json.dumps(results, indent=1))
-    _print_table(results)
+    _print_table(_remember(results))
+
+
+def _remember(results: list[dict]) -> list[dict]:
+    """Merge this run's rows into build/realscale/results.json (a row replaces the same family's
+    earlier one), so rows run one at a time add up to the whole table; returns every row kept."""
+    path = WORK / "results.json"
+    kept = json.loads(path.read_text()) if path.is_file() else []
+    fresh = {(r["family"], r["row"]) for r in results}
+    merged = [r for r in kept if (r["family"], r["row"]) not in fresh] + results
+    merged.sort(key=lambda r: (r["family"], ROWS.index(r["row"])))
+    path.write_text(json.dumps(merged, indent=1))
+    return merged
 
 
 if __name__ == "__main__":
