@@ -118,3 +118,160 @@ def _image_loaded(page, selector: str) -> bool:
         "sel => { const img = document.querySelector(sel); return img && img.complete; }", arg=selector
     )
     return page.eval_on_selector(selector, "img => img.naturalWidth > 0")
+
+
+# --- issue 18: pages a newcomer trips over (no worker: rows and files are made here) --------------
+PHONE = {"width": 390, "height": 844}
+
+
+def _log_in(page, live_server, user) -> None:
+    """The browser gets a session made by Django's test client (no login form round trip)."""
+    from django.conf import settings
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
+    page.context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": cookie, "url": live_server.url}])
+
+
+def _photo_files(tmp_path: Path, count: int) -> list[str]:
+    from PIL import Image
+
+    paths = []
+    for i in range(count):
+        path = tmp_path / f"photo{i}.jpg"
+        Image.new("RGB", (96, 80), (40 * i, 90, 200)).save(path, "JPEG")
+        paths.append(str(path))
+    return paths
+
+
+def _subject_with_photos(owner, tmp_path: Path):
+    """A subject with three processed photos (the worker's task called here) and a finished run."""
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from imagesite.jobs import JobStatus
+    from training import services
+    from training.models import Subject, TrainingRun
+    from training.tasks import process_photo
+
+    subject = Subject.objects.create(owner=owner, name="Checkers", token="sks", class_noun="shape")
+    files = [SimpleUploadedFile(Path(p).name, Path(p).read_bytes(), content_type="image/jpeg") for p in _photo_files(tmp_path, 3)]
+    for photo in services.add_photos(subject=subject, files=files).accepted:
+        process_photo(photo.pk)
+    run = TrainingRun.objects.create(subject=subject, status=JobStatus.SUCCEEDED, progress_step=10, progress_total=10)
+    return subject, run
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_main_page_fits_a_390_px_phone(live_server, browser_page, django_user_model, tmp_path):
+    from django.urls import reverse
+
+    from .factories import make_image
+
+    page = browser_page
+    page.set_viewport_size(PHONE)
+    for url in ("/accounts/login/", "/accounts/signup/"):
+        page.goto(live_server.url + url)
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"], url
+    owner = django_user_model.objects.create_user("a-rather-long-username", password="a-long-enough-passphrase-42")
+    image = make_image(owner, prompt="a white heart on a green background, " * 4)
+    subject, run = _subject_with_photos(owner, tmp_path)
+    _log_in(page, live_server, owner)
+    urls = [reverse("generation-new"), reverse("gallery"), reverse("subject-list"), subject.get_absolute_url(), run.get_absolute_url(),
+            image.generation.get_absolute_url(), image.get_absolute_url(), reverse("api-account"), reverse("password_change")]
+    widths, header_ends = {}, {}
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    for url in urls:
+        page.goto(live_server.url + url)
+        widths[url] = page.evaluate("document.documentElement.scrollWidth")
+        # The header's last item (Log out) is on screen, not pushed off its right edge.
+        box = page.locator(".topbar .account button").bounding_box()
+        header_ends[url] = box["x"] + box["width"]
+    page.goto(live_server.url + subject.get_absolute_url())
+    page.screenshot(path=str(SCREENSHOTS / "phone-subject.png"), full_page=True)
+    page.goto(live_server.url + reverse("generation-new"))
+    page.screenshot(path=str(SCREENSHOTS / "phone-generate.png"), full_page=True)
+    assert all(width <= PHONE["width"] for width in widths.values()), widths
+    assert all(end <= PHONE["width"] for end in header_ends.values()), header_ends
+
+
+# Whether a select shows its chosen option whole: the option's text, as the select's font draws it,
+# plus the select's padding and its arrow (~24 px), fits in the select's box.
+SELECTS_CUT_OFF = """() => {
+  const ctx = document.createElement('canvas').getContext('2d');
+  return [...document.querySelectorAll('select')].filter((s) => s.offsetParent !== null).map((s) => {
+    const style = getComputedStyle(s);
+    ctx.font = style.font;
+    const widest = Math.max(...[...s.options].map((o) => ctx.measureText(o.text).width));
+    const room = s.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight) - 24;
+    const lineRoom = s.clientHeight - parseFloat(style.paddingTop) - parseFloat(style.paddingBottom);
+    return {name: s.name, widest: Math.round(widest), room: Math.round(room), tallEnough: lineRoom >= parseFloat(style.fontSize)};
+  }).filter((s) => s.widest > s.room || !s.tallEnough);
+}"""
+
+
+@pytest.mark.django_db(transaction=True)
+def test_selects_show_their_whole_choice(live_server, browser_page, django_user_model, tmp_path):
+    from django.urls import reverse
+
+    page = browser_page
+    owner = django_user_model.objects.create_user("owner", password="a-long-enough-passphrase-42")
+    subject, _ = _subject_with_photos(owner, tmp_path)
+    subject.runs.update(base_family="sd1")
+    _log_in(page, live_server, owner)
+    cut_off = {}
+    for width in (1100, PHONE["width"]):
+        page.set_viewport_size({"width": width, "height": 900})
+        for url in (reverse("generation-new"), subject.get_absolute_url()):
+            page.goto(live_server.url + url)
+            if page.locator("details").count():
+                page.locator("details summary").first.click()  # the advanced options, where Prior target is
+            if found := page.evaluate(SELECTS_CUT_OFF):
+                cut_off[(width, url)] = found
+            page.screenshot(path=str(SCREENSHOTS / f"selects-{width}-{url.strip('/').replace('/', '-') or 'generate'}.png"), full_page=True)
+    assert not cut_off, cut_off
+
+
+@pytest.mark.django_db(transaction=True)
+def test_reloading_after_an_upload_uploads_nothing_again(live_server, browser_page, django_user_model, tmp_path):
+    from playwright.sync_api import expect
+
+    from training.models import Subject
+
+    page = browser_page
+    owner = django_user_model.objects.create_user("owner", password="a-long-enough-passphrase-42")
+    subject = Subject.objects.create(owner=owner, name="Checkers", token="sks", class_noun="shape")
+    _log_in(page, live_server, owner)
+    page.goto(live_server.url + subject.get_absolute_url())
+    files = _photo_files(tmp_path, 5)
+    page.set_input_files("input[type=file][name=photos]", [*files, files[0]])  # one chosen twice
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator(".flash").first).to_contain_text("Received 5 photos")
+    expect(page.locator(".flash")).to_contain_text(["Received 5 photos", "photo0.jpg: already uploaded"])
+    assert page.url == live_server.url + subject.get_absolute_url()  # redirected: the address is the subject page's
+    page.reload()
+    expect(page.locator("#photos .tile")).to_have_count(5)
+    assert subject.photos.count() == 5
+    expect(page.locator(".flash")).to_have_count(0)  # messages are shown once
+
+
+@pytest.mark.django_db(transaction=True)
+def test_remove_asks_first_and_a_dismissed_question_keeps_the_photo(live_server, browser_page, django_user_model, tmp_path):
+    from playwright.sync_api import expect
+
+    page = browser_page
+    owner = django_user_model.objects.create_user("owner", password="a-long-enough-passphrase-42")
+    subject, _ = _subject_with_photos(owner, tmp_path)
+    subject.runs.all().delete()
+    _log_in(page, live_server, owner)
+    page.goto(live_server.url + subject.get_absolute_url())
+    questions = []
+    page.once("dialog", lambda dialog: (questions.append(dialog.message), dialog.dismiss()))
+    page.locator("#photos .tile button.danger").first.click()
+    expect(page.locator("#photos .tile")).to_have_count(3)
+    assert questions == ["Remove this photo?"] and subject.photos.count() == 3
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#photos .tile button.danger").first.click()
+    expect(page.locator("#photos .tile")).to_have_count(2)
+    assert subject.photos.count() == 2

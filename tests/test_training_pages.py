@@ -309,3 +309,38 @@ def test_delete_subject_deletes_files_but_keeps_images_marked(owner, owner_clien
     image.generation.refresh_from_db()
     assert image.generation.subject_deleted
     assert "subject deleted" in owner_client.get(reverse("image-detail", args=[image.pk])).content.decode()
+
+
+# --- issue 18: post/redirect/get, the same file twice, one help text, a confirmed Remove --------------
+def test_every_upload_outcome_redirects_with_its_message(owner_client, owner, subject):
+    from imagesite.models import UserLimits
+
+    url = reverse("subject-photo-upload", args=[subject.pk])
+    response = owner_client.post(url, {})
+    assert response.status_code == 302 and response["Location"] == subject.get_absolute_url()
+    assert "Choose at least one photo." in owner_client.get(response["Location"]).content.decode()
+    UserLimits.objects.create(user=owner, uploads_per_hour=1)
+    response = owner_client.post(url, {"photos": [photo_file("a.jpg"), photo_file("b.jpg", (1, 2, 3))]})
+    assert response.status_code == 302  # a refusal too: reloading the page must not send the files again
+    assert "You may upload 1 photos per hour" in owner_client.get(response["Location"]).content.decode()
+    assert not subject.photos.exists()
+
+
+def test_the_same_file_twice_in_one_upload_is_kept_once(owner_client, subject):
+    same = photo_file("one.jpg").read()
+    files = [SimpleUploadedFile("one.jpg", same, content_type="image/jpeg"), SimpleUploadedFile("copy-of-one.jpg", same, content_type="image/jpeg"),
+             photo_file("two.jpg", (10, 200, 10))]
+    response = owner_client.post(reverse("subject-photo-upload", args=[subject.pk]), {"photos": files}, follow=True)
+    page = response.content.decode()
+    assert "Received 2 photos" in page and "copy-of-one.jpg: already uploaded" in page
+    assert [p.original_name for p in subject.photos.all()] == ["one.jpg", "two.jpg"]
+
+
+def test_the_new_subject_form_explains_the_token_once(owner_client):
+    page = owner_client.get(reverse("subject-list")).content.decode()
+    assert page.count("rare word") == 1 and "a photo of sks person" in page
+
+
+def test_remove_asks_for_confirmation_like_the_other_deletes(owner_client, subject_with_photos):
+    page = owner_client.get(subject_with_photos.get_absolute_url()).content.decode()
+    assert page.count("onsubmit=\"return confirm('Remove this photo?')\"") == 3

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+
 from django import forms
 
 from generation import catalog
@@ -16,6 +18,7 @@ class SubjectForm(forms.ModelForm):
     class Meta:
         model = Subject
         fields = ("name", "class_noun", "token")
+        help_texts = {"token": "A rare word that will stand for your subject in prompts, e.g. “a photo of sks person”."}
 
     def __init__(self, *args, owner, **kwargs):
         super().__init__(*args, **kwargs)
@@ -57,9 +60,36 @@ class MultipleFileField(forms.FileField):
 
 
 class PhotoUploadForm(forms.Form):
-    """Several photos in one go."""
+    """Several photos in one go. The same file chosen twice (same bytes, whatever its name) is kept
+    once: `duplicates` lists the names of the copies left out. Each kept file carries its SHA-256
+    as `content_sha256` (hashing reads the bytes; nothing is decoded here)."""
 
     photos = MultipleFileField()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.duplicates: list[str] = []
+
+    def clean_photos(self) -> list:
+        self.duplicates = []
+        kept, seen = [], set()
+        for file in self.cleaned_data["photos"]:
+            file.content_sha256 = content_sha256(file)
+            if file.content_sha256 in seen:
+                self.duplicates.append(file.name or "a photo")
+                continue
+            seen.add(file.content_sha256)
+            kept.append(file)
+        return kept
+
+
+def content_sha256(file) -> str:
+    """The hex SHA-256 of an uploaded file's bytes, read in chunks; the file is left at its start."""
+    digest = hashlib.sha256()
+    for chunk in file.chunks():
+        digest.update(chunk)
+    file.seek(0)
+    return digest.hexdigest()
 
 
 class CaptionsForm(forms.Form):
@@ -126,8 +156,9 @@ class TrainingForm(forms.Form):
     num_class_images = forms.IntegerField(min_value=rules.CLASS_IMAGES_RANGE[0], max_value=rules.CLASS_IMAGES_RANGE[1], label="Class images")
     prior_loss_weight = forms.FloatField(min_value=rules.PRIOR_LOSS_WEIGHT_RANGE[0], max_value=rules.PRIOR_LOSS_WEIGHT_RANGE[1])
     prior_target = forms.ChoiceField(
-        choices=[("base", "the base model's prediction (keeps other prompts as they were)"), ("images", "the class images (classic DreamBooth)")],
-        label="Prior target", help_text="What the class images are trained towards.",
+        # Short labels: a select shows its choice on one line, and a phone has ~300 px for it.
+        choices=[("base", "the base model's prediction"), ("images", "class images (classic DreamBooth)")],
+        label="Prior target", help_text="What the class images are trained towards; the base model's prediction keeps other prompts as they were.",
     )
     train_token_embedding = forms.BooleanField(
         required=False, label="Learn the token's embedding",

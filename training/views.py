@@ -81,21 +81,29 @@ def subject_detail(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_POST
 def photo_upload(request: HttpRequest, pk: int) -> HttpResponse:
+    """Always answered with a redirect to the subject (post/redirect/get): reloading the page after an
+    upload must not send the files again, and a file input cannot be refilled anyway. Every outcome,
+    refusals included, reaches the page as a message."""
     subject = _get_subject_for_user(request, pk)
     form = PhotoUploadForm(request.POST, request.FILES)
     if not form.is_valid():
-        return _subject_page(request, subject, upload_form=form, status=400)
+        for error in form.errors.get("photos", form.non_field_errors()):
+            messages.error(request, error)
+        return redirect(subject)
     try:
         outcome = services.add_photos(subject=subject, files=form.cleaned_data["photos"])
     except QuotaExceeded as exc:
-        form.add_error("photos", exc.message)
-        return _subject_page(request, subject, upload_form=form, status=429)
+        messages.error(request, exc.message)
+        return redirect(subject)
     except ValidationError as exc:
-        form.add_error("photos", exc)
-        return _subject_page(request, subject, upload_form=form, status=400)
+        for message in exc.messages:
+            messages.error(request, message)
+        return redirect(subject)
     if outcome.accepted:
         count = len(outcome.accepted)
         messages.info(request, f"Received {count} photo{pluralize(count)}; {'they are' if count != 1 else 'it is'} being checked.")
+    for name in form.duplicates:
+        messages.warning(request, f"{name}: already uploaded (the same file is in this upload twice); skipped.")
     for name, reason in outcome.rejected:
         messages.error(request, f"{name}: {reason}")
     return redirect(subject)
