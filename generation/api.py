@@ -19,6 +19,7 @@ from . import serializers as s
 from .modelinfo import SCHEDULERS
 from .models import GeneratedImage, Generation
 from .services import create_generation
+from .views import preview_response
 
 SEARCH_PARAM = OpenApiParameter("search", str, description="Words the prompt contains.")
 
@@ -98,7 +99,7 @@ class GenerationViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.Retriev
                     "prompt": "a red circle on a blue background", "negative_prompt": "", "seed": 1234567, "steps": 20,
                     "guidance_scale": 7.5, "width": 64, "height": 64, "scheduler": "dpmpp_2m", "num_images": 1,
                     "model_name": "imagesite-demo", "base_model": 1, "phase": "", "subject": None, "subject_name": "", "webhook_url": "",
-                    "created_at": "2026-11-25T03:00:00Z", "started_at": None, "finished_at": None, "images": [],
+                    "created_at": "2026-11-25T03:00:00Z", "started_at": None, "finished_at": None, "images": [], "preview_url": None,
                 },
             ),
             OpenApiExample(
@@ -131,6 +132,17 @@ class GenerationViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.Retriev
         generation.cancel()  # no-op once it has ended; the response shows the status either way
         generation.refresh_from_db()
         return Response(self.get_serializer(generation).data)
+
+
+    @extend_schema(
+        summary="The live preview of a running generation",
+        description="A small JPEG of the image so far (several images side by side), replaced every half second or so "
+                    "while the job runs; 404 before the first one and once the job has ended. Follow `preview_url`.",
+        responses={(200, "image/jpeg"): OpenApiResponse(OpenApiTypes.BINARY, description="The preview, not to be cached.")},
+    )
+    @action(detail=True, methods=["get"], content_negotiation_class=FileNegotiation)
+    def preview(self, request: Request, pk: str | None = None):
+        return preview_response(self.get_object())
 
 
 # --- images ------------------------------------------------------------------------------------------

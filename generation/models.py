@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import uuid
+from functools import cached_property
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.urls import reverse
+from django.utils import timezone
 
-from imagesite.jobs import Job, JobQuerySet
+from imagesite.jobs import Job, JobQuerySet, JobStatus, job_finished
 
 from .modelinfo import SCHEDULERS, ModelInfo, describe_model
 
@@ -128,10 +130,61 @@ class Generation(Job):
             num_images=self.num_images,
         )
 
+    @cached_property
+    def preview_step(self) -> int | None:
+        """The step the live preview shows while the job runs; None when it has none yet or has ended."""
+        if self.status != JobStatus.RUNNING:
+            return None
+        return GenerationPreview.objects.filter(pk=self.pk).values_list("step", flat=True).first()
+
+    def live_preview(self) -> bytes | None:
+        """The live preview's JPEG while the job runs, else None."""
+        if self.status != JobStatus.RUNNING:
+            return None
+        image = GenerationPreview.objects.filter(pk=self.pk).values_list("image", flat=True).first()
+        return bytes(image) if image is not None else None
+
     def form_initial(self) -> dict:
         """The settings as generate-form values ("generate again with these settings")."""
         fields = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler", "num_images", "subject", "base_model")
         return {name: getattr(self, name) for name in fields}
+
+
+class GenerationPreview(models.Model):
+    """The latest live preview of a running generation: a small JPEG (generation.previews) that the
+    worker replaces every half second or so and deletes when the job ends, however it ends.
+
+    A row rather than a file: a worker killed mid-job cannot leave a file behind on shared storage,
+    the row goes with its generation (CASCADE) and a job's end removes it (`job_finished`), and every
+    machine of a scale-out reads it from the database it already shares. Kept apart from Generation so
+    that listing jobs never loads image bytes."""
+
+    generation = models.OneToOneField(Generation, on_delete=models.CASCADE, primary_key=True, related_name="+")
+    step = models.PositiveIntegerField()
+    image = models.BinaryField()
+    updated_at = models.DateTimeField(auto_now=True)
+
+    @classmethod
+    def store(cls, generation_id: int, image: bytes, step: int) -> bool:
+        """Replace the preview, only while the job is still running (False otherwise: nothing written)."""
+        with transaction.atomic():
+            if not Generation.objects.filter(pk=generation_id, status=JobStatus.RUNNING).exists():
+                return False
+            if not cls.objects.filter(pk=generation_id).update(image=image, step=step, updated_at=timezone.now()):
+                cls.objects.create(generation_id=generation_id, image=image, step=step)
+        return True
+
+    @classmethod
+    def discard(cls, generation_id: int) -> None:
+        cls.objects.filter(pk=generation_id).delete()
+
+
+def _discard_preview(sender, job: Generation, **kwargs) -> None:
+    """A job that ended any way (the reaper failing a killed worker's job included) keeps no preview."""
+    GenerationPreview.discard(job.pk)
+
+
+job_finished.connect(_discard_preview, sender=Generation, dispatch_uid="generation-discard-preview")
 
 
 def subjects_of(owner) -> models.QuerySet:

@@ -162,13 +162,17 @@ class Renderer:
         self.loaded_loras = []
         self.pipe = _load(self.source, self._plan(profile), self.single_file_config, self.family)
 
-    def _call_pipe(self, s: RenderSettings, on_step: ProgressCallback | None) -> list[Image.Image]:
+    def _call_pipe(self, s: RenderSettings, on_step: ProgressCallback | None, preview=None) -> list[Image.Image]:
         device = "cpu"  # seeds drawn on the CPU give the same noise on every machine
         generators = [torch.Generator(device).manual_seed(seed) for seed in s.seeds]
+        if preview is not None:  # a generation.previews.PreviewTap: keeps each step's x0 estimate
+            preview.attach(self.pipe.scheduler)
 
         def step_end(pipe, step: int, timestep, kwargs: dict) -> dict:
             if on_step is not None:
                 on_step(step + 1, pipe.num_timesteps)  # may raise to cancel at this step
+            if preview is not None:
+                preview.step_end(step + 1, pipe.num_timesteps, kwargs.get("latents"))
             return kwargs
 
         result = self.pipe(
@@ -184,18 +188,19 @@ class Renderer:
         )
         return list(result.images)
 
-    def render(self, s: RenderSettings, on_step: ProgressCallback | None = None, adapter: Adapter | None = None) -> list[Image.Image]:
+    def render(self, s: RenderSettings, on_step: ProgressCallback | None = None, adapter: Adapter | None = None, preview=None) -> list[Image.Image]:
         """Run one job: returns `num_images` RGB PIL images of `width`×`height` px.
 
         `on_step(step, total)` is called after every denoising step; an exception it raises (cancel)
         propagates out and nothing is returned. `adapter` applies a subject for this job only: it is
         switched off again whatever happens, so it never reaches the next job. A CUDA out-of-memory
         error frees the cache and retries once a profile lower; a second one becomes a
-        GenerationError naming size and profile."""
+        GenerationError naming size and profile. `preview` (a generation.previews.PreviewTap) gets
+        the x0 estimate after each step and makes the live previews."""
         with self.lock:
             self._set_scheduler(s.scheduler)
             try:
-                return self._attempt(s, on_step, adapter)
+                return self._attempt(s, on_step, adapter, preview)
             except torch.cuda.OutOfMemoryError:
                 tried = self.profile
                 _empty_cuda_cache()
@@ -206,18 +211,18 @@ class Renderer:
                 self._reload(lower)
                 self._set_scheduler(s.scheduler)
                 try:
-                    return self._attempt(s, on_step, adapter)
+                    return self._attempt(s, on_step, adapter, preview)
                 except torch.cuda.OutOfMemoryError:
                     _empty_cuda_cache()
                     raise GenerationError(_oom_message(s, lower)) from None
 
-    def _attempt(self, s: RenderSettings, on_step: ProgressCallback | None, adapter: Adapter | None) -> list[Image.Image]:
+    def _attempt(self, s: RenderSettings, on_step: ProgressCallback | None, adapter: Adapter | None, preview=None) -> list[Image.Image]:
         """One pipeline call with the subject put onto the pipeline as it is now (a retry after a
         reload puts it onto the fresh one) and taken off again whatever happens."""
         if adapter is None:
-            return self._call_pipe(s, on_step)
+            return self._call_pipe(s, on_step, preview)
         with self._token_rows(adapter), self._subject_weights(adapter):
-            return self._call_pipe(s, on_step)
+            return self._call_pipe(s, on_step, preview)
 
     @contextlib.contextmanager
     def _token_rows(self, adapter: Adapter) -> Iterator[None]:

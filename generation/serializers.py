@@ -74,6 +74,9 @@ class GenerationSerializer(serializers.ModelSerializer):
     page_url = LinkField("generation-detail")
     progress = ProgressSerializer(source="*", read_only=True)
     images = serializers.SerializerMethodField()
+    preview_url = serializers.SerializerMethodField(help_text=(
+        "While it runs: a small JPEG of the image so far (decoded cheaply from the latents, at the latents' size; "
+        "several images side by side), replaced every half second or so; null before the first one and once it ends."))
     webhook_url = serializers.CharField(read_only=True, help_text="Blank when none was given.")
 
     class Meta:
@@ -82,7 +85,7 @@ class GenerationSerializer(serializers.ModelSerializer):
             "id", "url", "cancel_url", "page_url", "status", "progress", "error", "attempts",
             "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler",
             "num_images", "model_name", "base_model", "phase", "subject", "subject_name", "webhook_url", "created_at", "started_at",
-            "finished_at", "images",
+            "finished_at", "images", "preview_url",
         ]
         read_only_fields = fields
         extra_kwargs = {
@@ -94,6 +97,13 @@ class GenerationSerializer(serializers.ModelSerializer):
     def get_images(self, obj: Generation) -> list[dict]:
         images = sorted(obj.images.all(), key=lambda image: image.index)
         return ImageSummarySerializer(images, many=True, context=self.context).data
+
+    @extend_schema_field({"type": "string", "format": "uri", "nullable": True})
+    def get_preview_url(self, obj: Generation) -> str | None:
+        step = obj.preview_step  # a query only for running jobs
+        if step is None:
+            return None
+        return absolute(self.context, f"{reverse('api-generation-preview', args=[obj.pk])}?step={step}")
 
 
 class GenerationCreateSerializer(StrictSerializer):

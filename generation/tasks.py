@@ -7,7 +7,7 @@ from django.core.files.storage import default_storage
 from imagesite.jobs import ProgressReporter, run_job
 
 from .errors import GenerationError
-from .models import Generation
+from .models import Generation, GenerationPreview
 from .services import store_images
 
 
@@ -27,12 +27,31 @@ def _render(job: Generation) -> None:
     renderer = pipeline.get_renderer(source, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
     render_settings = job.render_settings()
     report = ProgressReporter(job)
-    images = renderer.render(render_settings, on_step=lambda step, total: report(step, total, phase=RENDERING), adapter=adapter)
+    try:
+        images = renderer.render(render_settings, on_step=lambda step, total: report(step, total, phase=RENDERING),
+                                 adapter=adapter, preview=_preview_tap(job, renderer))
+    finally:
+        GenerationPreview.discard(job.pk)  # previews are temporary: gone however the render ends
     pngs = pipeline.encode_for_gallery(images, render_settings, renderer.info.name)
     store_images(job, pngs, render_settings.seeds, finish=job.succeed)
 
 
 LOADING, RENDERING = "loading", "rendering"
+
+
+def _preview_tap(job: Generation, renderer):
+    """Live previews for this job (generation.previews), stored where its pages and API read them;
+    None when IMAGESITE_PREVIEW_S is 0 (previews off)."""
+    from .previews import PreviewTap, preview_decoder
+
+    interval_s = float(getattr(settings, "IMAGESITE_PREVIEW_S", PREVIEW_S))
+    if interval_s <= 0:
+        return None
+    decoder = preview_decoder(renderer.source, renderer.family.key, getattr(settings, "IMAGESITE_TAESD", ""), renderer.device)
+    return PreviewTap(decoder, lambda image, step: GenerationPreview.store(job.pk, image, step), interval_s)
+
+
+PREVIEW_S = 0.5  # at most two previews a second: the job page polls once a second
 
 
 def _base_source(job: Generation) -> str:

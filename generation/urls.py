@@ -5,6 +5,7 @@ from . import views
 urlpatterns = [
     path("", views.generate, name="generation-new"),
     path("generations/<int:pk>/", views.generation_detail, name="generation-detail"),
+    path("generations/<int:pk>/preview.jpg", views.generation_preview, name="generation-preview"),
     path("generations/<int:pk>/cancel/", views.generation_cancel, name="generation-cancel"),
     path("generations/<int:pk>/delete/", views.generation_delete, name="generation-delete"),
     path("gallery/", views.gallery, name="gallery"),

@@ -4,7 +4,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -75,6 +75,23 @@ def generation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     generation = _get_generation_for_user(request, pk)
     template = "generation/_job_status.html" if request.htmx else "generation/detail.html"
     return render(request, template, {"generation": generation, "images": generation.images.order_by("index")})
+
+
+@login_required
+@require_GET
+def generation_preview(request: HttpRequest, pk: int) -> HttpResponse:
+    return preview_response(_get_generation_for_user(request, pk))
+
+
+def preview_response(generation: Generation) -> HttpResponse:
+    """The running job's live preview (the caller checked the owner), never cached; 404 when it has none."""
+    image = generation.live_preview()
+    if image is None:
+        raise Http404("No preview: the job has not reached its first one, or it has ended.")
+    response = HttpResponse(image, content_type="image/jpeg")
+    response["Cache-Control"] = "no-store"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 @login_required
