@@ -11,6 +11,7 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("accounts/password/", auth_views.PasswordChangeView.as_view(), name="password_change"),
     path("accounts/password/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
+    path("accounts/delete/", views.account_delete, name="account-delete"),
     path("accounts/api/", include("api.page_urls")),
     path("admin/", admin.site.urls),
     # Each app's API first; the shared routes end with the JSON 404 for any other /api/ path.
