@@ -1,0 +1,151 @@
+"""What live previews cost: a generation job's time with previews ÷ without, on the demo model, in one run.
+
+    .venv/bin/python bench/preview_cost.py [--runs 15] [--warmup 2] [--threads 1] [--steps N] [--images N]
+
+Sets itself up: a throwaway SQLite file and media folder under build/bench-previews/, migrated here.
+Each job is the real task (`generation.tasks.run_generation`) run in this process on one warm
+renderer: claim, heartbeat, progress writes, previews (x0 estimate, decode, JPEG, the row written
+while the job runs and deleted at its end), PNG encoding, files, the end state. Three modes
+alternate run by run, so a busy machine slows them alike:
+
+- off: IMAGESITE_PREVIEW_S = 0 (no previews);
+- default: IMAGESITE_PREVIEW_S = 0.5 (what a worker does: at most two a second);
+- every step: a preview after every step but the last (the worst case, e.g. a fast GPU with a long
+  interval setting would never get near it).
+
+Goal (issue 16): default / off median ≤ 1.05. Jobs render the demo model's defaults unless told.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WORK = ROOT / "build" / "bench-previews"
+RATIO_GOAL = 1.05
+MODES = {"off": 0.0, "default": 0.5, "every step": 1e-9}
+
+
+def _environment(threads: int | None) -> dict[str, str]:
+    env = {
+        "DJANGO_SETTINGS_MODULE": "imagesite.settings",
+        "IMAGESITE_SQLITE_PATH": str(WORK / "bench.sqlite3"),
+        "IMAGESITE_MEDIA_ROOT": str(WORK / "media"),
+    }
+    if threads:
+        env["OMP_NUM_THREADS"] = env["IMAGESITE_CPU_THREADS"] = str(threads)
+    return env
+
+
+def _fresh_database() -> None:
+    if WORK.exists():
+        shutil.rmtree(WORK)
+    (WORK / "media").mkdir(parents=True)
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0, interactive=False)
+
+
+def _run_job(owner, job: dict, seed: int, interval_s: float, stored: list[int]) -> tuple[float, int]:
+    """(seconds the task took, previews written) for one job with previews every `interval_s` (0: off)."""
+    from django.conf import settings
+
+    from generation.models import Generation
+    from generation.tasks import run_generation
+
+    settings.IMAGESITE_PREVIEW_S = interval_s
+    row = Generation.objects.create(owner=owner, seed=seed, model_name="bench", **job)  # queued; no broker message
+    before = len(stored)
+    started = time.perf_counter()
+    outcome = run_generation(row.pk)
+    elapsed = time.perf_counter() - started
+    if outcome != "succeeded":
+        row.refresh_from_db()
+        sys.exit(f"generation {row.pk} {outcome}: {row.error}")
+    return elapsed, len(stored) - before
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=15, help="measured jobs per mode")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured jobs per mode first")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (the worker's IMAGESITE_CPU_THREADS)")
+    parser.add_argument("--steps", type=int, default=None, help="steps per job (default: the model's)")
+    parser.add_argument("--images", type=int, default=1, help="images per job")
+    args = parser.parse_args()
+
+    os.environ.pop("DATABASE_URL", None)
+    os.environ.pop("REDIS_URL", None)
+    os.environ.update(_environment(args.threads))
+    import django
+
+    django.setup()
+    logging.getLogger("django-q").setLevel(logging.WARNING)
+    from diffusers.utils import logging as diffusers_logging
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+
+    from generation import pipeline
+    from generation.models import GenerationPreview
+    from generation.modelinfo import describe_model
+
+    diffusers_logging.disable_progress_bar()
+    _fresh_database()
+    owner = get_user_model().objects.create_user("bench")
+    info = describe_model(settings.IMAGESITE_MODEL)
+    job = {"prompt": info.example_prompts[0] if info.example_prompts else "a red circle on a blue background",
+           "negative_prompt": "", **info.defaults(), "num_images": args.images}
+    if args.steps:
+        job["steps"] = args.steps
+
+    stored: list[int] = []  # one entry per preview written
+    store = GenerationPreview.store.__func__
+
+    def counting_store(cls, generation_id: int, image: bytes, step: int) -> bool:
+        stored.append(len(image))
+        return store(cls, generation_id, image, step)
+
+    GenerationPreview.store = classmethod(counting_store)
+    pipeline.get_renderer(settings.IMAGESITE_MODEL, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
+    print(f"model {info.name}: {job['width']}x{job['height']}, {job['steps']} steps, {job['scheduler']}, {job['num_images']} image(s); "
+          f"{args.threads} torch thread(s); load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    counts: dict[str, list[int]] = {mode: [] for mode in MODES}
+    for i in range(args.warmup + args.runs):
+        measured = i >= args.warmup
+        line = []
+        for mode, interval_s in MODES.items():
+            elapsed, count = _run_job(owner, job, 1000 + i, interval_s, stored)
+            if measured:
+                times[mode].append(elapsed)
+                counts[mode].append(count)
+            line.append(f"{mode} {elapsed:6.3f} s ({count:>2} previews)")
+        print(f"  {'run' if measured else 'warm-up'} {i + 1:>2}: " + "   ".join(line), flush=True)
+
+    off = statistics.median(times["off"])
+    rows = []
+    for mode in MODES:
+        median = statistics.median(times[mode])
+        ratio = median / off
+        goal = f"≤ {RATIO_GOAL:.2f} {'ok' if ratio <= RATIO_GOAL else 'MISSED'}" if mode == "default" else ""
+        rows.append((f"job with previews: {mode}", f"{median:.3f} s", f"{statistics.mean(counts[mode]):.1f}", f"{ratio:.3f}", goal))
+    if stored:
+        rows.append(("preview JPEG size, median", f"{statistics.median(stored)} B", "", "", ""))
+    print(f"\n{args.runs} runs per mode after {args.warmup} warm-up; load average {os.getloadavg()[0]:.2f}")
+    header = ("measure", "median time", "previews/job", "÷ off", "goal")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    for row in [header, tuple("-" * w for w in widths), *rows]:
+        print("| " + " | ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) + " |")
+
+
+if __name__ == "__main__":
+    main()
