@@ -140,6 +140,7 @@ class Renderer:
         self.base_scheduler_config = dict(self.pipe.scheduler.config)
         self.loaded_loras: list[str] = []  # adapter keys, least recently used first
         self.lock = threading.Lock()
+        self.preview = None  # the running job's generation.previews.PreviewTap, if it wants previews
         log.info("loaded %s (%s) with profile %s on %s in %.1f s (estimated need %.1f GB, %.1f GB free)", source,
                  self.family.label, self.profile, self.device, time.perf_counter() - started, need.full_bytes / 1e9, free / 1e9)
 
@@ -162,10 +163,11 @@ class Renderer:
         self.loaded_loras = []
         self.pipe = _load(self.source, self._plan(profile), self.single_file_config, self.family)
 
-    def _call_pipe(self, s: RenderSettings, on_step: ProgressCallback | None, preview=None) -> list[Image.Image]:
+    def _call_pipe(self, s: RenderSettings, on_step: ProgressCallback | None) -> list[Image.Image]:
         device = "cpu"  # seeds drawn on the CPU give the same noise on every machine
         generators = [torch.Generator(device).manual_seed(seed) for seed in s.seeds]
-        if preview is not None:  # a generation.previews.PreviewTap: keeps each step's x0 estimate
+        preview = self.preview
+        if preview is not None:  # keeps each step's x0 estimate from this job's scheduler
             preview.attach(self.pipe.scheduler)
 
         def step_end(pipe, step: int, timestep, kwargs: dict) -> dict:
@@ -198,9 +200,10 @@ class Renderer:
         GenerationError naming size and profile. `preview` (a generation.previews.PreviewTap) gets
         the x0 estimate after each step and makes the live previews."""
         with self.lock:
+            self.preview = preview  # this job's (one job at a time under the lock); _call_pipe reads it
             self._set_scheduler(s.scheduler)
             try:
-                return self._attempt(s, on_step, adapter, preview)
+                return self._attempt(s, on_step, adapter)
             except torch.cuda.OutOfMemoryError:
                 tried = self.profile
                 _empty_cuda_cache()
@@ -211,18 +214,18 @@ class Renderer:
                 self._reload(lower)
                 self._set_scheduler(s.scheduler)
                 try:
-                    return self._attempt(s, on_step, adapter, preview)
+                    return self._attempt(s, on_step, adapter)
                 except torch.cuda.OutOfMemoryError:
                     _empty_cuda_cache()
                     raise GenerationError(_oom_message(s, lower)) from None
 
-    def _attempt(self, s: RenderSettings, on_step: ProgressCallback | None, adapter: Adapter | None, preview=None) -> list[Image.Image]:
+    def _attempt(self, s: RenderSettings, on_step: ProgressCallback | None, adapter: Adapter | None) -> list[Image.Image]:
         """One pipeline call with the subject put onto the pipeline as it is now (a retry after a
         reload puts it onto the fresh one) and taken off again whatever happens."""
         if adapter is None:
-            return self._call_pipe(s, on_step, preview)
+            return self._call_pipe(s, on_step)
         with self._token_rows(adapter), self._subject_weights(adapter):
-            return self._call_pipe(s, on_step, preview)
+            return self._call_pipe(s, on_step)
 
     @contextlib.contextmanager
     def _token_rows(self, adapter: Adapter) -> Iterator[None]:
