@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from .modelinfo import ModelInfo, describe_model
+from .prompt_syntax import check_prompt, extract_lora_tags
 
 MAX_PROMPT_CHARS = 2000
 STEPS_RANGE = (1, 150)
@@ -46,6 +47,16 @@ def validate_prompt(value: str) -> str:
     if len(value) > MAX_PROMPT_CHARS:
         raise ValidationError(f"Keep the prompt under {MAX_PROMPT_CHARS} characters.")
     return value
+
+
+def prompt_problems(text: str) -> list[str]:
+    """What in a prompt (AUTOMATIC1111 syntax) would not do what its author meant: bad weights,
+    unsupported prompt editing, and LoRA tags, which are not applied yet (a subject is chosen with
+    the Subject field). Empty when the prompt is fine."""
+    problems = check_prompt(text)
+    for tag in extract_lora_tags(text)[1]:
+        problems.append(f"“{tag.tag}”: LoRAs in the prompt are not supported yet; choose a subject in the Subject field instead.")
+    return problems
 
 
 def mentions_token(text: str, token: str) -> bool:

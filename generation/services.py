@@ -16,7 +16,7 @@ from imagesite.jobs import JobCanceled, JobStatus
 
 from .catalog import default_model
 from .models import MAX_SEED, BaseModel, GeneratedImage, Generation, usable_subjects
-from .rules import validate_size, validate_subject_family, validate_subject_in_prompt
+from .rules import prompt_problems, validate_size, validate_subject_family, validate_subject_in_prompt
 
 
 DEFAULTED_SETTINGS = ("steps", "guidance_scale", "width", "height", "scheduler")
@@ -40,6 +40,9 @@ def create_generation(*, owner, prompt: str, seed: int | None = None, subject=No
             validate_size(settings[name], info)
         except ValidationError as exc:
             errors[name] = exc.messages
+    for name, text in (("prompt", prompt), ("negative_prompt", settings.get("negative_prompt") or "")):
+        if problems := prompt_problems(text):
+            errors[name] = problems
     if subject is not None:
         if not usable_subjects(owner).filter(pk=subject.pk).exists():
             errors["subject"] = ["Choose one of your trained subjects."]

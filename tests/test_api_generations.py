@@ -138,3 +138,20 @@ def test_wrong_method_is_405(owner, owner_api, method, suffix):
 
 def test_an_id_too_large_for_the_database_is_404(owner_api):
     assert_error(owner_api.get(f"{URL}{2**70}/"), 404)
+
+
+@pytest.mark.parametrize(("data", "field", "words"), [
+    ({"prompt": "a (red:1.2.3) circle"}, "prompt", "is not a number"),
+    ({"prompt": "a [red:blue:0.5] circle"}, "prompt", "Prompt editing"),
+    ({"prompt": "a red circle", "negative_prompt": "(blurry:1.2.3)"}, "negative_prompt", "is not a number"),
+    ({"prompt": "a red circle <lora:ink:0.8>"}, "prompt", "LoRAs in the prompt are not supported yet"),
+])
+def test_a_prompt_that_parses_badly_is_a_field_error_and_nothing_is_queued(owner_api, data, field, words):
+    response = owner_api.post(URL, data, format="json")
+    assert_error(response, 400, field)
+    assert words in str(response.json()) and not Generation.objects.exists() and not OrmQ.objects.exists()
+
+
+def test_a1111_weights_are_accepted(owner_api):
+    response = owner_api.post(URL, {"prompt": "a (red:1.3) circle on a [blue] background, \\(literal\\)"}, format="json")
+    assert response.status_code == 202
