@@ -49,7 +49,7 @@ def subject_list(request: HttpRequest) -> HttpResponse:
     return render(request, "training/subjects.html", {"form": form, "subjects": subjects})
 
 
-def _subject_page(request: HttpRequest, subject: Subject, *, upload_form=None, training_form=None, captions_form=None, status: int = 200) -> HttpResponse:
+def _subject_page(request: HttpRequest, subject: Subject, *, training_form=None, captions_form=None, status: int = 200) -> HttpResponse:
     photos = list(subject.photos.all())
     ready = [photo for photo in photos if photo.is_ready]
     captions_form = captions_form or CaptionsForm(subject=subject, photos=ready)
@@ -62,7 +62,7 @@ def _subject_page(request: HttpRequest, subject: Subject, *, upload_form=None, t
         "captions_form": captions_form,
         "runs": subject.runs.all()[:10],
         "latest_run": subject.latest_run(),
-        "upload_form": upload_form or PhotoUploadForm(),
+        "upload_form": PhotoUploadForm(),
         "training_form": training_form or TrainingForm(),
         "is_training": subject.is_training(),
         "caption_backgrounds": describe_model(settings.IMAGESITE_MODEL).caption_backgrounds,
