@@ -133,7 +133,6 @@ class GenerationViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.Retriev
         generation.refresh_from_db()
         return Response(self.get_serializer(generation).data)
 
-
     @extend_schema(
         summary="The live preview of a running generation",
         description="A small JPEG of the image so far (several images side by side), replaced every half second or so "
