@@ -37,7 +37,7 @@ def favicon(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 def account_delete(request: HttpRequest) -> HttpResponse:
     """Delete the signed-in user's account, every row and file of theirs, after their password."""
-    form = DeleteAccountForm(request.POST or None, user=request.user)
+    form = DeleteAccountForm(request.POST or None, request=request)
     if request.method == "POST" and form.is_valid():
         username = request.user.get_username()
         delete_account(user=request.user)

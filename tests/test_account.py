@@ -89,6 +89,14 @@ def test_a_wrong_password_deletes_nothing(owner, owner_client, media):
     assert get_user_model().objects.filter(pk=owner.pk).exists() and Generation.objects.filter(owner=owner).count() == 3
 
 
+def test_wrong_passwords_count_towards_the_login_lock_out(owner, owner_client, settings):
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        owner_client.post(reverse("account-delete"), {"password": "a-guess"})
+    response = owner_client.post(reverse("account-delete"), {"password": PASSWORD})  # the right one, too late
+    assert response.status_code == 429 and "Too many attempts" in response.content.decode()  # axes' lock-out page
+    assert get_user_model().objects.filter(pk=owner.pk).exists()
+
+
 def test_deleting_your_account_leaves_nothing_of_yours(owner, other_user, owner_client, media, django_capture_on_commit_callbacks):
     _everything_of(owner)
     theirs = make_image(other_user)
