@@ -275,3 +275,28 @@ def test_remove_asks_first_and_a_dismissed_question_keeps_the_photo(live_server,
     page.locator("#photos .tile button.danger").first.click()
     expect(page.locator("#photos .tile")).to_have_count(2)
     assert subject.photos.count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_gallery_search_finds_every_word_and_tiles_show_whole_images(live_server, browser_page, django_user_model):
+    from django.core.files.base import ContentFile
+    from playwright.sync_api import expect
+
+    from .factories import make_image, png_bytes
+
+    page = browser_page
+    owner = django_user_model.objects.create_user("owner", password="a-long-enough-passphrase-42")
+    heart = make_image(owner, prompt="a white heart on a green background")
+    heart.thumbnail.save("wide.png", ContentFile(png_bytes((250, 250, 250), (96, 48))))  # a wide image's thumbnail
+    make_image(owner, prompt="a green circle on a white background")
+    _log_in(page, live_server, owner)
+    page.goto(f"{live_server.url}/gallery/")
+    page.fill("input[name=q]", "Green HEART")
+    page.get_by_role("button", name="Search").click()
+    tiles = page.locator(".gallery a.tile")
+    expect(tiles).to_have_count(1)
+    expect(tiles).to_have_attribute("title", heart.generation.prompt)
+    assert _image_loaded(page, ".gallery a.tile img")
+    # The whole 96×48 thumbnail is drawn in its square tile: letterboxed, not cropped to the middle.
+    assert page.eval_on_selector(".gallery a.tile img", "img => getComputedStyle(img).objectFit") == "contain"
+    page.screenshot(path=str(SCREENSHOTS / "gallery-search.png"), full_page=True)
