@@ -65,6 +65,9 @@ class WebhookSettings(models.Model):
     secret = models.CharField(max_length=64)
     default_url = models.URLField(blank=True, max_length=500)
 
+    class Meta:
+        verbose_name = verbose_name_plural = "webhook settings"
+
     def __str__(self) -> str:
         return f"webhooks of {self.user}"
 

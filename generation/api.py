@@ -18,15 +18,14 @@ from . import catalog, rules
 from . import serializers as s
 from .modelinfo import SCHEDULERS
 from .models import GeneratedImage, Generation
-from .services import create_generation
+from .services import create_generation, filter_by_words
 from .views import preview_response
 
-SEARCH_PARAM = OpenApiParameter("search", str, description="Words the prompt contains.")
+SEARCH_PARAM = OpenApiParameter("search", str, description="Words the prompt contains: every word, in any order, ignoring case (\"quoted phrases\" stay whole).")
 
 
 def search_prompt(queryset: QuerySet, request: Request, field: str = "prompt") -> QuerySet:
-    text = request.query_params.get("search", "").strip()
-    return queryset.filter(**{f"{field}__icontains": text}) if text else queryset
+    return filter_by_words(queryset, request.query_params.get("search", ""), field=field)
 
 
 # --- the base models ----------------------------------------------------------------------------

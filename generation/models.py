@@ -204,10 +204,6 @@ class GeneratedImageQuerySet(models.QuerySet):
     def for_user(self, user) -> "GeneratedImageQuerySet":
         return self.filter(generation__owner=user)
 
-    def search(self, text: str) -> "GeneratedImageQuerySet":
-        text = text.strip()
-        return self.filter(generation__prompt__icontains=text) if text else self
-
 
 def _image_path(instance: "GeneratedImage", filename: str) -> str:
     return f"images/{instance.generation.owner_id}/{uuid.uuid4().hex}.png"

@@ -80,3 +80,7 @@ def test_inlines_add_no_images_or_photos(staff_client, owner, run):
     for url in (reverse("admin:generation_generation_change", args=[image.generation.pk]), reverse("admin:training_subject_change", args=[run.subject.pk])):
         [inline] = staff_client.get(url).context["inline_admin_formsets"]
         assert not inline.has_add_permission, url
+
+
+def test_the_index_names_webhook_settings_once(staff_client):
+    assert "settingss" not in staff_client.get(reverse("admin:index")).content.decode()

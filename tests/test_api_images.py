@@ -30,6 +30,8 @@ def test_list_filters(owner, owner_api):
     GeneratedImage.objects.filter(pk=square.pk).update(favourite=True)
     ids = lambda params: [i["id"] for i in owner_api.get(URL, params).json()["results"]]  # noqa: E731
     assert ids({"search": "circle"}) == [circle.pk]
+    assert ids({"search": "CIRCLE red"}) == [circle.pk]  # every word, any order, any case
+    assert ids({"search": '"circle red"'}) == []  # a quoted phrase stays whole
     assert ids({"favourite": "true"}) == [square.pk]
     assert ids({"favourite": "false"}) == [circle.pk]
     assert ids({"generation": circle.generation_id}) == [circle.pk]
