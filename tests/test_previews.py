@@ -25,6 +25,7 @@ from imagesite.jobs import JobStatus, reap_stale_jobs
 from .api_support import other_api, owner_api  # noqa: F401
 from .conftest import wait_for, wait_for_status
 from .factories import make_generation
+from .test_browser import CHROMIUM, SCREENSHOTS, _log_in, browser_page  # noqa: F401  (browser_page: a fixture)
 from .torch_support import offline_hub, one_torch_thread  # noqa: F401
 
 DEMO = settings.IMAGESITE_MODEL
@@ -297,3 +298,27 @@ def test_worker_job_canceled_after_a_preview_leaves_none(owner, worker, owner_ap
     wait_for(lambda: "canceled" in [str(t.result) for t in Task.objects.filter(name=f"generation-{job.pk}")], 60, message="the task to return")
     assert not GenerationPreview.objects.exists()
     assert _files_under(media_dir) == before
+
+
+@pytest.mark.browser
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)")
+def test_the_job_page_shows_the_preview_while_it_runs_then_the_images(live_server, worker, owner, browser_page):
+    """In Debian's chromium (tests/test_browser.py's set-up): the running job's panel shows the preview
+    image, loaded; once the job is done the panel shows the images and no preview. Saves a screenshot
+    of the running job (build/screenshots/running-job-preview.png) for the README."""
+    from generation.services import create_generation
+
+    page = browser_page
+    _log_in(page, live_server, owner)
+    job = create_generation(owner=owner, prompt="a red circle on a blue background", seed=5, **LONG)
+    page.goto(f"{live_server.url}{job.get_absolute_url()}")
+    preview = page.locator(".live-preview img")
+    preview.wait_for(timeout=120_000)
+    page.wait_for_function("() => { const i = document.querySelector('.live-preview img'); return i && i.complete && i.naturalWidth > 0; }")
+    assert page.evaluate("() => document.querySelector('.live-preview img').naturalWidth") == 2 * 16
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "running-job-preview.png"))
+    page.wait_for_selector("#job-status[data-status='succeeded']", timeout=240_000)
+    assert page.locator(".live-preview").count() == 0 and page.locator("#job-status img.result").count() == 2
