@@ -30,7 +30,9 @@ SCHEDULERS: dict[str, SchedulerChoice] = {
     "dpmpp_2m": SchedulerChoice("DPM++ 2M", "DPMSolverMultistepScheduler", (("algorithm_type", "dpmsolver++"), ("solver_order", 2))),
     "euler_a": SchedulerChoice("Euler a", "EulerAncestralDiscreteScheduler"),
     "euler": SchedulerChoice("Euler", "EulerDiscreteScheduler"),
-    "ddim": SchedulerChoice("DDIM", "DDIMScheduler"),
+    # clip_sample: DDIM's own default clips x0 to [-1, 1], which is for pixels, not SD latents (the
+    # configs SD ships for DDIM turn it off; without it the demo drew a purple centre on red).
+    "ddim": SchedulerChoice("DDIM", "DDIMScheduler", (("clip_sample", False),)),
     "pndm": SchedulerChoice("PLMS", "PNDMScheduler", (("skip_prk_steps", True),)),
 }
 

@@ -23,6 +23,7 @@ from .errors import GenerationError
 from .families import Family, detect_family
 from .memory import PROFILES, MemoryPlan, lower_profile, memory_need, plan_memory, resolve_profile
 from .modelinfo import SCHEDULERS, describe_model, model_kind
+from .prompt_embeds import encode_prompt
 
 log = logging.getLogger("generation.pipeline")
 __all__ = ["PROFILES", "MemoryPlan", "lower_profile", "plan_memory", "resolve_profile", "GenerationError",
@@ -177,16 +178,10 @@ class Renderer:
                 preview.step_end(step + 1, pipe.num_timesteps, kwargs.get("latents"))
             return kwargs
 
-        result = self.pipe(
-            prompt=s.prompt,
-            negative_prompt=s.negative_prompt or None,
-            num_inference_steps=s.steps,
-            guidance_scale=s.guidance_scale,
-            width=s.width,
-            height=s.height,
-            num_images_per_prompt=s.num_images,
-            generator=generators,
-            callback_on_step_end=step_end,
+        result = self.pipe(  # prompts in AUTOMATIC1111's syntax, in 75-token chunks (never cut at 77)
+            **encode_prompt(self.pipe, s.prompt, s.negative_prompt or None),
+            num_inference_steps=s.steps, guidance_scale=s.guidance_scale, width=s.width, height=s.height,
+            num_images_per_prompt=s.num_images, generator=generators, callback_on_step_end=step_end,
         )
         return list(result.images)
 

@@ -44,14 +44,11 @@ def _preview_tap(job: Generation, renderer):
     None when IMAGESITE_PREVIEW_S is 0 (previews off)."""
     from .previews import PreviewTap, preview_decoder
 
-    interval_s = float(getattr(settings, "IMAGESITE_PREVIEW_S", PREVIEW_S))
+    interval_s = float(settings.IMAGESITE_PREVIEW_S)
     if interval_s <= 0:
         return None
-    decoder = preview_decoder(renderer.source, renderer.family.key, getattr(settings, "IMAGESITE_TAESD", ""), renderer.device)
+    decoder = preview_decoder(renderer.source, renderer.family.key, settings.IMAGESITE_TAESD, renderer.device)
     return PreviewTap(decoder, lambda image, step: GenerationPreview.store(job.pk, image, step), interval_s)
-
-
-PREVIEW_S = 0.5  # at most two previews a second: the job page polls once a second
 
 
 def _base_source(job: Generation) -> str:

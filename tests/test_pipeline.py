@@ -297,3 +297,17 @@ def test_a_kohya_lora_with_a_bundled_token_applies_for_one_job(tiny_model, tmp_p
     r.pipe.set_adapters(["by-hand"])
     by_hand = np.asarray(r._call_pipe(s, None)[0], dtype=np.int16)
     assert np.abs(subject - base).mean() > 1.0 and np.abs(subject - by_hand).max() <= 1
+
+
+def test_the_renderer_reads_a1111_prompts_and_keeps_long_ones_whole(renderer):
+    """Through the worker's own call: weights move the picture, and words past the 77th token still
+    count (diffusers' plain call cuts them off)."""
+    def image(prompt):
+        return pixels(renderer.render(fast(prompt=prompt, seed=3, steps=6))[0]).astype(np.float32)
+
+    plain = image("a red circle on a blue background")
+    assert np.array_equal(plain, image("a red circle on a blue background"))
+    assert np.array_equal(plain, image("a (red:1.0) circle on a blue background"))  # syntax, not words
+    assert np.abs(image("a (red:1.6) circle on a blue background") - plain).mean() > 0.5
+    filler = ", ".join(["a red circle on a blue background"] * 12)  # ~ 100 tokens
+    assert np.abs(image(f"{filler}, green star") - image(f"{filler}, yellow heart")).mean() > 0.5
