@@ -65,3 +65,5 @@ def save_model_folder(pipe: StableDiffusionPipeline, out: Path,
     defaults = dict(MODEL_DEFAULTS)
     defaults.update(extra_defaults or {})
     (out / "imagesite.json").write_text(json.dumps(defaults, indent=2) + "\n", encoding="utf-8")
+    # The live previews' latent->RGB factors are fitted on the VAE just saved: refit them (a changed
+    # VAE makes the old ones wrong) with `python bench/fit_preview_factors.py --write`.
