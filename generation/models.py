@@ -144,10 +144,14 @@ class Generation(Job):
         image = GenerationPreview.objects.filter(pk=self.pk).values_list("image", flat=True).first()
         return bytes(image) if image is not None else None
 
-    def form_initial(self) -> dict:
-        """The settings as generate-form values ("generate again with these settings")."""
+    def form_initial(self, image: "GeneratedImage | None" = None) -> dict:
+        """The settings as generate-form values ("generate again with these settings"). With one of
+        its images: that image's own seed and one image (AUTOMATIC1111's reuse-seed)."""
         fields = ("prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler", "num_images", "subject", "base_model")
-        return {name: getattr(self, name) for name in fields}
+        initial = {name: getattr(self, name) for name in fields}
+        if image is not None:
+            initial.update(seed=image.seed, num_images=1)
+        return initial
 
 
 class GenerationPreview(models.Model):

@@ -52,12 +52,19 @@ def generate(request: HttpRequest) -> HttpResponse:
 
 
 def _initial_from_query(request: HttpRequest) -> dict:
-    """?again=<generation> fills the form with its settings; ?subject=<subject> preselects a subject
-    (and the base it was trained on) and starts the prompt with its token; ?model=<base model>
-    preselects a base model. Only the user's own rows count."""
+    """?again=<generation> fills the form with its settings (with &image=<image>: that image's seed
+    and one image); ?subject=<subject> preselects a subject (and the base it was trained on) and
+    starts the prompt with its token; ?model=<base model> preselects a base model. Only the user's
+    own rows count. A source whose subject was deleted says so: the form cannot bring it back."""
     if request.GET.get("again", "").isdigit():
         source = Generation.objects.for_user(request.user).filter(pk=request.GET["again"]).first()
-        return source.form_initial() if source else {}
+        if source is None:
+            return {}
+        image = source.images.filter(pk=request.GET["image"]).first() if request.GET.get("image", "").isdigit() else None
+        if source.subject_deleted:
+            messages.warning(request, f"The subject “{source.subject_name}” of that generation was deleted, so these settings "
+                                      "have no subject: its token in the prompt now draws whatever the base model makes of it.")
+        return source.form_initial(image)
     if request.GET.get("subject", "").isdigit():
         subject = subjects_of(request.user).filter(pk=request.GET["subject"]).first()
         if subject is None:
