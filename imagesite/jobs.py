@@ -96,6 +96,15 @@ class Job(models.Model):
         per_step = elapsed / (self.progress_step - 1)
         return max(0.0, per_step * (self.progress_total - self.progress_step))
 
+    @property
+    def eta_text(self) -> str:
+        """The ETA as a person reads it: blank when there is none yet, "finishing…" under a second
+        (never "about 0 s left"), seconds under a minute, then minutes ("about 38 min left")."""
+        seconds = self.eta_seconds
+        if seconds is None:
+            return ""
+        return eta_words(seconds)
+
     def _transition(self, from_statuses, **fields) -> bool:
         """Set `fields` only if the row is still in one of `from_statuses`; refresh self on success."""
         updated = type(self).objects.filter(pk=self.pk, status__in=from_statuses).update(**fields)
@@ -166,8 +175,9 @@ class Job(models.Model):
         return self._transition(ACTIVE_STATUSES, status=JobStatus.CANCELED, finished_at=timezone.now())
 
     def cancel_notice(self) -> str:
-        """What the person who just canceled it is told."""
-        return "Canceled." if self.started_at is None else "Canceling: it stops at the next step."
+        """What the person who just canceled it is told; it sits beside the final "Canceled" badge,
+        so it says the job is canceled (a running worker stops at its next step)."""
+        return "Canceled." if self.started_at is None else "Canceled: the worker stops at its next step."
 
     def requeue(self) -> bool:
         """Back to queued after its worker died, and queue the task again."""
@@ -176,6 +186,15 @@ class Job(models.Model):
             if ok:
                 self.enqueue()
         return ok
+
+
+def eta_words(seconds: float) -> str:
+    """"finishing…" under a second, "about N s left" under a minute, else "about N min left"."""
+    if seconds < 1:
+        return "finishing…"
+    if seconds < 59.5:
+        return f"about {round(seconds)} s left"
+    return f"about {max(1, round(seconds / 60))} min left"
 
 
 @contextmanager
