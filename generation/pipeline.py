@@ -17,17 +17,18 @@ from typing import Callable, Iterator
 
 import torch
 from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 
 from .errors import GenerationError
 from .families import Family, detect_family
 from .memory import PROFILES, MemoryPlan, lower_profile, memory_need, plan_memory, resolve_profile
 from .modelinfo import SCHEDULERS, describe_model, model_kind
+from .png_params import a1111_parameters, encode_for_gallery, encode_png, encode_thumbnail  # noqa: F401 (re-exported)
 from .prompt_embeds import encode_prompt
 
 log = logging.getLogger("generation.pipeline")
 __all__ = ["PROFILES", "MemoryPlan", "lower_profile", "plan_memory", "resolve_profile", "GenerationError",
-           "Renderer", "RenderSettings", "Adapter", "get_renderer", "is_warm", "encode_for_gallery"]
+           "Renderer", "RenderSettings", "Adapter", "get_renderer", "is_warm", "encode_for_gallery",
+           "a1111_parameters", "encode_png", "encode_thumbnail"]
 
 
 
@@ -344,46 +345,3 @@ def get_renderer(source: str, requested_profile: str = "auto", single_file_confi
             _renderer = None  # drop the old weights before loading new ones
             _renderer = Renderer(source, requested_profile, single_file_config, cpu_threads)
         return _renderer
-
-
-# --- PNG with AUTOMATIC1111 parameters ---------------------------------------------------------
-def a1111_parameters(s: RenderSettings, seed: int, model_name: str) -> str:
-    """The `parameters` text other tools (AUTOMATIC1111, ComfyUI, civitai) read back."""
-    lines = [s.prompt]
-    if s.negative_prompt:
-        lines.append(f"Negative prompt: {s.negative_prompt}")
-    label = SCHEDULERS[s.scheduler].label
-    lines.append(
-        f"Steps: {s.steps}, Sampler: {label}, CFG scale: {s.guidance_scale:g}, Seed: {seed}, "
-        f"Size: {s.width}x{s.height}, Model: {model_name}"
-    )
-    return "\n".join(lines)
-
-
-def encode_png(image: Image.Image, parameters: str) -> bytes:
-    import io
-
-    info = PngInfo()
-    info.add_text("parameters", parameters)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return buffer.getvalue()
-
-
-def encode_for_gallery(images: list[Image.Image], s: RenderSettings, model_name: str) -> list[tuple[bytes, bytes]]:
-    """(PNG with parameters, thumbnail PNG) for each image of a job; image i has seed s.seed + i."""
-    return [
-        (encode_png(image, a1111_parameters(s, seed, model_name)), encode_thumbnail(image))
-        for image, seed in zip(images, s.seeds)
-    ]
-
-
-def encode_thumbnail(image: Image.Image, max_side: int = 256) -> bytes:
-    """A small PNG for gallery grids; tiny images are kept as they are (pages upscale them crisply)."""
-    import io
-
-    thumb = image.copy()
-    thumb.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    thumb.save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()

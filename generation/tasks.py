@@ -32,7 +32,8 @@ def _render(job: Generation) -> None:
                                  adapter=adapter, preview=_preview_tap(job, renderer))
     finally:
         GenerationPreview.discard(job.pk)  # previews are temporary: gone however the render ends
-    pngs = pipeline.encode_for_gallery(images, render_settings, renderer.info.name)
+    pngs = pipeline.encode_for_gallery(images, render_settings, renderer.info.name, subject_name=job.subject_name,
+                                       lora_hashes=_lora_hashes(job, adapter))
     store_images(job, pngs, render_settings.seeds, finish=job.succeed)
 
 
@@ -56,6 +57,16 @@ def _base_source(job: Generation) -> str:
     IMAGESITE_MODEL). A job without one (from before base models were recorded) renders with
     IMAGESITE_MODEL, as it would have then."""
     return job.base_model.worker_source() if job.base_model_id else settings.IMAGESITE_MODEL
+
+
+def _lora_hashes(job: Generation, adapter) -> dict[str, str]:
+    """{subject token: short hash of its LoRA file} for the PNG's `Lora hashes` (a full fine-tune
+    has no LoRA file: its image names the subject only). Hashed here in the worker, never in a request."""
+    from .png_params import lora_short_hash
+
+    if adapter is None or adapter.kind != "lora" or job.subject is None:
+        return {}
+    return {job.subject.token: lora_short_hash(adapter.path)}
 
 
 def _subject_adapter(job: Generation):

@@ -1,6 +1,7 @@
 """A short real DreamBooth run through the training cluster, then generating with the subject."""
 from __future__ import annotations
 
+import hashlib
 import numpy as np
 import pytest
 from django.core.files.storage import default_storage
@@ -71,6 +72,12 @@ def test_train_a_lora_then_generate_with_it_without_leaking(owner, workers):
     assert np.abs(lora - before).mean() > 1.0, "the LoRA must change the output"
     assert np.array_equal(before, after), "the subject must not leak into the next job"
     assert with_subject.model_name.endswith("+ Checkers") and with_subject.subject_name == "Checkers"
+    # the PNG says what it was made with: the prompt as typed, the LoRA's hash and the subject
+    with with_subject.images.get().file.open("rb") as f:
+        parameters = Image.open(f).text["parameters"]
+    short_hash = hashlib.sha256(default_storage.open(run.checkpoint).read()).hexdigest()[:10]
+    assert parameters.startswith("a photo of sks shape\n")
+    assert parameters.endswith(f', Lora hashes: "sks: {short_hash}", Subject: Checkers')
 
 
 def test_cancel_a_running_training_leaves_no_checkpoint(owner, workers, media_dir):
