@@ -2,6 +2,9 @@
 so the pages and the API share one implementation. Other users' ids are 404."""
 from __future__ import annotations
 
+import re
+from datetime import date
+
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
@@ -11,14 +14,14 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_by_id, filter_status, id_param
+from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_by_id, filter_status, id_param, parse_id
 from imagesite.files import private_file_response
 
 from . import catalog, rules
 from . import serializers as s
 from .modelinfo import SCHEDULERS
 from .models import GeneratedImage, Generation
-from .services import create_generation, filter_by_words
+from .services import create_generation, filter_by_words, filter_images
 from .views import preview_response
 
 SEARCH_PARAM = OpenApiParameter("search", str, description="Words the prompt contains: every word, in any order, ignoring case (\"quoted phrases\" stay whole).")
@@ -151,7 +154,13 @@ FILE_RESPONSE = {(200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY, descri
     list=extend_schema(
         summary="List your images, newest first",
         parameters=[SEARCH_PARAM, OpenApiParameter("favourite", bool, description="Only favourites (true) or only the others (false)."),
-                    id_param("generation", "Only this generation's images.")],
+                    id_param("generation", "Only this generation's images."),
+                    id_param("subject", "Only images made with this subject of yours."),
+                    id_param("base_model", "Only images made with this base model (its id in /models/)."),
+                    OpenApiParameter("created_from", OpenApiTypes.DATE, description="Only images made on this day (YYYY-MM-DD, UTC) or later."),
+                    OpenApiParameter("created_to", OpenApiTypes.DATE, description="Only images made on this day (YYYY-MM-DD, UTC) or earlier."),
+                    OpenApiParameter("training_sample", bool, description="Only training runs' validation images (true) or none of them "
+                                     "(false); both when left out. Their `training_run` says which run drew them.")],
     ),
     retrieve=extend_schema(summary="An image with its settings and seed"),
     destroy=extend_schema(summary="Delete an image and its file"),
@@ -174,7 +183,8 @@ class ImageViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMode
             if value not in ("true", "false", "1", "0"):
                 raise serializers.ValidationError({"favourite": ["Use true or false."]})
             queryset = queryset.filter(favourite=value in ("true", "1"))
-        return filter_by_id(queryset, self.request, "generation")
+        return filter_images(filter_by_id(queryset, self.request, "generation"), **image_filters(params))
+
 
     @extend_schema(summary="Download the PNG", responses=FILE_RESPONSE)
     @action(detail=True, methods=["get"], content_negotiation_class=FileNegotiation)
@@ -194,3 +204,34 @@ class ImageViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMode
         image.favourite = request.method == "POST"
         image.save(update_fields=["favourite"])
         return Response(self.get_serializer(image).data)
+
+
+def image_filters(params) -> dict:
+    """services.filter_images' arguments from the list's query (a malformed one is a 400 on it)."""
+    errors, found = {}, {}
+    for name in ("subject", "base_model"):
+        if name in params:
+            found[name] = parse_id(params[name])
+            if found[name] is None:
+                errors[name] = [f"A {name.replace('_', ' ')} id."]
+    for name in ("created_from", "created_to"):
+        if name in params:
+            try:
+                if not _ISO_DATE.fullmatch(params[name]):
+                    raise ValueError
+                found[name] = date.fromisoformat(params[name])
+            except ValueError:
+                errors[name] = ["A date as YYYY-MM-DD."]
+    if found.get("created_from") and found.get("created_to") and found["created_from"] > found["created_to"]:
+        errors["created_to"] = ["The end comes before the start."]
+    if "training_sample" in params:
+        value = params["training_sample"].lower()
+        if value not in ("true", "false", "1", "0"):
+            errors["training_sample"] = ["Use true or false."]
+        found["training_samples"] = value in ("true", "1")
+    if errors:
+        raise serializers.ValidationError(errors)
+    return found
+
+
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")

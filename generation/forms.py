@@ -6,7 +6,7 @@ from django import forms
 from django.template.defaultfilters import filesizeformat
 
 from . import catalog, rules
-from .models import MAX_SEED, SCHEDULER_CHOICES, BaseModel, usable_subjects
+from .models import MAX_SEED, SCHEDULER_CHOICES, BaseModel, Generation, subjects_of, usable_subjects
 
 
 class DataSelect(forms.Select):
@@ -94,3 +94,44 @@ class GenerateForm(forms.Form):
 
     def clean_height(self) -> int:
         return rules.validate_size(self.cleaned_data["height"], self.model_info)
+
+
+class GalleryFilterForm(forms.Form):
+    """The gallery's filters, read from the query string. Training runs' validation samples are left
+    out unless asked for: they are many, look alike, and their run's page shows them all."""
+
+    q = forms.CharField(required=False, label="Search prompts")
+    favourites = forms.BooleanField(required=False, label="★ Favourites only")
+    training = forms.BooleanField(required=False, label="Show training samples")
+    subject = forms.ModelChoiceField(queryset=None, required=False, empty_label="Any subject", widget=forms.Select(attrs={"aria-label": "Subject"}))
+    base_model = forms.ModelChoiceField(queryset=None, required=False, empty_label="Any model", label="Model",
+                                        widget=forms.Select(attrs={"aria-label": "Model"}))
+    created_from = forms.DateField(required=False, label="From", widget=forms.DateInput(attrs={"type": "date"}))
+    created_to = forms.DateField(required=False, label="To", widget=forms.DateInput(attrs={"type": "date"}))
+
+    def __init__(self, *args, owner, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["subject"].queryset = subjects_of(owner).order_by("name")
+        # the models this user's images were made with (offered or not any more)
+        self.fields["base_model"].queryset = BaseModel.objects.filter(pk__in=Generation.objects.for_user(owner).values("base_model")).order_by("name")
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("created_from") and data.get("created_to") and data["created_from"] > data["created_to"]:
+            self.add_error("created_to", "The end comes before the start.")
+        return data
+
+    def service_filters(self) -> dict:
+        """Keyword arguments for services.filter_images (call after is_valid(); invalid fields are left out)."""
+        data = getattr(self, "cleaned_data", {})
+        return {
+            "subject": data["subject"].pk if data.get("subject") else None,
+            "base_model": data["base_model"].pk if data.get("base_model") else None,
+            "created_from": data.get("created_from"), "created_to": data.get("created_to"),
+            "training_samples": None if data.get("training") else False,
+        }
+
+    def is_narrowed(self) -> bool:
+        """Whether anything but the defaults is chosen (the empty gallery says "no images match")."""
+        data = getattr(self, "cleaned_data", {})
+        return any(data.get(name) for name in ("q", "favourites", "subject", "base_model", "created_from", "created_to"))

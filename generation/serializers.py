@@ -156,13 +156,16 @@ class ImageSerializer(serializers.ModelSerializer):
     model_name = serializers.CharField(source="generation.model_name", read_only=True)
     subject = serializers.IntegerField(source="generation.subject_id", read_only=True, allow_null=True, help_text="The subject's id; null when none or deleted.")
     subject_name = serializers.CharField(source="generation.subject_name", read_only=True, help_text="Kept when the subject is deleted.")
+    base_model = serializers.IntegerField(source="generation.base_model_id", read_only=True, allow_null=True, help_text="The base model's id; null when removed.")
+    training_run = serializers.IntegerField(source="generation.training_run_id", read_only=True, allow_null=True,
+                                            help_text="The training run that drew it as a validation sample; null for your own generations.")
 
     class Meta:
         model = GeneratedImage
         fields = [
             "id", "url", "generation", "generation_url", "index", "seed", "width", "height", "favourite",
-            "prompt", "negative_prompt", "steps", "guidance_scale", "scheduler", "model_name", "subject", "subject_name", "created_at",
-            "file_url", "thumbnail_url", "favourite_url",
+            "prompt", "negative_prompt", "steps", "guidance_scale", "scheduler", "model_name", "base_model", "subject", "subject_name",
+            "training_run", "created_at", "file_url", "thumbnail_url", "favourite_url",
         ]
         read_only_fields = fields
 

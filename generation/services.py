@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from datetime import date, datetime, time, timedelta
 from typing import Callable
 
 from django.core.exceptions import ValidationError
@@ -152,3 +153,27 @@ def filter_by_words(queryset: QuerySet, text: str, *, field: str = "prompt") -> 
         condition &= Q(**{f"{field}__icontains": term})
     return queryset.filter(condition) if condition else queryset
 
+
+
+def filter_images(queryset: QuerySet, *, subject: int | None = None, base_model: int | None = None,
+                  created_from: date | None = None, created_to: date | None = None,
+                  training_samples: bool | None = None) -> QuerySet:
+    """The gallery's and the API's image filters: by subject and base model (ids), by the day made
+    (both ends included, in the site's time zone) and with (True), without (False) or regardless of
+    (None) a training run's validation samples. The dates become a range on `created_at` itself, so
+    the owner + newest-first index still serves the query."""
+    if subject is not None:
+        queryset = queryset.filter(generation__subject_id=subject)
+    if base_model is not None:
+        queryset = queryset.filter(generation__base_model_id=base_model)
+    if created_from is not None:
+        queryset = queryset.filter(created_at__gte=_start_of_day(created_from))
+    if created_to is not None and created_to < date.max:  # the last day there is bounds nothing
+        queryset = queryset.filter(created_at__lt=_start_of_day(created_to + timedelta(days=1)))
+    if training_samples is not None:
+        queryset = queryset.filter(generation__training_run__isnull=not training_samples)
+    return queryset
+
+
+def _start_of_day(day: date) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min))

@@ -11,9 +11,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from imagesite.files import private_file_response
 from imagesite.quotas import QuotaExceeded
 
-from .forms import GenerateForm
+from .forms import GalleryFilterForm, GenerateForm
 from .models import GeneratedImage, Generation, subjects_of
-from .services import create_generation, filter_by_words
+from .services import create_generation, filter_by_words, filter_images
 
 GALLERY_PAGE_SIZE = 24
 
@@ -123,13 +123,18 @@ def generation_delete(request: HttpRequest, pk: int) -> HttpResponse:
 @login_required
 @require_GET
 def gallery(request: HttpRequest) -> HttpResponse:
-    query = request.GET.get("q", "")
-    favourites = request.GET.get("favourites") == "1"
-    images = filter_by_words(GeneratedImage.objects.for_user(request.user), query, field="generation__prompt").select_related("generation")
-    if favourites:
+    filters = GalleryFilterForm(request.GET, owner=request.user)
+    filters.is_valid()  # a bad field is shown with its error and left out of the filter
+    query = filters.cleaned_data.get("q", "")
+    images = filter_by_words(GeneratedImage.objects.for_user(request.user), query, field="generation__prompt")
+    images = filter_images(images, **filters.service_filters()).select_related("generation")
+    if filters.cleaned_data.get("favourites"):
         images = images.filter(favourite=True)
     page = Paginator(images, GALLERY_PAGE_SIZE).get_page(request.GET.get("page"))
-    return render(request, "generation/gallery.html", {"page": page, "query": query, "favourites": favourites})
+    kept = request.GET.copy()
+    kept.pop("page", None)
+    return render(request, "generation/gallery.html", {"page": page, "filters": filters, "query": query,
+                                                       "favourites": filters.cleaned_data.get("favourites"), "kept": kept.urlencode()})
 
 
 @login_required
