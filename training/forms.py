@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import hashlib
-
 from django import forms
 
 from generation import catalog
@@ -12,6 +10,7 @@ from generation.models import BaseModel
 from . import rules
 from .dreambooth.options import MACHINE_FIELDS, method_defaults
 from .models import Subject, TrainingMethod
+from .photos import content_sha256
 
 
 class SubjectForm(forms.ModelForm):
@@ -81,15 +80,6 @@ class PhotoUploadForm(forms.Form):
             seen.add(file.content_sha256)
             kept.append(file)
         return kept
-
-
-def content_sha256(file) -> str:
-    """The hex SHA-256 of an uploaded file's bytes, read in chunks; the file is left at its start."""
-    digest = hashlib.sha256()
-    for chunk in file.chunks():
-        digest.update(chunk)
-    file.seek(0)
-    return digest.hexdigest()
 
 
 class CaptionsForm(forms.Form):

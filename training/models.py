@@ -131,6 +131,9 @@ class SubjectPhoto(models.Model):
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     original_name = models.CharField(max_length=255, blank=True, help_text="Shown to the owner only; never used as a path.")
+    # Of the raw upload's bytes: the same file uploaded to the subject again is noticed (blank on
+    # photos from before it was recorded).
+    content_sha256 = models.CharField(max_length=64, blank=True)
     caption = models.CharField(max_length=200, blank=True, help_text='Describes the photo with the token, e.g. "a sks dog on a beach".')
     attempts = models.PositiveSmallIntegerField(default=0)
     queued_at = models.DateTimeField(default=timezone.now, help_text="When its processing task was last queued.")

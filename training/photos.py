@@ -13,6 +13,7 @@ Haar cascade finds one.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -148,6 +149,16 @@ def _check_min_side(width: int, height: int, resolution: int) -> None:
             f"This photo is only {width}×{height} pixels; photos need at least "
             f"{resolution // 2} pixels on each side for this model."
         )
+
+
+def content_sha256(file) -> str:
+    """The hex SHA-256 of an uploaded file's bytes (a Django UploadedFile), read in chunks: what tells
+    the same photo uploaded again from a new one. The file is left at its start; nothing is decoded."""
+    digest = hashlib.sha256()
+    for chunk in file.chunks():
+        digest.update(chunk)
+    file.seek(0)
+    return digest.hexdigest()
 
 
 def check_header(file: BinaryIO, *, size: int, resolution: int) -> PhotoHeader:

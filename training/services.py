@@ -16,7 +16,9 @@ from imagesite.conflicts import conflict
 
 from . import rules
 from .models import PhotoStatus, Subject, SubjectPhoto, TrainingMethod, TrainingRun
-from .photos import MAX_PHOTOS, MIN_PHOTOS, PhotoHeader, PhotoRejected, check_header
+from .photos import MAX_PHOTOS, MIN_PHOTOS, PhotoHeader, PhotoRejected, check_header, content_sha256
+
+ALREADY_UPLOADED = "already uploaded to this subject; skipped."
 
 
 @dataclass
@@ -68,7 +70,8 @@ def add_photos(*, subject: Subject, files) -> PhotoUploadOutcome:
         except PhotoRejected as exc:
             rejected.append((file.name, exc.reason))
     photos = [SubjectPhoto(subject=subject, original_name=(file.name or "")[:255], width=header.width, height=header.height,
-                           status=PhotoStatus.PENDING) for file, header in passing]
+                           status=PhotoStatus.PENDING, content_sha256=getattr(file, "content_sha256", None) or content_sha256(file))
+              for file, header in passing]
     written: list[SubjectPhoto] = []
     try:
         for photo, (file, _) in zip(photos, passing):
@@ -78,8 +81,16 @@ def add_photos(*, subject: Subject, files) -> PhotoUploadOutcome:
         with transaction.atomic():
             quotas.lock_user(subject.owner)  # before counting, so simultaneous uploads count in turn
             _ensure_photos_editable(subject)
+            # The same bytes as a kept photo (an earlier upload, or a simultaneous one that took the
+            # lock first) are skipped; two copies in one call are kept once.
+            known = set(subject.photos.kept().filter(content_sha256__in={p.content_sha256 for p in photos})
+                        .values_list("content_sha256", flat=True))
+            fresh, repeated = [], []
+            for photo in photos:
+                (repeated if photo.content_sha256 in known else fresh).append(photo)
+                known.add(photo.content_sha256)
             room = max(0, MAX_PHOTOS - subject.photos.kept().count())
-            accepted = photos[:room]
+            accepted = fresh[:room]
             if accepted:
                 quotas.admit(subject.owner, "uploads_per_hour", adding=len(accepted))
             for photo in accepted:
@@ -89,7 +100,10 @@ def add_photos(*, subject: Subject, files) -> PhotoUploadOutcome:
         for photo in written:
             photo.upload.storage.delete(photo.upload.name)
         raise
-    for photo in photos[room:]:
+    for photo in repeated:
+        photo.upload.storage.delete(photo.upload.name)
+        rejected.append((photo.original_name, ALREADY_UPLOADED))
+    for photo in fresh[room:]:
         photo.upload.storage.delete(photo.upload.name)
         rejected.append((photo.original_name, f"A subject can have at most {MAX_PHOTOS} photos; this one was not added."))
     return PhotoUploadOutcome(accepted=accepted, rejected=rejected)
