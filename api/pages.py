@@ -1,45 +1,69 @@
-"""The account page for the API: named tokens (the key shown once), the webhook secret and default
-URL, and recent webhook deliveries."""
+"""The account page for the API: named tokens (the key shown once, on the page the creating POST
+redirects to), the webhook secret and default URL, and recent webhook deliveries."""
 from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
 from .forms import TokenForm, WebhookSettingsForm
-from .models import ApiToken, WebhookDelivery, WebhookSettings
+from .models import ApiToken, WebhookDelivery, WebhookSettings, hash_token
+
+
+# A new token's key travels from the POST to the page that shows it in a cookie of the browser that
+# asked for it: signed, HttpOnly, SameSite=Strict, only sent to this page, for two minutes, and
+# deleted by that page. It never reaches the session or any table: only the key's hash is stored.
+NEW_KEY_COOKIE = "imagesite_new_token"
+NEW_KEY_MAX_AGE_S = 120
+_NEW_KEY_SALT = "api.pages.new-token"
 
 
 @login_required
-@never_cache  # the response to a new token holds its key: no cache may keep it
+@never_cache  # the page that shows a new token holds its key: no cache may keep it
 @require_http_methods(["GET", "POST"])
 def api_account(request: HttpRequest) -> HttpResponse:
     hooks = WebhookSettings.for_user(request.user)
     token_form, hooks_form = TokenForm(prefix="token"), WebhookSettingsForm(instance=hooks, prefix="hooks")
-    new_key, status = None, 200
     if request.method == "POST" and "token-name" in request.POST:
         token_form = TokenForm(request.POST, prefix="token")
         if token_form.is_valid():
-            _, new_key = ApiToken.create_for(request.user, token_form.cleaned_data["name"])
-            # Shown in this response only, never redirected through the session: only its hash is stored.
-            token_form, status = TokenForm(prefix="token"), 201
+            token, key = ApiToken.create_for(request.user, token_form.cleaned_data["name"])
+            response = redirect("api-account")  # post/redirect/get: a reload makes no second token
+            response.set_signed_cookie(NEW_KEY_COOKIE, f"{token.pk}:{key}", salt=_NEW_KEY_SALT, max_age=NEW_KEY_MAX_AGE_S,
+                                       path=reverse("api-account"), secure=request.is_secure(), httponly=True, samesite="Strict")
+            return response
     elif request.method == "POST":
         hooks_form = WebhookSettingsForm(request.POST, instance=hooks, prefix="hooks")
         if hooks_form.is_valid():
             hooks_form.save()
             messages.info(request, "Saved the default webhook URL.")
             return redirect("api-account")
-    return render(request, "api/account.html", {
-        "new_key": new_key,
+    response = render(request, "api/account.html", {
+        "new_key": _take_new_key(request) if request.method == "GET" else None,
         "tokens": ApiToken.objects.for_user(request.user).active(),
         "token_form": token_form,
         "hooks": hooks,
         "hooks_form": hooks_form,
         "deliveries": WebhookDelivery.objects.for_user(request.user)[:20],
-    }, status=status)
+    })
+    if NEW_KEY_COOKIE in request.COOKIES:  # shown once: this view is its only one
+        response.delete_cookie(NEW_KEY_COOKIE, path=reverse("api-account"), samesite="Strict")
+    return response
+
+
+def _take_new_key(request: HttpRequest) -> str | None:
+    """The key the cookie carries, when it is genuine, fresh, and the key of an active token of this
+    user (a browser someone else logs into next shows them nothing)."""
+    value = request.get_signed_cookie(NEW_KEY_COOKIE, default=None, salt=_NEW_KEY_SALT, max_age=NEW_KEY_MAX_AGE_S)
+    pk, _, key = (value or "").partition(":")
+    if not (pk.isdigit() and key):
+        return None
+    owned = ApiToken.objects.for_user(request.user).active().filter(pk=int(pk), key_hash=hash_token(key)).exists()
+    return key if owned else None
 
 
 @login_required

@@ -1,5 +1,7 @@
-"""A new API token's key is shown once, in the response to the form, and stored nowhere in clear:
-not in a session, not in any table."""
+"""A new API token's key is shown once, on the page the form's POST redirects to (post/redirect/get),
+and stored nowhere in clear on the server: not in a session, not in any table. It travels from the
+POST to that page in a signed, HttpOnly, SameSite=Strict cookie that only that page receives and
+that page deletes."""
 from __future__ import annotations
 
 import re
@@ -9,6 +11,7 @@ from django.contrib.sessions.models import Session
 from django.db import connection
 
 from api.models import ApiToken, hash_token
+from api.pages import NEW_KEY_COOKIE
 
 pytestmark = pytest.mark.django_db
 
@@ -17,7 +20,12 @@ KEY = re.compile(r"isk_[A-Za-z0-9_-]{20,}")  # a whole key, not the 10-character
 
 
 def _create_token(client, name: str = "my script") -> tuple:
-    response = client.post(PAGE, {"token-name": name})
+    """POST the form (it redirects), then view the page it redirects to: the one view with the key."""
+    posted = client.post(PAGE, {"token-name": name})
+    if posted.status_code != 302:
+        return posted, KEY.findall(posted.content.decode())
+    assert posted["Location"] == PAGE and not KEY.search(posted.content.decode())
+    response = client.get(posted["Location"])
     return response, KEY.findall(response.content.decode())
 
 
@@ -33,17 +41,52 @@ def _every_stored_value() -> str:
 
 def test_new_key_is_shown_once_in_an_uncached_response(owner, owner_client):
     response, keys = _create_token(owner_client)
-    assert response.status_code == 201 and len(keys) == 1
+    assert response.status_code == 200 and len(keys) == 1
     assert "no-store" in response["Cache-Control"]
     assert ApiToken.objects.get(owner=owner).key_hash == hash_token(keys[0])
 
 
+def test_reloading_after_the_post_makes_no_second_token(owner, owner_client):
+    posted = owner_client.post(PAGE, {"token-name": "my script"})
+    assert posted.status_code == 302 and ApiToken.objects.count() == 1
+    owner_client.get(PAGE)
+    owner_client.get(PAGE)  # what a reload now repeats
+    assert ApiToken.objects.count() == 1
+
+
+def test_the_key_travels_in_a_short_strict_cookie_for_that_page_only(owner_client):
+    posted = owner_client.post(PAGE, {"token-name": "my script"})
+    cookie = posted.cookies[NEW_KEY_COOKIE]
+    assert cookie["path"] == PAGE and cookie["httponly"] and cookie["samesite"] == "Strict"
+    assert 0 < int(cookie["max-age"]) <= 120
+    shown = owner_client.get(PAGE)
+    assert shown.cookies[NEW_KEY_COOKIE]["max-age"] == 0  # deleted by the one view that shows it
+    assert not KEY.search(owner_client.get(PAGE).content.decode())
+
+
+def test_a_forged_or_foreign_cookie_shows_nothing(owner, owner_client, other_client):
+    posted = owner_client.post(PAGE, {"token-name": "my script"})
+    value = posted.cookies[NEW_KEY_COOKIE].value
+    other_client.cookies[NEW_KEY_COOKIE] = value  # the owner's cookie in another user's session
+    assert not KEY.search(other_client.get(PAGE).content.decode())
+    owner_client.cookies[NEW_KEY_COOKIE] = value.replace(":", ":x", 1)  # tampered: the signature fails
+    assert not KEY.search(owner_client.get(PAGE).content.decode())
+
+
+def test_a_revoked_tokens_key_is_not_shown(owner, owner_client):
+    owner_client.post(PAGE, {"token-name": "my script"})
+    ApiToken.objects.get().revoke()
+    assert not KEY.search(owner_client.get(PAGE).content.decode())
+
+
 def test_new_key_is_in_no_session(owner_client):
-    _, [key] = _create_token(owner_client)
-    sessions = list(Session.objects.all())  # right after the POST, where a redirect would have kept it
-    assert sessions  # the owner's login session is there to look into
-    for session in sessions:
-        assert key not in session.session_data and key not in repr(session.get_decoded())
+    posted = owner_client.post(PAGE, {"token-name": "my script"})
+    between = [(s.session_data, repr(s.get_decoded())) for s in Session.objects.all()]  # before the page shows it
+    [key] = KEY.findall(owner_client.get(posted["Location"]).content.decode())
+    after = [(s.session_data, repr(s.get_decoded())) for s in Session.objects.all()]
+    assert between and after  # the owner's login session is there to look into
+    for data, decoded in between + after:
+        assert key not in data and key not in decoded
 
 
 def test_new_key_is_in_no_table(owner_client):
