@@ -455,7 +455,7 @@ def test_stale_pending_photos_are_requeued_and_very_old_ones_rejected(subject, m
     from training.models import PhotoStatus, SubjectPhoto
     from training.tasks import requeue_stale_photos
 
-    fresh, lost, ancient = _add(subject, [upload(f"{i}.png", _png(_photo())) for i in range(3)]).accepted
+    fresh, lost, ancient = _add(subject, [upload(f"{i}.png", _png(_photo(colour=(200, 100, 40 * i)))) for i in range(3)]).accepted
     now = timezone.now()
     SubjectPhoto.objects.filter(pk=lost.pk).update(queued_at=now - timedelta(minutes=10))
     SubjectPhoto.objects.filter(pk=ancient.pk).update(queued_at=now - timedelta(hours=2), created_at=now - timedelta(hours=2))
@@ -489,7 +489,7 @@ def test_files_past_the_cap_are_refused_and_not_kept(subject, media):
         [SubjectPhoto(subject=subject, width=1, height=1, status=PhotoStatus.READY) for _ in range(MAX_PHOTOS - 3)]
         + [SubjectPhoto(subject=subject, width=1, height=1, status=PhotoStatus.REJECTED) for _ in range(5)]  # don't count
     )
-    outcome = _add(subject, [upload(f"{i}.png", _png(_photo())) for i in range(5)])
+    outcome = _add(subject, [upload(f"{i}.png", _png(_photo(colour=(200, 100, 40 * i)))) for i in range(5)])
     assert [p.original_name for p in outcome.accepted] == ["0.png", "1.png", "2.png"]
     assert [name for name, _ in outcome.rejected] == ["3.png", "4.png"]
     assert all(f"at most {MAX_PHOTOS} photos" in reason for _, reason in outcome.rejected)
@@ -503,7 +503,7 @@ def test_over_the_upload_quota_nothing_is_stored(subject, media, owner):
 
     UserLimits.objects.create(user=owner, uploads_per_hour=2)
     with pytest.raises(QuotaExceeded):
-        _add(subject, [upload(f"{i}.png", _png(_photo())) for i in range(3)])
+        _add(subject, [upload(f"{i}.png", _png(_photo(colour=(200, 100, 40 * i)))) for i in range(3)])
     assert not subject.photos.exists() and stored_files(media) == set()
 
 
@@ -522,7 +522,7 @@ def test_a_failing_insert_leaves_no_files(subject, media, monkeypatch):
     real_save = SubjectPhoto.save
     monkeypatch.setattr(SubjectPhoto, "save", save_then_fail)
     with pytest.raises(RuntimeError):
-        _add(subject, [upload(f"{i}.png", _png(_photo())) for i in range(3)])
+        _add(subject, [upload(f"{i}.png", _png(_photo(colour=(200, 100, 40 * i)))) for i in range(3)])
     assert not SubjectPhoto.objects.exists() and stored_files(media) == set()
 
 
@@ -534,7 +534,7 @@ def test_training_waits_for_pending_photos_and_counts_only_ready_ones(subject, m
     from training.models import PhotoStatus, SubjectPhoto
     from training.tasks import process_photo
 
-    photos = _add(subject, [upload(f"{i}.png", _png(_photo())) for i in range(3)]).accepted
+    photos = _add(subject, [upload(f"{i}.png", _png(_photo(colour=(200, 100, 40 * i)))) for i in range(3)]).accepted
     with pytest.raises(ValidationError, match="3 photos are still being processed; try again in a moment"):
         services.start_training(subject=subject)
     for photo in photos[:2]:
