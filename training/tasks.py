@@ -59,7 +59,7 @@ class TrainingReporter:
             record_finished_images(
                 owner=subject.owner, subject=subject, training_run=self.run, prompt=f"{prompt} (training step {progress.step})",
                 seed=seed, steps=steps, guidance_scale=7.5, scheduler=info.scheduler, model_name=model_name,
-                pngs=encode_for_gallery([image], settings_, model_name), size=(image.width, image.height),
+                pngs=encode_for_gallery([image], settings_, model_name, subject_name=subject.name), size=(image.width, image.height),
                 base_model=self.run.base_model,
             )
 
