@@ -73,33 +73,9 @@ def row_build(family: str, dry: bool, **_) -> dict:
 
 
 def _build_full(family: str, out: Path, device: str = "cuda") -> None:
-    import diffusers
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from bench.random_models import save_random_model
 
-    config = CONFIGS[family]
-    index = json.loads((config / "model_index.json").read_text())
-    parts: dict = {}
-    for name, spec in index.items():
-        if not (isinstance(spec, list) and spec[0]):
-            continue
-        class_name = spec[1]
-        torch.manual_seed(0)
-        with torch.device(device):  # random init on the GPU: seconds instead of minutes on the CPU
-            if name in ("unet", "vae"):
-                cls = getattr(diffusers, class_name)
-                parts[name] = cls.from_config(cls.load_config(config / name)).half()
-            elif name.startswith("text_encoder"):
-                cls = CLIPTextModelWithProjection if class_name == "CLIPTextModelWithProjection" else CLIPTextModel
-                parts[name] = cls(CLIPTextConfig.from_pretrained(config / name)).half()
-        if name.startswith("tokenizer"):
-            parts[name] = CLIPTokenizer.from_pretrained(config / name)
-        elif name == "scheduler":
-            cls = getattr(diffusers, class_name)
-            parts[name] = cls.from_config(cls.load_config(config / name))
-    extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} if "safety_checker" in index else {}
-    pipe = getattr(diffusers, index["_class_name"])(**parts, **extra)
-    pipe.to("cpu").save_pretrained(out, safe_serialization=True)
+    save_random_model(CONFIGS[family], out, device)
 
 
 def row_render(family: str, dry: bool, profile: str, **_) -> dict:

@@ -61,41 +61,16 @@ def _single_file(family: str) -> Path:
 
 def row_build(family: str, args) -> dict:
     """Random weights from the shipped configs, saved in fp16 like the published releases."""
-    import torch
-    from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
+    from bench.random_models import save_random_model
     from generation.checkpoint_convert import save_single_file
 
     folder, single = _folder(family), _single_file(family)
     config = CONFIGS[family]
     started = time.perf_counter()
     if not (folder / "model_index.json").is_file():
-        index = json.loads((config / "model_index.json").read_text())
-        parts: dict = {}
-        for name, (library, class_name) in ((k, v) for k, v in index.items() if isinstance(v, list) and v[0]):
-            torch.manual_seed(0)
-            if name.startswith("unet"):
-                parts[name] = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(config / name)).half()
-            elif name.startswith("vae"):
-                parts[name] = AutoencoderKL.from_config(AutoencoderKL.load_config(config / name)).half()
-            elif name.startswith("text_encoder"):
-                cls = CLIPTextModelWithProjection if class_name == "CLIPTextModelWithProjection" else CLIPTextModel
-                parts[name] = cls(CLIPTextConfig.from_pretrained(config / name)).half()
-            elif name.startswith("tokenizer"):
-                parts[name] = CLIPTokenizer.from_pretrained(config / name)
-            elif name == "scheduler":
-                import diffusers
-
-                scheduler_cls = getattr(diffusers, class_name)
-                parts[name] = scheduler_cls.from_config(scheduler_cls.load_config(config / name))
-        pipe_cls = getattr(__import__("diffusers"), index["_class_name"])
-        extra = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False} if "safety_checker" in index else {}
-        pipe = pipe_cls(**parts, **extra)
         tmp = folder.with_name(folder.name + ".partial")
-        pipe.save_pretrained(tmp, safe_serialization=True)
+        save_random_model(config, tmp)
         os.replace(tmp, folder)
-        del pipe, parts
     built_folder = time.perf_counter() - started
     if not single.is_file():
         save_single_file(str(folder), single, half=True)

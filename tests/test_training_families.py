@@ -25,6 +25,8 @@ from training.dreambooth.options import check_options, method_defaults
 from training.dreambooth.progress import TrainingError, TrainingProgress
 from training.dreambooth.sampling import ClassImagePlan, _class_image_plan, _rendering_on
 
+from .torch_support import one_torch_thread  # noqa: F401  (autouse fixture)
+
 
 def _photo(background: str, size: tuple[int, int] = (64, 64)) -> Image.Image:
     img = Image.new("RGB", size, background)
@@ -34,14 +36,6 @@ def _photo(background: str, size: tuple[int, int] = (64, 64)) -> Image.Image:
 
 PHOTOS = [_photo("red"), _photo("blue", (96, 64))]  # the second is cropped: its time ids say where
 CAPTIONS = ["a sks square on a red background", "a sks square on a blue background"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_cpu_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _quick(model: Path, **overrides: object):
