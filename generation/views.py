@@ -6,13 +6,16 @@ from django.core.paginator import Paginator
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from imagesite.files import private_file_response
 from imagesite.quotas import QuotaExceeded
 
 from .forms import GalleryFilterForm, GenerateForm
-from .models import GeneratedImage, Generation, subjects_of
+from .models import GeneratedImage, Generation, subjects_of, usable_subjects
+from .rules import mentions_token
 from .services import create_generation, filter_by_words, filter_images
 
 GALLERY_PAGE_SIZE = 24
@@ -33,7 +36,9 @@ def generate(request: HttpRequest) -> HttpResponse:
         form = GenerateForm(request.POST, owner=request.user)
         if form.is_valid():
             try:
-                return redirect(create_generation(owner=request.user, **form.cleaned_data))
+                generation = create_generation(owner=request.user, **form.cleaned_data)
+                _hint_unattached_subject(request, generation)
+                return redirect(generation)
             except QuotaExceeded as exc:
                 form.add_error(None, exc.message)
                 status = 429
@@ -51,6 +56,20 @@ def generate(request: HttpRequest) -> HttpResponse:
     return render(request, "generation/generate.html", context, status=status)
 
 
+def _hint_unattached_subject(request: HttpRequest, generation: Generation) -> None:
+    """A prompt with one of the user's subject tokens but no subject chosen draws whatever the base
+    makes of the token: say so, with a link that attaches the subject (issue 18)."""
+    if generation.subject_id:
+        return
+    for subject in usable_subjects(request.user):
+        if mentions_token(generation.prompt, subject.token):
+            url = f"{reverse('generation-new')}?again={generation.pk}&subject={subject.pk}"
+            messages.info(request, format_html(
+                "Your prompt names “{}”, the token of your subject {}, but no subject was chosen, so the base model "
+                "draws its own idea of it. <a href=\"{}\">Generate again with {}</a>.", subject.token, subject.name, url, subject.name))
+            return
+
+
 def _initial_from_query(request: HttpRequest) -> dict:
     """?again=<generation> fills the form with its settings (with &image=<image>: that image's seed
     and one image); ?subject=<subject> preselects a subject (and the base it was trained on) and
@@ -64,7 +83,11 @@ def _initial_from_query(request: HttpRequest) -> dict:
         if source.subject_deleted:
             messages.warning(request, f"The subject “{source.subject_name}” of that generation was deleted, so these settings "
                                       "have no subject: its token in the prompt now draws whatever the base model makes of it.")
-        return source.form_initial(image)
+        initial = source.form_initial(image)
+        attach = request.GET.get("subject", "")
+        if attach.isdigit() and (subject := usable_subjects(request.user).filter(pk=attach).first()):
+            initial["subject"] = subject  # "Generate again with <subject>" from the hint below
+        return initial
     if request.GET.get("subject", "").isdigit():
         subject = subjects_of(request.user).filter(pk=request.GET["subject"]).first()
         if subject is None:

@@ -61,3 +61,22 @@ def test_a_deleted_subject_is_named_on_the_form(owner, owner_client):
 def test_a_kept_subject_says_nothing(owner, owner_client):
     generation = make_generation(owner, status=JobStatus.SUCCEEDED)
     assert "was deleted" not in owner_client.get(reverse("generation-new"), {"again": generation.pk}).content.decode()
+
+
+def test_a_prompt_naming_a_subject_without_choosing_it_gets_a_hint_that_attaches_it(owner, owner_client):
+    from training.models import Subject, TrainingRun
+
+    subject = Subject.objects.create(owner=owner, name="Rex", token="sks", class_noun="dog")
+    TrainingRun.objects.create(subject=subject, status=JobStatus.SUCCEEDED, checkpoint="x.safetensors")
+    form = owner_client.get(reverse("generation-new")).context["form"]
+    data = {name: field.initial for name, field in form.fields.items() if field.initial not in (None, "")}
+    data.update(prompt="a photo of sks dog on a beach", seed=1)
+    page = owner_client.post(reverse("generation-new"), data, follow=True).content.decode()
+    assert "Your prompt names “sks”, the token of your subject Rex" in page
+    generation = owner.generations.get()
+    link = f"{reverse('generation-new')}?again={generation.pk}&amp;subject={subject.pk}"
+    assert link in page
+    again = owner_client.get(reverse("generation-new"), {"again": generation.pk, "subject": subject.pk})
+    assert again.context["form"].initial["subject"] == subject
+    owner_client.post(reverse("generation-new"), {**data, "prompt": "a red circle"}, follow=True)
+    assert "the token of your subject" not in owner_client.get(reverse("generation-new")).content.decode()
