@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -29,29 +28,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.worker_overhead import _environment, _fresh_database  # noqa: E402  (a throwaway DB and media folder)
+
 WORK = ROOT / "build" / "bench-previews"
 RATIO_GOAL = 1.05
 MODES = {"off": 0.0, "default": 0.5, "every step": 1e-9}
-
-
-def _environment(threads: int | None) -> dict[str, str]:
-    env = {
-        "DJANGO_SETTINGS_MODULE": "imagesite.settings",
-        "IMAGESITE_SQLITE_PATH": str(WORK / "bench.sqlite3"),
-        "IMAGESITE_MEDIA_ROOT": str(WORK / "media"),
-    }
-    if threads:
-        env["OMP_NUM_THREADS"] = env["IMAGESITE_CPU_THREADS"] = str(threads)
-    return env
-
-
-def _fresh_database() -> None:
-    if WORK.exists():
-        shutil.rmtree(WORK)
-    (WORK / "media").mkdir(parents=True)
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, interactive=False)
 
 
 def _run_job(owner, job: dict, seed: int, interval_s: float, stored: list[int]) -> tuple[float, int]:
@@ -84,7 +65,7 @@ def main() -> None:
 
     os.environ.pop("DATABASE_URL", None)
     os.environ.pop("REDIS_URL", None)
-    os.environ.update(_environment(args.threads))
+    os.environ.update(_environment(args.threads, WORK))
     import django
 
     django.setup()
@@ -98,7 +79,7 @@ def main() -> None:
     from generation.modelinfo import describe_model
 
     diffusers_logging.disable_progress_bar()
-    _fresh_database()
+    _fresh_database(WORK)
     owner = get_user_model().objects.create_user("bench")
     info = describe_model(settings.IMAGESITE_MODEL)
     job = {"prompt": info.example_prompts[0] if info.example_prompts else "a red circle on a blue background",

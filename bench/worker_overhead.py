@@ -44,12 +44,12 @@ PICKUP_P95_GOAL_S = 0.3
 POLL_S = 0.5
 
 
-def _environment(threads: int | None) -> dict[str, str]:
+def _environment(threads: int | None, work: Path = WORK) -> dict[str, str]:
     """The settings both this process and the worker run with: a throwaway DB and media folder."""
     env = {
         "DJANGO_SETTINGS_MODULE": "imagesite.settings",
-        "IMAGESITE_SQLITE_PATH": str(WORK / "bench.sqlite3"),
-        "IMAGESITE_MEDIA_ROOT": str(WORK / "media"),
+        "IMAGESITE_SQLITE_PATH": str(work / "bench.sqlite3"),
+        "IMAGESITE_MEDIA_ROOT": str(work / "media"),
         "PYTHONUNBUFFERED": "1",
     }
     if threads:
@@ -57,10 +57,10 @@ def _environment(threads: int | None) -> dict[str, str]:
     return env
 
 
-def _fresh_database() -> None:
-    if WORK.exists():
-        shutil.rmtree(WORK)
-    (WORK / "media").mkdir(parents=True)
+def _fresh_database(work: Path = WORK) -> None:
+    if work.exists():
+        shutil.rmtree(work)
+    (work / "media").mkdir(parents=True)
     from django.core.management import call_command
 
     call_command("migrate", verbosity=0, interactive=False)
