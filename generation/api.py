@@ -10,6 +10,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -21,6 +22,7 @@ from . import catalog, rules
 from . import serializers as s
 from .modelinfo import SCHEDULERS
 from .models import GeneratedImage, Generation
+from .png_settings import PngSettingsError, settings_from_png
 from .services import create_generation, filter_by_words, filter_images
 from .views import preview_response
 
@@ -234,3 +236,44 @@ def image_filters(params) -> dict:
 
 
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+# --- settings read back from a PNG ---------------------------------------------------------------
+class PngUploadSerializer(serializers.Serializer):
+    image = serializers.FileField(help_text="A PNG written by AUTOMATIC1111, ComfyUI, InvokeAI or imagesite (metadata is read; pixels are not decoded).")
+
+    def validate_image(self, value):
+        try:
+            return settings_from_png(value)
+        except PngSettingsError as error:
+            raise serializers.ValidationError(str(error)) from error
+
+
+class PngSettingsSerializer(serializers.Serializer):
+    """The fields found; any of them may be missing. Send them on to `POST /generations/` as they are."""
+    generator = serializers.CharField(help_text="The tool that wrote the file: AUTOMATIC1111 (imagesite writes this format too), ComfyUI, InvokeAI, ...")
+    prompt = serializers.CharField(required=False, allow_blank=True)
+    negative_prompt = serializers.CharField(required=False, allow_blank=True)
+    seed = serializers.IntegerField(required=False)
+    steps = serializers.IntegerField(required=False)
+    guidance_scale = serializers.FloatField(required=False)
+    width = serializers.IntegerField(required=False)
+    height = serializers.IntegerField(required=False)
+    scheduler = serializers.ChoiceField(choices=list(SCHEDULERS), required=False)
+    model = serializers.CharField(required=False, help_text="The checkpoint's name in the file (not necessarily a model offered here).")
+    notes = serializers.ListField(child=serializers.CharField(), help_text="What the file says that could not be carried over.")
+
+
+class PngInfoView(APIView):
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(
+        summary="Read generation settings from a PNG's metadata",
+        description="Multipart with the file in `image`. Nothing is stored. A JPEG, a PNG without metadata or a file over 32 MiB is a 400 on `image`.",
+        request={"multipart/form-data": PngUploadSerializer},
+        responses={200: PngSettingsSerializer, 400: OpenApiResponse(description="`image` is missing, not a PNG, or has no settings")},
+    )
+    def post(self, request: Request) -> Response:
+        upload = PngUploadSerializer(data=request.data)
+        upload.is_valid(raise_exception=True)
+        return Response(PngSettingsSerializer(upload.validated_data["image"]).data)

@@ -8,4 +8,8 @@ router = SimpleRouter()
 router.register("generations", api.GenerationViewSet, basename="api-generation")
 router.register("images", api.ImageViewSet, basename="api-image")
 
-urlpatterns = [path("models/", api.ModelsView.as_view(), name="api-models"), *router.urls]
+urlpatterns = [
+    path("models/", api.ModelsView.as_view(), name="api-models"),
+    path("png-info/", api.PngInfoView.as_view(), name="api-png-info"),
+    *router.urls,
+]

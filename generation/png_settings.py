@@ -32,7 +32,8 @@ _SAMPLER_ALIASES = {
 }
 _SAMPLERS = {**{choice.label.lower(): key for key, choice in SCHEDULERS.items()}, **_SAMPLER_ALIASES}
 # A1111 keys we read or that say nothing about the picture; every other key becomes a note.
-_A1111_KNOWN = {"size", "model", "model hash", "lora hashes", "subject", "version", "ti hashes"}
+_A1111_KNOWN = {"steps", "sampler", "cfg scale", "seed", "size", "model", "model hash", "lora hashes", "subject",
+                "version", "ti hashes"}
 
 _parsers = ParserManager(eagerness=Eagerness.FAST)
 
@@ -90,16 +91,20 @@ def _to_form(found: PromptInfo) -> dict[str, Any]:
                 notes.append(f"{theirs} is not a number: {params[theirs]!r}.")
     if sampler:
         _read_scheduler(sampler.name, params, settings, notes)
-        if sampler.model is not None:
-            settings["model"] = _model_name(str(sampler.model))
+        if sampler.model is not None and isinstance(sampler.model.name, str):
+            settings["model"] = _model_name(sampler.model.name)
     if found.generator.name == "INVOKEAI" and "model" not in settings:
         settings["model"] = _invokeai_model(found.raw_parameters.get("invokeai_metadata"))
     _read_size(found, settings, notes)
+    if found.generator.name == "COMFYUI":
+        graph = _comfy_graph(found.raw_parameters.get("prompt"))
+        settings["prompt"] = _with_comfy_loras(settings["prompt"], graph)
+        # sd-parsers 0.6 names a LoRA loader's input link as the model when one sits in between
+        settings.setdefault("model", next((_model_name(str(node["inputs"]["ckpt_name"])) for node in graph.values()
+                                           if isinstance(node.get("inputs", {}).get("ckpt_name"), str)), None))
+        params.pop("denoise", None)
     if settings.get("model") is None:
         settings.pop("model", None)
-    if found.generator.name == "COMFYUI":
-        settings["prompt"] = _with_comfy_loras(settings["prompt"], found.raw_parameters.get("prompt"))
-        params.pop("denoise", None)
     for key, value in params.items():
         notes.append(f"Not carried over: {key} {value}.")
     settings["notes"] = notes
@@ -124,6 +129,10 @@ def _read_scheduler(name: str, params: dict, settings: dict, notes: list[str]) -
 def _read_size(found: PromptInfo, settings: dict, notes: list[str]) -> None:
     meta = found.metadata
     if found.generator.name == "AUTOMATIC1111":
+        # sd-parsers 0.6 splits quoted values ("Model: \"a, b\"") at the comma; read the line as A1111 does
+        meta = {**meta, **_a1111_fields(str(found.raw_parameters.get("parameters", "")))}
+        if meta.get("Model"):
+            settings["model"] = str(meta["Model"])
         size = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", str(meta.get("Size", "")))
         if size:
             settings["width"], settings["height"] = int(size[1]), int(size[2])
@@ -141,6 +150,22 @@ def _read_size(found: PromptInfo, settings: dict, notes: list[str]) -> None:
             pass
 
 
+_A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')  # AUTOMATIC1111's re_param
+
+
+def _a1111_fields(text: str) -> dict[str, str]:
+    """The "Key: value, ..." line at the end of A1111's parameters text, quoted values unquoted."""
+    fields = {}
+    for key, value in _A1111_PARAM.findall(text.strip().splitlines()[-1] if text.strip() else ""):
+        if value.startswith('"') and value.endswith('"'):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        fields[key.strip()] = value
+    return fields
+
+
 def _model_name(name: str) -> str | None:
     """A checkpoint's name without its folder and file extension ("sd15/dreamshaper_8.safetensors" -> "dreamshaper_8")."""
     name = PurePath(name.replace("\\", "/")).name
@@ -156,15 +181,19 @@ def _invokeai_model(text: Any) -> str | None:
         return None
 
 
-def _with_comfy_loras(prompt: str, graph_text: Any) -> str:
-    """ComfyUI applies LoRAs with loader nodes, not tags; write them as A1111 tags so the prompt says so."""
+def _comfy_graph(text: Any) -> dict[str, dict]:
     try:
-        graph = graph_text if isinstance(graph_text, dict) else json.loads(graph_text)
+        graph = text if isinstance(text, dict) else json.loads(text)
     except (TypeError, ValueError):
-        return prompt
+        return {}
+    return {key: node for key, node in graph.items() if isinstance(node, dict)} if isinstance(graph, dict) else {}
+
+
+def _with_comfy_loras(prompt: str, graph: dict[str, dict]) -> str:
+    """ComfyUI applies LoRAs with loader nodes, not tags; write them as A1111 tags so the prompt says so."""
     tags = []
     for node in graph.values():
-        if isinstance(node, dict) and str(node.get("class_type", "")).startswith("LoraLoader"):
+        if str(node.get("class_type", "")).startswith("LoraLoader"):
             inputs = node.get("inputs", {})
             name = _model_name(str(inputs.get("lora_name", "")))
             if name:
