@@ -1,0 +1,49 @@
+// Generate page: drop a PNG anywhere on the form (or choose one) to fill the form from its metadata.
+(function () {
+  const form = document.querySelector("form.generate-form");
+  const input = document.getElementById("png-settings-file");
+  const notes = document.getElementById("png-settings-notes");
+  if (!form || !input) return;
+  const fields = ["prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler"];
+
+  function show(lines) {
+    notes.replaceChildren(...lines.map((line) => Object.assign(document.createElement("li"), { textContent: line })));
+    notes.hidden = !lines.length;
+  }
+
+  async function read(file) {
+    const body = new FormData();
+    body.append("image", file);
+    const token = form.querySelector("[name=csrfmiddlewaretoken]").value;
+    const response = await fetch(input.dataset.url, { method: "POST", body, headers: { "X-CSRFToken": token } });
+    const data = await response.json();
+    if (!response.ok) return show([(data.errors && data.errors.image || [data.detail]).join(" ")]);
+    for (const name of fields) {
+      const field = document.getElementById("id_" + name);
+      if (field && data[name] !== undefined) field.value = data[name];
+    }
+    const lines = ["Settings read from a " + data.generator + " PNG.", ...data.notes];
+    const model = document.getElementById("id_base_model");
+    if (data.model && model && model.tagName === "SELECT") {
+      const match = [...model.options].find((o) => o.text.toLowerCase().includes(data.model.toLowerCase()));
+      if (match) { model.value = match.value; model.dispatchEvent(new Event("change")); }
+      else lines.push("Model " + data.model + " is not offered here; the current model is kept.");
+      if (match) for (const name of fields) {  // the model's defaults must not overwrite what was read
+        const field = document.getElementById("id_" + name);
+        if (field && data[name] !== undefined) field.value = data[name];
+      }
+    }
+    show(lines);
+  }
+
+  input.addEventListener("change", () => input.files[0] && read(input.files[0]));
+  form.addEventListener("dragover", (e) => { e.preventDefault(); form.classList.add("dropping"); });
+  form.addEventListener("dragleave", () => form.classList.remove("dropping"));
+  form.addEventListener("drop", (e) => {
+    const file = e.dataTransfer.files[0];
+    if (!file) return;
+    e.preventDefault();
+    form.classList.remove("dropping");
+    read(file);
+  });
+})();
