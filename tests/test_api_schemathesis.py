@@ -42,6 +42,7 @@ DATA_DEPENDENT_FIELDS = {
     # too few photos or a run in progress are 409s: stored state, which positive data may meet.)
     ("POST", "/api/v1/subjects/{id}/train/"): {"num_class_images", "prior_preservation", "base_model"},
     ("PATCH", "/api/v1/subjects/{id}/photos/{photo_id}/"): {"caption", "non_field_errors"},  # names the subject's token
+    ("POST", "/api/v1/png-info/"): {"image"},  # the file must be a PNG that carries generation settings
 }
 WEBHOOK_FIELDS = {"webhook_url", "default_webhook_url"}
 
