@@ -21,7 +21,7 @@ from imagesite.files import private_file_response
 from . import catalog, rules
 from . import serializers as s
 from .modelinfo import SCHEDULERS
-from .models import GeneratedImage, Generation
+from .models import SCHEDULER_CHOICES, GeneratedImage, Generation
 from .png_settings import PngSettingsError, settings_from_png
 from .services import create_generation, filter_by_words, filter_images
 from .views import preview_response
@@ -259,7 +259,7 @@ class PngSettingsSerializer(serializers.Serializer):
     guidance_scale = serializers.FloatField(required=False)
     width = serializers.IntegerField(required=False)
     height = serializers.IntegerField(required=False)
-    scheduler = serializers.ChoiceField(choices=list(SCHEDULERS), required=False)
+    scheduler = serializers.ChoiceField(choices=SCHEDULER_CHOICES, required=False)
     model = serializers.CharField(required=False, help_text="The checkpoint's name in the file (not necessarily a model offered here).")
     notes = serializers.ListField(child=serializers.CharField(), help_text="What the file says that could not be carried over.")
 
