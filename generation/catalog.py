@@ -235,11 +235,18 @@ def offered_models():
 
 def default_model() -> BaseModel:
     """The operator's default (preselected in forms, used when a job names none)."""
-    refresh_if_changed()
-    row = BaseModel.objects.offered().filter(is_default=True).first() or BaseModel.objects.offered().first()
-    if row is None:  # every model disabled: IMAGESITE_MODEL still renders, as before there were rows
-        row = BaseModel.objects.get(origin=ModelOrigin.SETTING, path=settings.IMAGESITE_MODEL)
-    return row
+    return offered_with_default()[1]
+
+
+def offered_with_default() -> tuple[list[BaseModel], BaseModel]:
+    """The offered models and the default among them: the one marked default, else the first
+    offered; with every model disabled, IMAGESITE_MODEL's row (it still renders, as before there
+    were rows). One freshness check and one query, for forms that show both."""
+    models = list(offered_models())
+    default = next((m for m in models if m.is_default), None) or (models[0] if models else None)
+    if default is None:
+        default = BaseModel.objects.get(origin=ModelOrigin.SETTING, path=settings.IMAGESITE_MODEL)
+    return models, default
 
 
 def find_offered(value: int | str) -> BaseModel | None:

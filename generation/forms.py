@@ -59,8 +59,7 @@ class GenerateForm(forms.Form):
 
     def __init__(self, *args, owner, **kwargs):
         super().__init__(*args, **kwargs)
-        models = list(catalog.offered_models())
-        default = next((m for m in models if m.is_default), None) or catalog.default_model()
+        models, default = catalog.offered_with_default()
         self.fields["base_model"].queryset = BaseModel.objects.offered()
         self.base_model = self._chosen_base(models, default)
         self.fields["base_model"].initial = self.base_model.pk

@@ -165,10 +165,9 @@ class TrainingForm(forms.Form):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # Trainable bases: offered ones with files here (a hub id is not).
-        offered = list(catalog.offered_models())
+        offered, default = catalog.offered_with_default()
         bases = [m for m in offered if model_kind(m.path) != "hub"]
         self.fields["base_model"].queryset = BaseModel.objects.filter(pk__in=[m.pk for m in bases])
-        default = next((m for m in offered if m.is_default), None) or catalog.default_model()
         self.fields["base_model"].initial = default.pk
         if len(bases) < 2:
             self.fields["base_model"].widget = forms.HiddenInput()
