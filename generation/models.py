@@ -69,6 +69,19 @@ class BaseModel(models.Model):
         return describe_model(self.path)
 
 
+class HiresUpscaler(models.TextChoices):
+    LATENT = "latent", "Latent"
+    LANCZOS = "lanczos", "Lanczos"
+
+
+def _input_path(instance: "Generation", filename: str) -> str:
+    return f"inputs/{instance.owner_id}/{uuid.uuid4().hex}.upload"
+
+
+def _mask_path(instance: "Generation", filename: str) -> str:
+    return f"inputs/{instance.owner_id}/{uuid.uuid4().hex}-mask.upload"
+
+
 class Generation(Job):
     """One request: a prompt and its settings, rendered into 1-4 images by the worker."""
 
@@ -95,6 +108,23 @@ class Generation(Job):
     subject_name = models.CharField(max_length=60, blank=True)
     # Images drawn during training as validation samples (they land in the gallery too).
     training_run = models.ForeignKey("training.TrainingRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="validation_generations")
+    # img2img and inpainting: the input (an upload, or a copy of a gallery image) and its mask. Private,
+    # deleted with the job.
+    init_image = models.FileField(upload_to=_input_path, max_length=255, blank=True, help_text="img2img/inpainting input image.")
+    source_image = models.ForeignKey("GeneratedImage", null=True, blank=True, on_delete=models.SET_NULL, related_name="derived_generations",
+                                     help_text="The gallery image the input was taken from, if any.")
+    strength = models.FloatField(default=0.75, help_text="Denoising strength of img2img and inpainting (0-1).")
+    mask = models.FileField(upload_to=_mask_path, max_length=255, blank=True, help_text="Inpainting mask: white is repainted.")
+    mask_blur = models.PositiveSmallIntegerField(default=4, help_text="Mask edge blur in pixels.")
+    # Hires fix (AUTOMATIC1111's): render at the size above, upscale by hires_scale, refine with img2img.
+    hires_scale = models.FloatField(default=1.0, help_text="1 = no hires fix.")
+    hires_upscaler = models.CharField(max_length=16, choices=HiresUpscaler.choices, default=HiresUpscaler.LATENT)
+    hires_strength = models.FloatField(default=0.7, help_text="Denoising strength of the hires pass (0-1).")
+    hires_steps = models.PositiveSmallIntegerField(default=0, help_text="Steps of the hires pass; 0 = as many as steps.")
+    # The prompt's <lora:name:weight> tags and embedding names, resolved when the job was created, so
+    # the worker uses exactly what was checked: [{"name", "kind", "id", "weight", "sha256"}, ...].
+    loras = models.JSONField(default=list, blank=True)
+    embeddings = models.JSONField(default=list, blank=True)
 
     objects = JobQuerySet.as_manager()
 
@@ -246,3 +276,51 @@ class GeneratedImage(models.Model):
 
     def download_name(self) -> str:
         return f"imagesite-{self.generation_id}-{self.index}-{self.seed}.png"
+
+
+# --- files users bring for their prompts: LoRAs (<lora:name:0.8>) and textual-inversion embeddings ---
+def _prompt_file_path(instance: "PromptFile", filename: str) -> str:
+    return f"{instance.folder}/{instance.owner_id}/{uuid.uuid4().hex}.safetensors"
+
+
+class PromptFile(models.Model):
+    """A .safetensors file a user uploaded to use by name in prompts. Private to its owner unless
+    staff share it with everyone. Checked (header and keys, torch-free) before it is stored."""
+
+    folder = ""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="%(class)ss")
+    name = models.CharField(max_length=100, help_text="As written in prompts.")
+    file = models.FileField(upload_to=_prompt_file_path, max_length=255)
+    sha256 = models.CharField(max_length=64)
+    size_bytes = models.BigIntegerField(default=0)
+    family = models.CharField(max_length=16, blank=True, help_text="The model family it was made for (sd1, sd2, sdxl), when known.")
+    shared = models.BooleanField(default=False, help_text="Offered to every user (staff only).")
+    uploaded_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        abstract = True
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Lora(PromptFile):
+    """A LoRA in kohya or diffusers layout, used as <lora:name:weight>."""
+
+    folder = "loras"
+    layout = models.CharField(max_length=16, blank=True, help_text="kohya, diffusers or peft key layout.")
+
+    class Meta(PromptFile.Meta):
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="lora_unique_name_per_owner")]
+
+
+class Embedding(PromptFile):
+    """A textual-inversion embedding, used by writing its name in the prompt."""
+
+    folder = "embeddings"
+    vectors = models.PositiveSmallIntegerField(default=1, help_text="Tokens the name stands for.")
+
+    class Meta(PromptFile.Meta):
+        constraints = [models.UniqueConstraint(fields=["owner", "name"], name="embedding_unique_name_per_owner")]

@@ -1,8 +1,13 @@
 """Per-user limits: the one model the bottom layer owns (every app's services admit work against it)."""
 from __future__ import annotations
 
+import secrets
+import uuid
+
 from django.conf import settings
 from django.db import models
+
+from .jobs import Job
 
 
 class UserLimits(models.Model):
@@ -23,3 +28,43 @@ class UserLimits(models.Model):
 
     def __str__(self) -> str:
         return f"limits for {self.user}"
+
+
+def _export_path(instance: "DataExport", filename: str) -> str:
+    return f"exports/{instance.owner_id}/{uuid.uuid4().hex}.zip"
+
+
+class DataExport(Job):
+    """One archive of everything a user owns, made in the background; its link expires."""
+
+    task_path = "imagesite.export.run_export"
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="data_exports")
+    file = models.FileField(upload_to=_export_path, max_length=255, blank=True)
+    size_bytes = models.BigIntegerField(default=0)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="The archive is deleted after this.")
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+
+def new_invite_code() -> str:
+    return secrets.token_urlsafe(24)
+
+
+class Invite(models.Model):
+    """A single-use sign-up link made by staff (IMAGESITE_SIGNUP=invite)."""
+
+    code = models.CharField(max_length=64, unique=True, default=new_invite_code, editable=False)
+    note = models.CharField(max_length=200, blank=True, help_text="Who it is for (shown to staff only).")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField()
+    used_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    used_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.note or f"invite {self.code[:6]}…"
