@@ -1,0 +1,133 @@
+"""The job row is the queue: a worker claims the next job from the database, in the scheduler's order.
+
+A broker message only wakes a worker. What it runs is decided here, from the rows: round-robin across
+owners (the least recently served owner with queued work goes next, as InvokeAI's multi-user queue
+does), FIFO within an owner. The claim is atomic on both databases: PostgreSQL locks the candidates
+with `SELECT … FOR UPDATE SKIP LOCKED` (two workers never wait on each other's row); SQLite takes its
+write lock for a conditional UPDATE (`… WHERE status = 'queued'`), so a row goes to one worker only.
+A lost, duplicated or locked broker message can neither lose a job nor run one twice: any message
+wakes a worker for whatever is next, and a job without a message is found by the next one.
+
+Generic over the concrete Job models; each names the path to its owner in `owner_path`.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import connection, models, transaction
+from django.db.models import Avg, F, Max
+from django.utils import timezone
+
+from .jobs import Job, JobStatus
+
+# How many of the next jobs in fair order a worker tries to lock at once (PostgreSQL): enough that
+# workers racing for the head of the queue each find one free without waiting.
+CANDIDATES = 16
+# How many recent jobs the ETA's average duration is taken from.
+RECENT_FOR_ETA = 20
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.get_fixed_timezone(0))
+
+
+def owner_path(model: type[Job]) -> str:
+    return getattr(model, "owner_path", "owner")
+
+
+def fair_order(model: type[Job]) -> list[int]:
+    """The pks of the model's queued jobs, in the order workers will take them if nothing else
+    arrives: round r holds each owner's r-th queued job, owners ordered by when they were last served
+    (never served first), ties by their oldest queued job."""
+    owner_field = owner_path(model)
+    queued = model.objects.filter(status=JobStatus.QUEUED).order_by("created_at", "pk").values_list("pk", owner_field)
+    per_owner: OrderedDict[int, list[int]] = OrderedDict()
+    for pk, owner_id in queued:
+        per_owner.setdefault(owner_id, []).append(pk)
+    if not per_owner:
+        return []
+    served = dict(
+        model.objects.filter(**{f"{owner_field}__in": list(per_owner)}, started_at__isnull=False)
+        .order_by().values(owner_field).annotate(last=Max("started_at")).values_list(owner_field, "last")
+    )
+    # per_owner is in order of each owner's oldest queued job: a stable tie-break.
+    owners = sorted(per_owner, key=lambda owner: served.get(owner) or EPOCH)
+    order: list[int] = []
+    for round_ in range(max(len(jobs) for jobs in per_owner.values())):
+        order.extend(per_owner[owner][round_] for owner in owners if round_ < len(per_owner[owner]))
+    return order
+
+
+def claim_next(model: type[Job]) -> Job | None:
+    """Take the next job in fair order for this worker: queued → running, attempt counted. None when
+    nothing is queued (or everything queued is being taken by other workers right now)."""
+    while True:
+        order = fair_order(model)
+        if not order:
+            return None
+        job = _claim_first(model, order[:CANDIDATES])
+        if job is not None:
+            return job
+        # Every candidate went to another worker meanwhile: look again at what is left.
+
+
+def _claim_first(model: type[Job], candidates: list[int]) -> Job | None:
+    now = timezone.now()
+    claim = {"status": JobStatus.RUNNING, "started_at": now, "heartbeat_at": now, "attempts": F("attempts") + 1}
+    if connection.features.has_select_for_update_skip_locked:
+        with transaction.atomic():
+            free = set(model.objects.select_for_update(skip_locked=True)
+                       .filter(pk__in=candidates, status=JobStatus.QUEUED).values_list("pk", flat=True))
+            for pk in candidates:
+                if pk in free:
+                    model.objects.filter(pk=pk).update(**claim)
+                    return model.objects.get(pk=pk)
+        return None
+    for pk in candidates:  # SQLite: the conditional UPDATE runs under the database's write lock
+        if model.objects.filter(pk=pk, status=JobStatus.QUEUED).update(**claim):
+            return model.objects.get(pk=pk)
+    return None
+
+
+@dataclass(frozen=True)
+class QueuePlace:
+    """Where a queued job stands: how many jobs run before it and about how long until it starts."""
+
+    ahead: int
+    eta_s: float | None  # None until a job of this kind has finished (nothing to estimate from)
+
+    def words(self) -> str:
+        from .jobs import eta_words
+
+        who = "next in line" if self.ahead == 0 else f"{self.ahead} ahead of you"
+        if self.eta_s is None:
+            return who
+        if self.eta_s < 1:
+            return f"{who}, starting soon"
+        return f"{who}, {eta_words(self.eta_s).replace(' left', '')}"
+
+
+def place_in_queue(job: Job) -> QueuePlace | None:
+    """The job's place in the fair order and an estimate of its start; None when it is not queued."""
+    model = type(job)
+    order = fair_order(model)
+    if job.pk not in order:
+        return None
+    ahead = order.index(job.pk)
+    return QueuePlace(ahead=ahead, eta_s=_eta_to_start(model, ahead))
+
+
+def _eta_to_start(model: type[Job], ahead: int) -> float | None:
+    """Seconds until a job with `ahead` queued jobs before it starts: the running jobs' remaining
+    time, then the queued ones at the recent average duration, shared by as many workers as run now."""
+    recent = (model.objects.filter(status=JobStatus.SUCCEEDED, started_at__isnull=False, finished_at__isnull=False)
+              .order_by("-finished_at")[:RECENT_FOR_ETA])
+    average = recent.aggregate(avg=Avg(F("finished_at") - F("started_at"), output_field=models.DurationField()))["avg"]
+    if average is None:
+        return None
+    mean_s = average.total_seconds() if isinstance(average, timedelta) else float(average) / 1e6
+    running = list(model.objects.filter(status=JobStatus.RUNNING))
+    workers = max(1, len(running))
+    remaining = [job.eta_seconds if job.eta_seconds is not None else mean_s for job in running]
+    first_free = min(remaining) if remaining else 0.0
+    return first_free + ahead * mean_s / workers
+

@@ -1,0 +1,116 @@
+"""The job row is the queue (imagesite.queue): fair order across users, an atomic claim, a queued job's place.
+
+Rows only: no worker and no model here (the worker-level fairness test runs a real cluster)."""
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import connection
+from django.utils import timezone
+
+from generation.models import Generation
+from imagesite.jobs import JobStatus
+from imagesite.queue import claim_next, fair_order, place_in_queue
+
+from .factories import make_generation
+
+pytestmark = pytest.mark.django_db
+
+
+def _users(*names):
+    return [get_user_model().objects.create_user(name, password="pw-long-enough") for name in names]
+
+
+def _queue(owner, count: int, start, step_s: float = 1.0) -> list[Generation]:
+    return [make_generation(owner, created_at=start + timedelta(seconds=i * step_s)) for i in range(count)]
+
+
+def test_a_heavy_user_does_not_hold_up_the_others():
+    """Three users, one with 20 queued and already being served: the other two's jobs go next."""
+    heavy, light1, light2 = _users("heavy", "light1", "light2")
+    now = timezone.now()
+    heavy_jobs = _queue(heavy, 20, now - timedelta(minutes=10))
+    assert claim_next(Generation).pk == heavy_jobs[0].pk  # the only user: FIFO
+    light_jobs = [_queue(light1, 1, now)[0], _queue(light2, 1, now + timedelta(seconds=1))[0]]
+    taken = [claim_next(Generation).pk for _ in range(3)]
+    assert taken[:2] == [job.pk for job in light_jobs]
+    assert taken[2] == heavy_jobs[1].pk
+
+
+def test_round_robin_among_users_fifo_within_each():
+    alice, bob, carol = _users("alice", "bob", "carol")
+    now = timezone.now()
+    a = _queue(alice, 3, now)
+    b = _queue(bob, 2, now + timedelta(seconds=10))
+    c = _queue(carol, 1, now + timedelta(seconds=20))
+    expected = [a[0], b[0], c[0], a[1], b[1], a[2]]
+    assert fair_order(Generation) == [job.pk for job in expected]
+    assert [claim_next(Generation).pk for _ in expected] == [job.pk for job in expected]
+    assert claim_next(Generation) is None
+    claimed = Generation.objects.get(pk=a[0].pk)
+    assert claimed.status == JobStatus.RUNNING and claimed.attempts == 1 and claimed.started_at is not None
+
+
+def test_the_least_recently_served_user_goes_first():
+    alice, bob = _users("alice", "bob")
+    now = timezone.now()
+    make_generation(alice, status=JobStatus.SUCCEEDED, started_at=now - timedelta(minutes=1))
+    make_generation(bob, status=JobStatus.SUCCEEDED, started_at=now - timedelta(minutes=5))
+    a = _queue(alice, 1, now - timedelta(minutes=3))[0]  # alice queued first, but was served last
+    b = _queue(bob, 1, now)[0]
+    assert fair_order(Generation) == [b.pk, a.pk]
+
+
+def test_canceled_and_running_jobs_are_not_taken():
+    (alice,) = _users("alice")
+    canceled = make_generation(alice, status=JobStatus.CANCELED)
+    running = make_generation(alice, status=JobStatus.RUNNING)
+    assert claim_next(Generation) is None
+    assert {job.status for job in Generation.objects.filter(pk__in=[canceled.pk, running.pk])} == {JobStatus.CANCELED, JobStatus.RUNNING}
+
+
+def test_place_in_queue_counts_who_is_ahead_and_estimates_from_recent_jobs():
+    alice, bob = _users("alice", "bob")
+    now = timezone.now()
+    a = _queue(alice, 3, now)
+    b = _queue(bob, 1, now + timedelta(seconds=5))[0]
+    place = place_in_queue(b)
+    assert place.ahead == 1 and place.eta_s is None  # nothing finished yet: no estimate
+    assert place.words() == "1 ahead of you"
+    make_generation(bob, status=JobStatus.SUCCEEDED, started_at=now - timedelta(seconds=60), finished_at=now - timedelta(seconds=50))
+    # bob was served (a minute ago), alice never: all of alice's first job goes before bob's.
+    place = place_in_queue(b)
+    assert place.ahead == 1
+    assert place.eta_s == pytest.approx(10.0)  # one job ahead at the 10 s average, no job running
+    assert place.words() == "1 ahead of you, about 10 s"
+    assert place_in_queue(Generation.objects.get(pk=a[0].pk)).words().startswith("next in line")
+    claim_next(Generation)
+    assert place_in_queue(Generation.objects.get(pk=a[0].pk)) is None  # running: not in the queue
+
+
+@pytest.mark.django_db(transaction=True)
+def test_workers_claiming_at_once_take_each_job_exactly_once():
+    """Eight workers (threads, each with its own database connection) race for five queued jobs."""
+    alice, bob = _users("alice", "bob")
+    jobs = _queue(alice, 3, timezone.now()) + _queue(bob, 2, timezone.now())
+    taken: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        try:
+            barrier.wait()
+            while (job := claim_next(Generation)) is not None:
+                taken.append(job.pk)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(taken) == sorted(job.pk for job in jobs)
+    assert set(Generation.objects.values_list("attempts", flat=True)) == {1}
