@@ -94,6 +94,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "imagesite.invites.signup_context",  # the login page and header say who may sign up
             ],
         },
     },
@@ -379,3 +380,18 @@ SECURE_SSL_REDIRECT = env_bool("DJANGO_SSL_REDIRECT", False)
 if env_bool("DJANGO_BEHIND_TLS_PROXY", False):
     # Only behind a proxy that sets this header itself on every request (and drops the client's).
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- Sign-up and mail (imagesite/invites.py, imagesite/password_reset.py) ---------------------------
+# open | invite | closed. Open in the embedded set-up (DEBUG, 127.0.0.1: `make run`, then Sign up); invite once
+# DJANGO_DEBUG=false puts the site on a network, where open sign-up would hand strangers the GPU.
+IMAGESITE_SIGNUP = env_str("IMAGESITE_SIGNUP", "open" if DEBUG else "invite").strip().lower()
+IMAGESITE_SIGNUP_CONTACT = env_str("IMAGESITE_SIGNUP_CONTACT", "")  # whom to ask for an invite (login page)
+EMAIL_HOST = env_str("EMAIL_HOST", "")  # unset: mails are printed on the web process's console
+EMAIL_BACKEND = env_str("IMAGESITE_EMAIL_BACKEND", f"django.core.mail.backends.{'smtp' if EMAIL_HOST else 'console'}.EmailBackend")
+EMAIL_PORT, EMAIL_HOST_USER, EMAIL_HOST_PASSWORD = env_int("EMAIL_PORT", 587), env_str("EMAIL_HOST_USER", ""), env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)  # implicit TLS (465); else STARTTLS (587) unless EMAIL_USE_TLS=false
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", not EMAIL_USE_SSL)
+DEFAULT_FROM_EMAIL = SERVER_EMAIL = env_str("DEFAULT_FROM_EMAIL", "imagesite <noreply@localhost>")
+IMAGESITE_PASSWORD_RESET_PER_HOUR = env_int("IMAGESITE_PASSWORD_RESET_PER_HOUR", 3)  # per email, per address; cached
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
