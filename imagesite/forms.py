@@ -1,13 +1,35 @@
 from django import forms
 from django.contrib.auth import authenticate
-from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.forms import PasswordResetForm, UserCreationForm
 from django.contrib.auth.models import User
+
+from .password_reset import ResetThrottled, count_reset_request
 
 
 class SignUpForm(UserCreationForm):
+    email = forms.EmailField(required=False, help_text="Optional: only for resetting a forgotten password.")
+
     class Meta(UserCreationForm.Meta):
         model = User
-        fields = ("username",)
+        fields = ("username", "email")
+
+
+class ThrottledPasswordResetForm(PasswordResetForm):
+    """Django's reset form, counting each request per email address and per client address before a
+    mail goes out (imagesite.password_reset): the form cannot flood anyone's inbox. The answer is the
+    same whether or not an account has that address."""
+
+    def __init__(self, *args, request=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.request = request
+
+    def clean_email(self) -> str:
+        email = self.cleaned_data["email"]
+        try:
+            count_reset_request(self.request, email)
+        except ResetThrottled as refusal:
+            raise forms.ValidationError(str(refusal), code="throttled") from None
+        return email
 
 
 class DeleteAccountForm(forms.Form):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth import login, logout
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -10,19 +11,51 @@ from django.views.decorators.cache import cache_control
 from django.views.decorators.http import require_GET, require_http_methods
 
 from .accounts import delete_account
-from .forms import DeleteAccountForm, SignUpForm
+from .forms import DeleteAccountForm, SignUpForm, ThrottledPasswordResetForm
+from .invites import CLOSED, INVITE, SignUpRefused, check_invite, sign_up, signup_mode
 
 
 @require_http_methods(["GET", "POST"])
 def signup(request: HttpRequest) -> HttpResponse:
+    """Sign-up as IMAGESITE_SIGNUP allows: open, by an invite link (`?invite=CODE`), or closed."""
     if request.user.is_authenticated:
         return redirect("generation-new")
+    code = request.GET.get("invite", "").strip()
+    try:
+        if signup_mode() == CLOSED:
+            raise SignUpRefused("This site does not take sign-ups: its staff create accounts.")
+        if signup_mode() == INVITE:
+            check_invite(code)
+    except SignUpRefused as refusal:
+        return _signup_refused(request, refusal)
     form = SignUpForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        user = form.save()
+        try:
+            user = sign_up(create_user=form.save, invite_code=code)
+        except SignUpRefused as refusal:  # the invite went to a sign-up a moment earlier
+            return _signup_refused(request, refusal)
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect("generation-new")
-    return render(request, "registration/signup.html", {"form": form})
+    return render(request, "registration/signup.html", {"form": form, "invite": code if signup_mode() == INVITE else ""})
+
+
+def _signup_refused(request: HttpRequest, refusal: SignUpRefused) -> HttpResponse:
+    return render(request, "registration/signup_refused.html", {"reason": str(refusal)}, status=403)
+
+
+class PasswordResetView(auth_views.PasswordResetView):
+    """Django's reset view with the throttled form; a throttled request answers 429."""
+
+    form_class = ThrottledPasswordResetForm
+
+    def get_form_kwargs(self) -> dict:
+        return {**super().get_form_kwargs(), "request": self.request}
+
+    def form_invalid(self, form) -> HttpResponse:
+        response = super().form_invalid(form)
+        if form.has_error("email", code="throttled"):
+            response.status_code = 429
+        return response
 
 
 @require_GET
