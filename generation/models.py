@@ -134,6 +134,8 @@ class Generation(Job):
 
     class Meta:
         ordering = ["-created_at", "-pk"]
+        # The generations list's keyset pages (api.pagination) walk this index from any position.
+        indexes = [models.Index(fields=["owner", "-created_at", "-id"], name="generation_owner_newest")]
         constraints = [
             models.CheckConstraint(condition=models.Q(num_images__gte=1, num_images__lte=4), name="generation_num_images_1_4"),
             models.CheckConstraint(condition=models.Q(seed__gte=0, seed__lte=MAX_SEED), name="generation_seed_range"),
@@ -236,7 +238,15 @@ def usable_subjects(owner) -> models.QuerySet:
 
 class GeneratedImageQuerySet(models.QuerySet):
     def for_user(self, user) -> "GeneratedImageQuerySet":
-        return self.filter(generation__owner=user)
+        return self.filter(owner=user)
+
+    def bulk_create(self, objs, *args, **kwargs) -> list:
+        """As QuerySet.bulk_create, with each image's owner taken from its generation (save() does the
+        same; bulk_create calls no save())."""
+        objs = list(objs)
+        for image in objs:
+            image.take_owner()
+        return super().bulk_create(objs, *args, **kwargs)
 
 
 def _image_path(instance: "GeneratedImage", filename: str) -> str:
@@ -249,6 +259,9 @@ def _thumb_path(instance: "GeneratedImage", filename: str) -> str:
 
 class GeneratedImage(models.Model):
     generation = models.ForeignKey(Generation, on_delete=models.CASCADE, related_name="images")
+    # The generation's owner, copied (save() and bulk_create fill it) so that one index, owner then
+    # newest first, serves the gallery and the API list without a join or a sort (issue 18).
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generated_images", editable=False)
     index = models.PositiveSmallIntegerField()
     seed = models.BigIntegerField()
     file = models.FileField(upload_to=_image_path, max_length=255)
@@ -263,13 +276,19 @@ class GeneratedImage(models.Model):
     class Meta:
         ordering = ["-created_at", "-pk"]
         constraints = [models.UniqueConstraint(fields=["generation", "index"], name="image_unique_index")]
+        # Keyset pages (api.pagination.newest_first_page) walk this index from any position.
+        indexes = [models.Index(fields=["owner", "-created_at", "-id"], name="image_owner_newest")]
 
     def __str__(self) -> str:
         return f"{self.generation.prompt[:40]} #{self.index}"
 
-    @property
-    def owner_id(self) -> int:
-        return self.generation.owner_id
+    def take_owner(self) -> None:
+        if self.owner_id is None:
+            self.owner_id = self.generation.owner_id
+
+    def save(self, *args, **kwargs) -> None:
+        self.take_owner()
+        super().save(*args, **kwargs)
 
     def get_absolute_url(self) -> str:
         return reverse("image-detail", args=[self.pk])
