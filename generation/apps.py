@@ -21,6 +21,11 @@ class GenerationConfig(AppConfig):
         quotas.register("generations_per_hour", lambda user: Generation.objects.for_user(user).filter(training_run__isnull=True),
                         window=timedelta(hours=1))
         register_job_serializer(Generation, GenerationSerializer)
+        from imagesite.export import register_part
+
+        from .export_parts import generation_part
+
+        register_part("generation", generation_part)  # images, inputs, LoRAs, embeddings in a data export
         from .catalog import scan_after_migrate
 
         # The base model rows (IMAGESITE_MODEL, the models folder) exist as soon as the database does.

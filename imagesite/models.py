@@ -6,8 +6,10 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.db.models.signals import post_delete, post_migrate
+from django.utils import timezone
 
-from .jobs import Job
+from .jobs import Job, JobStatus
 
 
 class UserLimits(models.Model):
@@ -46,6 +48,52 @@ class DataExport(Job):
 
     class Meta:
         ordering = ["-created_at", "-pk"]
+
+    def __str__(self) -> str:
+        return f"export {self.pk} of {self.owner} ({self.status})"
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def is_downloadable(self) -> bool:
+        return self.status == JobStatus.SUCCEEDED and bool(self.file) and not self.is_expired
+
+    def download_name(self) -> str:
+        """The archive's file name on the user's disk: whose, and when it was made."""
+        made = self.finished_at or self.created_at
+        return f"imagesite-{self.owner.get_username()}-{made:%Y%m%d-%H%M}.zip"
+
+    def partial_name(self) -> str:
+        """Storage name the worker writes the archive under until it is complete (then renamed):
+        one per export, so a retry overwrites what a killed worker left."""
+        return f"exports/{self.owner_id}/export-{self.pk}.zip.part"
+
+
+def _delete_export_files(sender, instance: DataExport, **kwargs) -> None:
+    """An export's archive, and any half-written one, go with its row (account deletion included)."""
+    from django.core.files.storage import default_storage
+    from django.db import transaction
+
+    from .files import delete_file_on_commit
+
+    delete_file_on_commit(instance.file)
+    partial = instance.partial_name()
+    transaction.on_commit(lambda: default_storage.delete(partial))
+
+
+def _ensure_export_sweep(sender, using: str = "default", **kwargs) -> None:
+    """post_migrate: the sweep that deletes expired archives runs every minute (imagesite.export)."""
+    if getattr(sender, "name", None) == "imagesite":
+        from .jobs import ensure_every_minute
+
+        ensure_every_minute("imagesite.export.sweep_exports", "sweep data exports", using)
+
+
+# Connected here rather than in apps.py so that the export's wiring stays in the files it owns.
+post_delete.connect(_delete_export_files, sender=DataExport, dispatch_uid="imagesite-delete-export-files")
+post_migrate.connect(_ensure_export_sweep, dispatch_uid="imagesite-export-sweep-schedule")
 
 
 def new_invite_code() -> str:

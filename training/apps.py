@@ -29,4 +29,9 @@ class TrainingConfig(AppConfig):
         quotas.register("trainings_per_day", lambda user: TrainingRun.objects.for_user(user), window=timedelta(days=1))
         quotas.register("uploads_per_hour", lambda user: SubjectPhoto.objects.for_user(user), window=timedelta(hours=1))
         register_job_serializer(TrainingRun, TrainingRunSerializer)
+        from imagesite.export import register_part
+
+        from .export_parts import training_part
+
+        register_part("training", training_part)  # subjects' photos and checkpoints in a data export
         post_migrate.connect(ensure_photo_requeue_schedule, sender=self, dispatch_uid="training-photo-requeue-schedule")
