@@ -14,6 +14,30 @@ class SignUpForm(UserCreationForm):
         fields = ("username", "email")
 
 
+class AccountEmailForm(forms.Form):
+    """The address password-reset mails go to; changed only with the current password (else a stolen
+    session could point resets at its own inbox and take the account)."""
+
+    email = forms.EmailField(required=False, label="Email for password resets")
+    password = forms.CharField(label="Your password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
+
+    def __init__(self, *args, request, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.request = request
+
+    def clean_password(self) -> str:
+        password = self.cleaned_data["password"]
+        user = self.request.user
+        found = authenticate(self.request, username=user.get_username(), password=password)
+        if found is None or found.pk != user.pk:
+            raise forms.ValidationError("That is not your password; the address was not changed.", code="password_incorrect")
+        return password
+
+    def save(self) -> None:
+        self.request.user.email = self.cleaned_data["email"]
+        self.request.user.save(update_fields=["email"])
+
+
 class ThrottledPasswordResetForm(PasswordResetForm):
     """Django's reset form, counting each request per email address and per client address before a
     mail goes out (imagesite.password_reset): the form cannot flood anyone's inbox. The answer is the

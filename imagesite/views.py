@@ -8,10 +8,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.views.decorators.cache import cache_control
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from .accounts import delete_account
-from .forms import DeleteAccountForm, SignUpForm, ThrottledPasswordResetForm
+from .forms import AccountEmailForm, DeleteAccountForm, SignUpForm, ThrottledPasswordResetForm
 from .invites import CLOSED, INVITE, SignUpRefused, check_invite, sign_up, signup_mode
 
 
@@ -41,6 +41,19 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 def _signup_refused(request: HttpRequest, refusal: SignUpRefused) -> HttpResponse:
     return render(request, "registration/signup_refused.html", {"reason": str(refusal)}, status=403)
+
+
+@login_required
+@require_POST
+def account_email(request: HttpRequest) -> HttpResponse:
+    """Set the address password-reset mails go to (the account page's form), then back there."""
+    form = AccountEmailForm(request.POST, request=request)
+    if form.is_valid():
+        form.save()
+        messages.success(request, f"Password-reset mails now go to {form.cleaned_data['email']}." if form.cleaned_data["email"] else "No email address is kept now: staff can still set a new password for you.")
+    else:
+        messages.error(request, " ".join(error for errors in form.errors.values() for error in errors))
+    return redirect("password_change")
 
 
 class PasswordResetView(auth_views.PasswordResetView):

@@ -180,3 +180,19 @@ def test_reset_requests_are_throttled_per_address(client, owner, settings):
     # One client trying many addresses is capped too (3 × the per-address limit in all).
     codes = [client.post(RESET, {"email": f"someone{i}@example.org"}).status_code for i in range(5)]
     assert 429 in codes
+
+
+def test_a_user_sets_their_reset_address_with_their_password(owner_client, owner):
+    page = owner_client.get(reverse("password_change")).content.decode()
+    assert 'action="/accounts/email/"' in page
+    wrong = owner_client.post("/accounts/email/", {"email": "thief@example.org", "password": "not-it"}, follow=True)
+    assert "not your password" in wrong.content.decode()
+    owner.refresh_from_db()
+    assert owner.email == ""
+    from .conftest import PASSWORD
+
+    response = owner_client.post("/accounts/email/", {"email": "me@example.org", "password": PASSWORD})
+    assert response.status_code == 302 and response.url == reverse("password_change")
+    owner.refresh_from_db()
+    assert owner.email == "me@example.org"
+    assert owner_client.get("/accounts/email/").status_code == 405
