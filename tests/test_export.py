@@ -1,0 +1,159 @@
+"""Owning your data: a user downloads everything they own as one zip made by a worker (the task
+function run here as the worker runs it), shown on the account page and in the API; the link
+expires; staff export or delete a user from the admin; deleting the account leaves nothing."""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from imagesite.accounts import delete_account
+from imagesite.export import request_export, run_export, sweep_exports
+from imagesite.jobs import JobStatus
+from imagesite.models import DataExport
+from training import services as training_services
+from training.models import Subject, TrainingRun
+from training.tasks import process_photo
+
+from .conftest import PASSWORD
+from .factories import make_generation, make_image, png_bytes
+
+pytestmark = pytest.mark.django_db
+
+PARAMETERS = "a red circle\nSteps: 4, Sampler: DPM++ 2M, CFG scale: 7.5, Seed: 7, Size: 64x64"
+
+
+@pytest.fixture
+def media(settings, tmp_path):
+    """A media folder of this test's own, so "nothing left" means nothing."""
+    settings.MEDIA_ROOT = tmp_path / "media"
+    return settings.MEDIA_ROOT
+
+
+def _png_with_settings() -> bytes:
+    info = PngInfo()
+    info.add_text("parameters", PARAMETERS)
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def _everything_of(user) -> dict:
+    """An image whose PNG carries its settings, a subject with processed photos and a LoRA run."""
+    image = make_image(user)
+    Path(image.file.path).write_bytes(_png_with_settings())
+    subject = Subject.objects.create(owner=user, name="Checkers", token="sks", class_noun="shape")
+    files = [SimpleUploadedFile(f"{i}.png", png_bytes((40 * i, 90, 200), (96, 80)), content_type="image/png") for i in range(2)]
+    for photo in training_services.add_photos(subject=subject, files=files).accepted:
+        process_photo(photo.pk)
+    files_dir = f"{subject.files_prefix()}/runs/1"
+    checkpoint = default_storage.save(f"{files_dir}/lora.safetensors", ContentFile(b"lora weights"))
+    run = TrainingRun.objects.create(subject=subject, status=JobStatus.SUCCEEDED, files_dir=files_dir, checkpoint=checkpoint,
+                                     finished_at=timezone.now())
+    return {"image": image, "subject": subject, "run": run}
+
+
+def _export(user, captured) -> DataExport:
+    """Request an export and run its task as the worker does (the queued message is not delivered)."""
+    with captured():
+        export, created = request_export(user=user)
+    assert created
+    assert run_export(export.pk) == "succeeded"
+    export.refresh_from_db()
+    return export
+
+
+def _zip(response) -> zipfile.ZipFile:
+    return zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
+
+
+def test_the_archive_holds_everything_of_yours_and_nothing_of_anyone_else(owner, other_user, owner_client, media, django_capture_on_commit_callbacks):
+    mine = _everything_of(owner)
+    theirs = make_image(other_user, prompt="not yours")
+    Path(theirs.file.path).write_bytes(b"\x89PNG theirs")
+    export = _export(owner, django_capture_on_commit_callbacks)
+    assert export.status == JobStatus.SUCCEEDED and export.size_bytes > 0 and export.progress_percent == 100
+    assert export.expires_at > timezone.now() + timedelta(hours=23)
+    assert not default_storage.exists(export.partial_name())
+
+    response = owner_client.get(reverse("account-export-download", args=[export.pk]))
+    assert response.status_code == 200 and response["Content-Disposition"].startswith('attachment; filename="imagesite-owner-')
+    archive = _zip(response)
+    names = archive.namelist()
+    image_path = f"images/{mine['image'].download_name()}"
+    assert image_path in names and not any(n.startswith("images/") and n != image_path for n in names)
+    assert Image.open(io.BytesIO(archive.read(image_path))).text["parameters"] == PARAMETERS  # metadata intact
+    folder = f"subjects/{mine['subject'].pk}-Checkers"
+    assert len([n for n in names if n.startswith(f"{folder}/photos/")]) == 2
+    assert archive.read(f"{folder}/run-{mine['run'].pk}/sks.safetensors") == b"lora weights"  # named as the subject page offers it
+    jobs = json.loads(archive.read("jobs.json"))
+    assert [g["prompt"] for g in jobs["generations"]] == ["a red circle on a blue background"]
+    assert jobs["generations"][0]["images"][0]["path"] == image_path and jobs["generations"][0]["steps"] == 4
+    assert jobs["training_runs"][0]["checkpoint"] == f"{folder}/run-{mine['run'].pk}/sks.safetensors"
+    assert [s["token"] for s in jobs["subjects"]] == ["sks"]
+    assert json.loads(archive.read("account.json"))["username"] == "owner"
+    assert b"not yours" not in b"".join(archive.read(n) for n in names) and b"theirs" not in archive.read("jobs.json")
+
+
+def test_one_export_at_a_time(owner, django_capture_on_commit_callbacks):
+    with django_capture_on_commit_callbacks():
+        first, created = request_export(user=owner)
+        again, created_again = request_export(user=owner)
+    assert created and not created_again and again.pk == first.pk
+
+
+def test_only_the_owner_downloads(owner, other_client, owner_client, media, django_capture_on_commit_callbacks):
+    export = _export(owner, django_capture_on_commit_callbacks)
+    url = reverse("account-export-download", args=[export.pk])
+    assert other_client.get(url).status_code == 404
+    assert Client().get(url).status_code == 302  # to the login
+    assert owner_client.post(url).status_code == 405
+
+
+def test_an_expired_link_says_so_and_the_sweep_deletes_the_archive(owner, owner_client, media, django_capture_on_commit_callbacks):
+    export = _export(owner, django_capture_on_commit_callbacks)
+    stored = export.file.name
+    DataExport.objects.filter(pk=export.pk).update(expires_at=timezone.now() - timedelta(minutes=1))
+    response = owner_client.get(reverse("account-export-download", args=[export.pk]))
+    assert response.status_code == 410 and "This archive expired" in response.content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert sweep_exports()["deleted"] == 1
+    assert not default_storage.exists(stored) and not DataExport.objects.filter(pk=export.pk).exists()
+    response = owner_client.get(reverse("account-export-download", args=[export.pk]))
+    assert response.status_code == 404 and "expired" in response.content.decode()
+
+
+def test_deleting_the_account_deletes_its_exports_and_files(owner, other_user, media, django_capture_on_commit_callbacks):
+    _everything_of(owner)
+    theirs = make_image(other_user)
+    export = _export(owner, django_capture_on_commit_callbacks)
+    assert default_storage.exists(export.file.name)
+    with django_capture_on_commit_callbacks(execute=True):
+        delete_account(user=owner)
+    assert not DataExport.objects.exists()
+    left = sorted(str(p.relative_to(media)) for p in media.rglob("*") if p.is_file())
+    assert left == sorted([theirs.file.name, theirs.thumbnail.name])
+    assert not (media / "exports" / str(owner.pk)).exists()
+
+
+def test_an_export_of_a_deleted_account_stops_and_leaves_no_file(owner, media, django_capture_on_commit_callbacks):
+    make_generation(owner)
+    with django_capture_on_commit_callbacks():
+        export, _ = request_export(user=owner)
+    partial = export.partial_name()
+    with django_capture_on_commit_callbacks(execute=True):
+        delete_account(user=owner)
+    assert run_export(export.pk) == "deleted before it ran"
+    assert not default_storage.exists(partial)
