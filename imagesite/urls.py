@@ -15,6 +15,7 @@ urlpatterns = [
     path("accounts/password/reset/sent/", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
     path("accounts/password/reset/<uidb64>/<token>/", auth_views.PasswordResetConfirmView.as_view(), name="password_reset_confirm"),
     path("accounts/password/reset/done/", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"),
+    path("accounts/email/", views.account_email, name="account-email"),
     path("accounts/delete/", views.account_delete, name="account-delete"),
     path("accounts/export/", export_views.export_data, name="account-export"),
     path("accounts/export/<int:pk>/download/", export_views.export_download, name="account-export-download"),
