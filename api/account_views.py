@@ -1,5 +1,5 @@
 """API views about the signed-in user: usage and limits, webhook secret
-and deliveries; and the JSON 404 for unknown API paths."""
+and deliveries, the data export; and the JSON 404 for unknown API paths."""
 from __future__ import annotations
 
 from django.apps import apps
@@ -7,18 +7,22 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, JsonResponse
 from django.urls import reverse
 from django.views.decorators.csrf import csrf_exempt
-from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
-from rest_framework import generics, viewsets
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_field, extend_schema_view
+from rest_framework import exceptions, generics, serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from imagesite import quotas
+from imagesite.export import latest_export, request_export
+from imagesite.files import private_file_response
+from imagesite.models import DataExport
 
 from . import serializers as s
 from .errors import error_body
 from .models import WebhookDelivery, WebhookSettings
-from .views import OwnedViewSetMixin
+from .views import FileNegotiation, OwnedViewSetMixin
 
 
 # --- me ------------------------------------------------------------------------------------------
@@ -89,6 +93,76 @@ class WebhookSecretView(APIView):
     @extend_schema(summary="Rotate your webhook signing secret", request=None, responses=s.WebhookSecretSerializer)
     def post(self, request: Request) -> Response:
         return self._answer(WebhookSettings.for_user(request.user).rotate_secret())
+
+
+# --- your data export ------------------------------------------------------------------------------
+class DataExportSerializer(serializers.ModelSerializer):
+    progress = s.ProgressSerializer(source="*", read_only=True)
+    expired = serializers.BooleanField(source="is_expired", read_only=True)
+    download_url = serializers.SerializerMethodField(help_text="The zip while its link lasts (until `expires_at`); null before and after.")
+
+    class Meta:
+        model = DataExport
+        fields = ["id", "status", "progress", "error", "created_at", "started_at", "finished_at", "expires_at", "expired",
+                  "size_bytes", "download_url"]
+        read_only_fields = fields
+
+    @extend_schema_field({"type": "string", "format": "uri", "nullable": True})
+    def get_download_url(self, export: DataExport) -> str | None:
+        return s.absolute(self.context, reverse("api-me-export-archive")) if export.is_downloadable else None
+
+
+ERROR = {"$ref": "#/components/schemas/Error"}  # api.schema's one error shape
+
+
+class ArchiveGone(exceptions.APIException):
+    status_code = status.HTTP_410_GONE
+    default_code = "gone"
+
+
+EXPORT_DESCRIPTION = (
+    "One zip of everything you own: images (each PNG keeps its settings), subjects' photos and training runs' files, "
+    "uploaded LoRAs and embeddings, and `jobs.json` (generations with their settings, subjects, training runs). "
+    "Made by a worker: poll GET until `status` is `succeeded`, then fetch `download_url` before `expires_at`."
+)
+
+
+class MeExportView(APIView):
+    """Your data export: the latest one, or a new one."""
+
+    @extend_schema(summary="Your latest data export", description=EXPORT_DESCRIPTION,
+                   responses={200: DataExportSerializer, 404: OpenApiResponse(ERROR, description="You have not asked for one, or it expired and was deleted.")})
+    def get(self, request: Request) -> Response:
+        export = latest_export(request.user)
+        if export is None:
+            raise exceptions.NotFound("No export: POST here to prepare one.")
+        return Response(DataExportSerializer(export, context={"request": request}).data)
+
+    @extend_schema(summary="Prepare a data export of everything you own", description=EXPORT_DESCRIPTION + " One at a time: "
+                   "while one is queued or running, POST answers 200 with that one instead of making another.", request=None,
+                   responses={202: DataExportSerializer, 200: OpenApiResponse(DataExportSerializer, description="One is already being made: that one.")})
+    def post(self, request: Request) -> Response:
+        export, created = request_export(user=request.user)
+        data = DataExportSerializer(export, context={"request": request}).data
+        return Response(data, status=status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK)
+
+
+class MeExportArchiveView(APIView):
+    content_negotiation_class = FileNegotiation
+
+    @extend_schema(
+        summary="Download your data export (zip)",
+        responses={(200, "application/zip"): OpenApiResponse(OpenApiTypes.BINARY),
+                   404: OpenApiResponse(ERROR, description="No archive: none made yet, still being made, or deleted after it expired."),
+                   410: OpenApiResponse(ERROR, description="The archive's link expired: POST /api/v1/me/export/ for a new one.")},
+    )
+    def get(self, request: Request):
+        export = latest_export(request.user)
+        if export is None or not export.file:
+            raise exceptions.NotFound("No archive: POST /api/v1/me/export/ to prepare one, then wait for it to succeed.")
+        if export.is_expired:
+            raise ArchiveGone(f"This archive expired on {export.expires_at:%Y-%m-%d %H:%M} UTC: POST /api/v1/me/export/ for a new one.")
+        return private_file_response(export.file, download_name=export.download_name(), content_type="application/zip")
 
 
 @extend_schema_view(

@@ -12,6 +12,8 @@ router.register("webhook-deliveries", account_views.WebhookDeliveryViewSet, base
 urlpatterns = [
     path("v1/me/", account_views.MeView.as_view(), name="api-me"),
     path("v1/me/webhook-secret/", account_views.WebhookSecretView.as_view(), name="api-webhook-secret"),
+    path("v1/me/export/", account_views.MeExportView.as_view(), name="api-me-export"),
+    path("v1/me/export/archive/", account_views.MeExportArchiveView.as_view(), name="api-me-export-archive"),
     path("v1/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("v1/", include(router.urls)),

@@ -157,3 +157,51 @@ def test_an_export_of_a_deleted_account_stops_and_leaves_no_file(owner, media, d
         delete_account(user=owner)
     assert run_export(export.pk) == "deleted before it ran"
     assert not default_storage.exists(partial)
+
+
+def test_the_api_prepares_reports_and_serves_the_export(owner, other_user, media, django_capture_on_commit_callbacks):
+    from api.models import ApiToken
+
+    make_image(owner)
+    _, key = ApiToken.create_for(owner, "script")
+    api = Client(HTTP_AUTHORIZATION=f"Bearer {key}")
+    assert api.get("/api/v1/me/export/").status_code == 404
+    assert api.get("/api/v1/me/export/archive/").status_code == 404
+    with django_capture_on_commit_callbacks():
+        created = api.post("/api/v1/me/export/")
+        again = api.post("/api/v1/me/export/")
+    assert created.status_code == 202 and created.json()["status"] == "queued" and created.json()["download_url"] is None
+    assert again.status_code == 200 and again.json()["id"] == created.json()["id"]  # one at a time
+    assert api.get("/api/v1/me/export/archive/").status_code == 404  # not made yet
+
+    run_export(created.json()["id"])
+    body = api.get("/api/v1/me/export/").json()
+    assert body["status"] == "succeeded" and body["progress"]["percent"] == 100 and not body["expired"]
+    assert body["download_url"] == "http://testserver/api/v1/me/export/archive/"
+    response = api.get(body["download_url"])
+    assert response.status_code == 200 and response["Content-Type"] == "application/zip"
+    assert any(n.startswith("images/") for n in _zip(response).namelist())
+    other = Client()
+    other.force_login(other_user)
+    assert other.get("/api/v1/me/export/archive/").status_code == 404  # theirs is theirs: "me" is the caller
+
+    DataExport.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
+    response = api.get("/api/v1/me/export/archive/")
+    assert response.status_code == 410 and response.json()["code"] == "gone" and "expired" in response.json()["detail"]
+    assert api.get("/api/v1/me/export/").json()["download_url"] is None
+
+
+def test_the_account_page_shows_the_section_and_its_progress(owner, owner_client, media, django_capture_on_commit_callbacks):
+    page = owner_client.get(reverse("api-account")).content.decode()
+    assert 'id="export"' in page and reverse("account-export") in page
+    section = owner_client.get(reverse("account-export"), HTTP_HX_REQUEST="true").content.decode()
+    assert "Prepare my archive" in section and "every 1s" not in section
+    with django_capture_on_commit_callbacks():
+        response = owner_client.post(reverse("account-export"), HTTP_HX_REQUEST="true")
+    assert "waiting for the worker" in response.content.decode() and "every 1s" in response.content.decode()
+    export = DataExport.objects.get(owner=owner)
+    run_export(export.pk)
+    section = owner_client.get(reverse("account-export"), HTTP_HX_REQUEST="true").content.decode()
+    assert reverse("account-export-download", args=[export.pk]) in section and "the link expires" in section
+    response = owner_client.post(reverse("account-export"))  # without htmx: back to the account page
+    assert response.status_code == 302 and response["Location"] == reverse("api-account")
