@@ -1,17 +1,21 @@
-"""A subject's trained weights, applied to the warm pipeline for one job and taken off afterwards.
+"""Trained weights put onto the warm pipeline for one job and taken off afterwards: a subject's
+LoRA or full fine-tune, the LoRAs a prompt names (`<lora:name:w>`, several at once with their
+weights) and its textual-inversion embeddings.
 
 Worker side (torch, diffusers, peft). The renderer holds one `LoadedAdapters` per loaded pipeline:
-it keeps the last few LoRAs loaded (LRU) and switches between them per job, so a subject's weights
-never reach another job.
+it keeps the last few LoRAs loaded (LRU) and switches between them per job (peft `set_adapters`
+with each one's weights, `disable_lora` afterwards), and adds a job's embeddings as new tokens that
+are removed again after it, so nothing of one job reaches the next.
 """
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 from .errors import GenerationError
 
@@ -22,10 +26,28 @@ LORA_CACHE_SIZE = 4
 class Adapter:
     """A subject's trained weights to apply for one job."""
 
-    kind: str  # "lora": a LoRA .safetensors file; "full": a folder holding a fine-tuned `unet/`
+    kind: str  # "lora": a LoRA .safetensors file; "full": a folder holding a fine-tuned `unet/`;
+    #            "embedding": a textual-inversion .safetensors file, used where the prompt says `name`
     path: str
-    key: str  # stable name for the adapter cache (e.g. "run-12")
+    key: str  # stable name for the adapter cache (e.g. "run-12", "lora-3-<sha>")
     token_embedding: str | None = None  # a pivotal-tuning run's token rows, swapped in for the job
+    name: str = ""  # as the prompt writes it (`<lora:name:w>`, an embedding's word)
+    weight: float = 1.0  # the text encoders' multiplier (A1111's te weight); a LoRA's only one unless:
+    unet_weight: float | None = None  # the UNet's, when it differs (`<lora:name:te:unet>`)
+    sha256: str = ""  # of the file, when known (the PNG's Lora hashes)
+
+    @property
+    def unet_scale(self) -> float:
+        return self.weight if self.unet_weight is None else self.unet_weight
+
+    @property
+    def is_off(self) -> bool:
+        """A LoRA at weight 0 everywhere changes nothing: not applied at all (the base exactly)."""
+        return self.kind == "lora" and self.weight == 0 and self.unet_scale == 0
+
+
+Adapters = Adapter | Sequence[Adapter] | None
+PromptRewrite = Callable[[str], str]
 
 
 class LoadedAdapters:
@@ -36,13 +58,25 @@ class LoadedAdapters:
         self.loaded_loras: list[str] = []  # adapter keys, least recently used first
 
     @contextlib.contextmanager
-    def applied(self, adapter: Adapter | None) -> Iterator[None]:
-        """The subject put onto the pipeline for the block and taken off again whatever happens."""
-        if adapter is None:
-            yield
-            return
-        with self._token_rows(adapter), self._subject_weights(adapter):
-            yield
+    def applied(self, adapters: Adapters) -> Iterator[PromptRewrite]:
+        """The job's adapters put onto the pipeline for the block and taken off again whatever
+        happens. Yields the job's prompt rewrite: each embedding's word (any case) becomes the token
+        added for it (identity when the job has no embeddings)."""
+        chosen = [a for a in _as_list(adapters) if not a.is_off]
+        loras = [a for a in chosen if a.kind == "lora"]
+        full = [a for a in chosen if a.kind == "full"]
+        if full and (loras or len(full) > 1):
+            raise GenerationError("A fully fine-tuned subject cannot be combined with LoRAs or another subject: use one at a time.")
+        with contextlib.ExitStack() as stack:
+            for adapter in chosen:
+                if adapter.kind in ("lora", "full") and _is_subject(adapter):
+                    stack.enter_context(self._token_rows(adapter))
+            rewrite = stack.enter_context(self._embeddings(_embedding_vectors(chosen)))
+            if full:
+                stack.enter_context(self._full_unet(full[0]))
+            if loras:
+                stack.enter_context(self._loras(loras))
+            yield rewrite
 
     @contextlib.contextmanager
     def _token_rows(self, adapter: Adapter) -> Iterator[None]:
@@ -81,16 +115,8 @@ class LoadedAdapters:
         return swaps
 
     @contextlib.contextmanager
-    def _subject_weights(self, adapter: Adapter) -> Iterator[None]:
-        """The LoRA switched on (peft bypasses it again afterwards: exact base output), or a full
-        fine-tune's UNet swapped in and the base one put back."""
-        if adapter.kind == "lora":
-            self._activate_lora(adapter)
-            try:
-                yield
-            finally:
-                self.pipe.disable_lora()
-            return
+    def _full_unet(self, adapter: Adapter) -> Iterator[None]:
+        """A full fine-tune's UNet swapped in and the base one put back."""
         from diffusers import UNet2DConditionModel
 
         base_unet = self.pipe.unet
@@ -102,21 +128,135 @@ class LoadedAdapters:
             self.pipe.register_modules(unet=base_unet)
             del tuned
 
-    def _activate_lora(self, adapter: Adapter) -> None:
-        """Load the LoRA once and keep the last few loaded (LRU), switching between them per job."""
+    @contextlib.contextmanager
+    def _loras(self, loras: list[Adapter]) -> Iterator[None]:
+        """The job's LoRAs switched on together, each at its weights (peft bypasses them again
+        afterwards: exact base output for the next job)."""
+        names = [adapter.key for adapter in loras]
+        if len(set(names)) != len(names):
+            raise GenerationError("The same LoRA is named twice for one job.")
+        for adapter in loras:
+            self._load_lora(adapter, keep=names)
+        self.pipe.enable_lora()
+        try:
+            self.pipe.set_adapters(names, adapter_weights=[self._weights(adapter) for adapter in loras])
+            yield
+        finally:
+            self.pipe.disable_lora()
+
+    def _weights(self, adapter: Adapter) -> float | dict[str, float]:
+        """One number, or per part when the UNet's weight differs from the text encoders' (only the
+        pipeline's parts: diffusers refuses names it does not have)."""
+        if adapter.unet_scale == adapter.weight:
+            return adapter.weight
+        parts = [p for p in ("unet", "text_encoder", "text_encoder_2") if getattr(self.pipe, p, None) is not None]
+        return {p: adapter.unet_scale if p == "unet" else adapter.weight for p in parts}
+
+    def _load_lora(self, adapter: Adapter, keep: list[str]) -> None:
+        """Load the LoRA once and keep the last few loaded (LRU; never evicting this job's own)."""
         loaded = self.loaded_loras
         if adapter.key in loaded:
             loaded.remove(adapter.key)
         else:
-            if len(loaded) >= LORA_CACHE_SIZE:
-                self.pipe.delete_adapters(loaded.pop(0))
+            while len(loaded) >= max(LORA_CACHE_SIZE, len(keep)) and any(k not in keep for k in loaded):
+                self.pipe.delete_adapters(next(k for k in loaded if k not in keep))
+                loaded.remove(next(k for k in loaded if k not in keep))
             with warnings.catch_warnings():
                 # peft warns whenever a model gets a second adapter; keeping a few is the point here.
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-                _lora_file(adapter.path).load_into(self.pipe, adapter.key)
+                try:
+                    _lora_file(adapter.path).load_into(self.pipe, adapter.key)
+                except (ValueError, KeyError, RuntimeError) as exc:
+                    _discard_partial(self.pipe, adapter.key)
+                    raise GenerationError(f"The LoRA “{adapter.name or adapter.key}” does not fit this model: {_first_line(exc)}") from exc
         loaded.append(adapter.key)
-        self.pipe.enable_lora()
-        self.pipe.set_adapters([adapter.key])
+
+    @contextlib.contextmanager
+    def _embeddings(self, items: list[tuple[str, dict]]) -> Iterator[PromptRewrite]:
+        """Textual-inversion vectors added as new tokens (`load_textual_inversion`, into both SDXL
+        encoders) for the block and removed again (`unload_textual_inversion`). Each embedding gets a
+        token no prompt can write (`<imagesite-ti-N>`); the rewrite yielded turns its name into it."""
+        if not items:
+            yield _same
+            return
+        encoders = [(t, e, w) for t, e, w in ((getattr(self.pipe, "tokenizer", None), getattr(self.pipe, "text_encoder", None), "l"),
+                                             (getattr(self.pipe, "tokenizer_2", None), getattr(self.pipe, "text_encoder_2", None), "g"))
+                    if e is not None]
+        added: list[tuple[object, object, list[str]]] = []
+        tokens: dict[str, str] = {}
+        try:
+            for index, (name, vectors) in enumerate(items):
+                token = f"<imagesite-ti-{index}>"
+                for tokenizer, encoder, which in encoders:
+                    rows = _rows_for(name, vectors, which, sdxl=len(encoders) == 2 or which == "g")
+                    width = encoder.get_input_embeddings().weight.shape[1]
+                    if rows.shape[1] != width:
+                        raise GenerationError(f"The embedding “{name}” has {rows.shape[1]}-wide vectors; this model's text encoder takes {width}.")
+                    self.pipe.load_textual_inversion(rows, token=token, tokenizer=tokenizer, text_encoder=encoder)
+                    added.append((tokenizer, encoder, [token] + [f"{token}_{i}" for i in range(1, rows.shape[0])]))
+                tokens[name] = token
+            yield _rewriter(tokens)
+        finally:
+            for tokenizer, encoder, names in reversed(added):
+                self.pipe.unload_textual_inversion(tokens=names, tokenizer=tokenizer, text_encoder=encoder)
+
+
+def _as_list(adapters: Adapters) -> list[Adapter]:
+    if adapters is None:
+        return []
+    return [adapters] if isinstance(adapters, Adapter) else list(adapters)
+
+
+def _is_subject(adapter: Adapter) -> bool:
+    """A training run's checkpoint (its bundled rows replace the token's own); uploaded LoRAs'
+    bundled embeddings are added as new tokens instead (`_embedding_vectors`)."""
+    return adapter.key.startswith("run-") or adapter.kind == "full"
+
+
+def _embedding_vectors(adapters: list[Adapter]) -> list[tuple[str, dict]]:
+    """(name, {vector name: (n, dim) tensor}) for the job's embeddings and the embeddings bundled in
+    its uploaded LoRA files (A1111's bundle_emb, used by their names as A1111 does)."""
+    items: list[tuple[str, dict]] = []
+    for adapter in adapters:
+        if adapter.kind == "embedding":
+            items.append((adapter.name, _embedding_file(adapter.path)))
+        elif adapter.kind == "lora" and not _is_subject(adapter):
+            items.extend(_lora_file(adapter.path).bundled.items())
+    return items
+
+
+def _rows_for(name: str, vectors: dict, which: str, sdxl: bool):
+    """The (n, dim) rows of an embedding for CLIP-L ("l") or SDXL's CLIP-G ("g")."""
+    if sdxl:
+        rows = vectors.get("clip_l" if which == "l" else "clip_g")
+        if rows is None:
+            raise GenerationError(f"The embedding “{name}” is not an SDXL embedding (it has no clip_l and clip_g vectors).")
+    else:
+        if "clip_g" in vectors:
+            raise GenerationError(f"The embedding “{name}” is an SDXL embedding; this model is not SDXL.")
+        rows = vectors.get("clip_l", next((v for k, v in vectors.items() if k != "clip_g"), None))
+    rows = rows.float()
+    return rows.unsqueeze(0) if rows.ndim == 1 else rows
+
+
+def _rewriter(tokens: dict[str, str]) -> PromptRewrite:
+    pattern = re.compile(r"(?<![\w.\-])(" + "|".join(re.escape(n) for n in sorted(tokens, key=len, reverse=True)) + r")(?![\w\-]|\.\w)", re.IGNORECASE)
+    lowered = {name.lower(): token for name, token in tokens.items()}
+    return lambda text: pattern.sub(lambda m: lowered[m.group(1).lower()], text)
+
+
+def _same(text: str) -> str:
+    return text
+
+
+def _discard_partial(pipe, key: str) -> None:
+    """Drop what a failed load left behind, so the next job starts clean."""
+    with contextlib.suppress(Exception):
+        pipe.delete_adapters(key)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 @lru_cache(maxsize=LORA_CACHE_SIZE)
@@ -134,3 +274,12 @@ def _lora_file(path: str):
     from .lora_files import read_lora_file
 
     return read_lora_file(path)
+
+
+@lru_cache(maxsize=16)
+def _embedding_file(path: str) -> dict:
+    """An uploaded embedding's tensors ({"emb_params": (n, dim)} or {"clip_l", "clip_g"}), read once;
+    uploads are never rewritten (a new upload is a new file)."""
+    from safetensors.torch import load_file
+
+    return load_file(path)

@@ -8,14 +8,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 from PIL import Image
 
-from .adapters import Adapter, LoadedAdapters
+from .adapters import Adapter, Adapters, LoadedAdapters
 from .errors import GenerationError
 from .families import Family, detect_family
 from .memory import PROFILES, MemoryPlan, lower_profile, memory_need, plan_memory, resolve_profile
@@ -202,11 +202,13 @@ class Renderer:
                     _empty_cuda_cache()
                     raise GenerationError(_oom_message(s, lower)) from None
 
-    def _attempt(self, s: RenderSettings, on_step: ProgressCallback | None, adapter: Adapter | None) -> list[Image.Image]:
-        """One pipeline call with the subject put onto the pipeline as it is now (a retry after a
-        reload puts it onto the fresh one) and taken off again whatever happens."""
-        with self.adapters.applied(adapter):
-            return self._call_pipe(s, on_step)
+    def _attempt(self, s: RenderSettings, on_step: ProgressCallback | None, adapter: Adapters) -> list[Image.Image]:
+        """One pipeline call with the job's adapters (a subject, the prompt's LoRAs and embeddings:
+        one Adapter or a list) put onto the pipeline as it is now (a retry after a reload puts them
+        onto the fresh one) and taken off again whatever happens. Embeddings' words in the prompts
+        become the tokens added for them (generation.adapters); the PNG keeps the prompt as typed."""
+        with self.adapters.applied(adapter) as rewrite:
+            return self._call_pipe(replace(s, prompt=rewrite(s.prompt), negative_prompt=rewrite(s.negative_prompt)), on_step)
 
 
 def _empty_cuda_cache() -> None:
