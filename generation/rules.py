@@ -6,7 +6,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from .modelinfo import ModelInfo, describe_model
-from .prompt_syntax import check_prompt, extract_lora_tags
+from .prompt_syntax import check_prompt
 
 MAX_PROMPT_CHARS = 2000
 STEPS_RANGE = (1, 150)
@@ -51,12 +51,10 @@ def validate_prompt(value: str) -> str:
 
 def prompt_problems(text: str) -> list[str]:
     """What in a prompt (AUTOMATIC1111 syntax) would not do what its author meant: bad weights,
-    unsupported prompt editing, and LoRA tags, which are not applied yet (a subject is chosen with
-    the Subject field). Empty when the prompt is fine."""
-    problems = check_prompt(text)
-    for tag in extract_lora_tags(text)[1]:
-        problems.append(f"“{tag.tag}”: LoRAs in the prompt are not supported yet; choose a subject in the Subject field instead.")
-    return problems
+    malformed `<lora:…>` tags, unsupported prompt editing. Empty when the prompt is fine. Whether
+    each LoRA and embedding it names exists for its author is generation.prompt_files' business
+    (it needs the owner and the base model)."""
+    return check_prompt(text)
 
 
 def mentions_token(text: str, token: str) -> bool:

@@ -17,6 +17,7 @@ from imagesite.jobs import JobCanceled, JobStatus
 
 from .catalog import default_model
 from .models import MAX_SEED, BaseModel, GeneratedImage, Generation, usable_subjects
+from .prompt_files import resolve_prompt_files
 from .rules import prompt_problems, validate_size, validate_subject_family, validate_subject_in_prompt
 
 
@@ -44,6 +45,11 @@ def create_generation(*, owner, prompt: str, seed: int | None = None, subject=No
     for name, text in (("prompt", prompt), ("negative_prompt", settings.get("negative_prompt") or "")):
         if problems := prompt_problems(text):
             errors[name] = problems
+    if "prompt" not in errors and "negative_prompt" not in errors:
+        try:  # <lora:name:w> tags and embedding names, resolved once: the job stores what was checked
+            settings["loras"], settings["embeddings"] = resolve_prompt_files(owner, prompt, settings.get("negative_prompt") or "", base_model)
+        except ValidationError as exc:
+            errors.update(exc.message_dict)
     if subject is not None:
         if not usable_subjects(owner).filter(pk=subject.pk).exists():
             errors["subject"] = ["Choose one of your trained subjects."]

@@ -8,6 +8,7 @@ from imagesite.jobs import ProgressReporter, run_job
 
 from .errors import GenerationError
 from .models import Generation, GenerationPreview
+from .prompt_files import lora_hashes, worker_adapters
 from .services import store_images
 
 
@@ -20,7 +21,7 @@ def _render(job: Generation) -> None:
     from . import pipeline
 
     source = _base_source(job)
-    adapter = _subject_adapter(job)
+    adapters = worker_adapters(job, _subject_adapter(job))  # the subject, the prompt's LoRAs and embeddings
     if not pipeline.is_warm(source):
         # A (re)load takes seconds to minutes: the job page says "Loading model…" meanwhile.
         job.report_progress(0, job.steps, pace_starts=False, phase=LOADING)
@@ -29,11 +30,11 @@ def _render(job: Generation) -> None:
     report = ProgressReporter(job)
     try:
         images = renderer.render(render_settings, on_step=lambda step, total: report(step, total, phase=RENDERING),
-                                 adapter=adapter, preview=_preview_tap(job, renderer))
+                                 adapter=adapters, preview=_preview_tap(job, renderer))
     finally:
         GenerationPreview.discard(job.pk)  # previews are temporary: gone however the render ends
     pngs = pipeline.encode_for_gallery(images, render_settings, renderer.info.name, subject_name=job.subject_name,
-                                       lora_hashes=_lora_hashes(job, adapter))
+                                       lora_hashes=lora_hashes(adapters))
     store_images(job, pngs, render_settings.seeds, finish=job.succeed)
 
 
@@ -57,16 +58,6 @@ def _base_source(job: Generation) -> str:
     IMAGESITE_MODEL). A job without one (from before base models were recorded) renders with
     IMAGESITE_MODEL, as it would have then."""
     return job.base_model.worker_source() if job.base_model_id else settings.IMAGESITE_MODEL
-
-
-def _lora_hashes(job: Generation, adapter) -> dict[str, str]:
-    """{subject token: short hash of its LoRA file} for the PNG's `Lora hashes` (a full fine-tune
-    has no LoRA file: its image names the subject only). Hashed here in the worker, never in a request."""
-    from .png_params import lora_short_hash
-
-    if adapter is None or adapter.kind != "lora" or job.subject is None:
-        return {}
-    return {job.subject.token: lora_short_hash(adapter.path)}
 
 
 def _subject_adapter(job: Generation):
