@@ -1,10 +1,16 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
-from django.http import HttpRequest
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import path, reverse
+from django.utils.html import format_html
 
 from .accounts import delete_account
-from .models import UserLimits
+from .export import request_export
+from .files import private_file_response
+from .models import DataExport, UserLimits
 
 
 @admin.register(UserLimits)
@@ -40,9 +46,64 @@ class AccountAdmin(UserAdmin):
     as a user's own does: every row and file of theirs, running jobs stopped. Staff set a password
     here with the stock "change password" form."""
 
+    actions = ["export_data"]
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        """Django's bulk delete, named for what it does here (delete_queryset below); it keeps its
+        confirmation page, which posts back to the action by its name."""
+        actions = super().get_actions(request)
+        if "delete_selected" in actions:
+            func, name, _ = actions["delete_selected"]
+            actions[name] = (func, name, "Delete account and all files")
+        return actions
+
+    @admin.action(description="Export data (a zip of everything they own)", permissions=["change"])
+    def export_data(self, request: HttpRequest, queryset) -> None:
+        """Queue a data export per user (or keep the one being made); staff download it from Data exports."""
+        for user in queryset:
+            request_export(user=user)
+        count = queryset.count()
+        self.message_user(request, format_html(
+            'Preparing {} export{}: the archive{} appear{} under <a href="{}">Data exports</a> when ready.',
+            count, "s" if count != 1 else "", "s" if count != 1 else "", "" if count != 1 else "s",
+            reverse("admin:imagesite_dataexport_changelist"),
+        ), messages.INFO)
+
     def delete_model(self, request: HttpRequest, obj) -> None:
         delete_account(user=obj)
 
     def delete_queryset(self, request: HttpRequest, queryset) -> None:
         for user in queryset:
             delete_account(user=user)
+
+
+@admin.register(DataExport)
+class DataExportAdmin(JobAdmin):
+    """Users' data exports: staff read them and download an archive while its link lasts (made from
+    the user admin's "Export data" action, or by the user)."""
+
+    list_display = ("owner", "status", "progress_percent", "created_at", "finished_at", "expires_at", "size_bytes", "archive")
+    list_filter = ("status",)
+    search_fields = ("owner__username",)
+    readonly_fields = ("archive",)
+
+    @admin.display(description="Archive")
+    def archive(self, export: DataExport) -> str:
+        if export.is_downloadable:
+            return format_html('<a href="{}">{}</a>', reverse("admin:imagesite_dataexport_archive", args=[export.pk]), export.download_name())
+        if export.status == "succeeded":
+            return "expired"
+        return "—"
+
+    def get_urls(self):
+        archive = path("<int:pk>/archive/", self.admin_site.admin_view(self.download_archive), name="imagesite_dataexport_archive")
+        return [archive, *super().get_urls()]
+
+    def download_archive(self, request: HttpRequest, pk: int) -> HttpResponse:
+        export = get_object_or_404(DataExport, pk=pk)
+        if not self.has_view_permission(request, export):
+            raise PermissionDenied
+        if not export.is_downloadable:
+            self.message_user(request, "That archive expired or is not ready.", messages.WARNING)
+            return redirect("admin:imagesite_dataexport_changelist")
+        return private_file_response(export.file, download_name=export.download_name(), content_type="application/zip")

@@ -205,3 +205,39 @@ def test_the_account_page_shows_the_section_and_its_progress(owner, owner_client
     assert reverse("account-export-download", args=[export.pk]) in section and "the link expires" in section
     response = owner_client.post(reverse("account-export"))  # without htmx: back to the account page
     assert response.status_code == 302 and response["Location"] == reverse("api-account")
+
+
+@pytest.fixture
+def staff_client(django_user_model) -> Client:
+    staff = Client()
+    staff.force_login(django_user_model.objects.create_superuser("operator", password="x-long-enough-passphrase"))
+    return staff
+
+
+def test_staff_export_a_user_and_download_it_from_the_admin(owner, owner_client, staff_client, media, django_capture_on_commit_callbacks):
+    make_image(owner)
+    changelist = reverse("admin:auth_user_changelist")
+    with django_capture_on_commit_callbacks():
+        response = staff_client.post(changelist, {"action": "export_data", "_selected_action": [owner.pk]}, follow=True)
+    assert "Preparing 1 export" in response.content.decode()
+    export = DataExport.objects.get(owner=owner)
+    run_export(export.pk)
+    listing = staff_client.get(reverse("admin:imagesite_dataexport_changelist")).content.decode()
+    url = reverse("admin:imagesite_dataexport_archive", args=[export.pk])
+    assert url in listing
+    response = staff_client.get(url)
+    assert response.status_code == 200 and any(n.startswith("images/") for n in _zip(response).namelist())
+    assert owner_client.get(url).status_code == 302  # the admin's login: not for users, not even the owner
+
+
+def test_staff_delete_an_account_and_all_files_after_the_confirmation_page(owner, staff_client, media, django_capture_on_commit_callbacks):
+    _everything_of(owner)
+    export = _export(owner, django_capture_on_commit_callbacks)
+    changelist = reverse("admin:auth_user_changelist")
+    assert "Delete account and all files" in staff_client.get(changelist).content.decode()
+    confirm = staff_client.post(changelist, {"action": "delete_selected", "_selected_action": [owner.pk]})
+    assert confirm.status_code == 200 and "Are you sure" in confirm.content.decode()
+    with django_capture_on_commit_callbacks(execute=True):
+        staff_client.post(changelist, {"action": "delete_selected", "_selected_action": [owner.pk], "post": "yes"})
+    assert not DataExport.objects.filter(pk=export.pk).exists()
+    assert sorted(str(p.relative_to(media)) for p in media.rglob("*") if p.is_file()) == []
