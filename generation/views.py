@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.paginator import Paginator
 from django.core.exceptions import ValidationError
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
@@ -14,6 +13,7 @@ from imagesite.files import private_file_response
 from imagesite.quotas import QuotaExceeded
 
 from .forms import GalleryFilterForm, GenerateForm
+from .gallery_pages import gallery_page
 from .models import GeneratedImage, Generation, subjects_of, usable_subjects
 from .rules import mentions_token
 from .services import create_generation, filter_by_words, filter_images
@@ -153,11 +153,9 @@ def gallery(request: HttpRequest) -> HttpResponse:
     images = filter_images(images, **filters.service_filters()).select_related("generation")
     if filters.cleaned_data.get("favourites"):
         images = images.filter(favourite=True)
-    page = Paginator(images, GALLERY_PAGE_SIZE).get_page(request.GET.get("page"))
-    kept = request.GET.copy()
-    kept.pop("page", None)
+    page = gallery_page(images, request.GET, size=GALLERY_PAGE_SIZE)  # keyset pages: no OFFSET, no COUNT
     return render(request, "generation/gallery.html", {"page": page, "filters": filters, "query": query,
-                                                       "favourites": filters.cleaned_data.get("favourites"), "kept": kept.urlencode()})
+                                                       "favourites": filters.cleaned_data.get("favourites")})
 
 
 @login_required

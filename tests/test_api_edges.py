@@ -110,9 +110,16 @@ def test_malformed_page_size_is_a_400(owner_api, query):
     assert_error(owner_api.get(f"{URL}?{query}"), 400, "page_size")
 
 
+# not base64; then base64 of p=<20-digit time>_1, o=1&p=1_1 (an offset), p=1, r=1 (no position), p=1_<20-digit id>
+@pytest.mark.parametrize("query", ["cursor=abc", "cursor=cD05OTk5OTk5OTk5OTk5OTk5OTk5OV8x", "cursor=bz0xJnA9MV8x", "cursor=cD0x",
+                                   "cursor=cj0x", "cursor=cD0xXzk5OTk5OTk5OTk5OTk5OTk5OTk5"])
+def test_cursor_that_is_not_ours_is_a_404(owner_api, query):
+    assert_error(owner_api.get(f"{URL}?{query}"), 404)
+
+
 @pytest.mark.parametrize("query", ["page=abc", "page=0", "page=last", "page=2"])
 def test_page_that_is_not_there_is_a_404(owner_api, query):
-    assert_error(owner_api.get(f"{URL}?{query}"), 404)
+    assert_error(owner_api.get(f"/api/v1/subjects/?{query}"), 404)
 
 
 @pytest.mark.parametrize("query", ["generation=0", "generation=-1", "generation=99999999999999999999"])

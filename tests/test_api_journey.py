@@ -113,4 +113,4 @@ def test_journey_through_the_api(owner, owner_client, spawn_worker, workers, rec
     assert image["subject"] is None and image["subject_name"] == "Checkers"
     for generation_id in list(Generation.objects.filter(owner=owner).values_list("pk", flat=True)):
         assert api.delete(f"/api/v1/generations/{generation_id}/").status_code == 204
-    assert api.get("/api/v1/images/").json()["count"] == 0 and not GeneratedImage.objects.exists()
+    assert api.get("/api/v1/images/").json()["results"] == [] and not GeneratedImage.objects.exists()
