@@ -8,7 +8,7 @@ from django.urls import path, reverse
 from imagesite.admin import JobAdmin
 
 from . import catalog
-from .models import BaseModel, GeneratedImage, Generation, ModelOrigin
+from .models import BaseModel, Embedding, GeneratedImage, Generation, Lora, ModelOrigin
 
 
 class GeneratedImageInline(admin.TabularInline):
@@ -88,3 +88,31 @@ class BaseModelAdmin(admin.ModelAdmin):
             report = catalog.scan_models()
             messages.info(request, f"Scanned the models folder: {report}")
         return HttpResponseRedirect(reverse("admin:generation_basemodel_changelist"))
+
+
+class PromptFileAdmin(admin.ModelAdmin):
+    """Staff share a user's LoRA or embedding with everyone (`shared`); uploads come through the
+    LoRAs page or the API, which check the file (generation.prompt_files)."""
+
+    list_display = ("name", "owner", "family", "shared", "size", "uploaded_at")
+    list_editable = ("shared",)
+    list_filter = ("shared", "family")
+    search_fields = ("name", "owner__username")
+    readonly_fields = ("owner", "name", "file", "sha256", "size_bytes", "family", "uploaded_at")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.display(description="size", ordering="size_bytes")
+    def size(self, obj) -> str:
+        return filesizeformat(obj.size_bytes)
+
+
+@admin.register(Lora)
+class LoraAdmin(PromptFileAdmin):
+    readonly_fields = (*PromptFileAdmin.readonly_fields, "layout")
+
+
+@admin.register(Embedding)
+class EmbeddingAdmin(PromptFileAdmin):
+    readonly_fields = (*PromptFileAdmin.readonly_fields, "vectors")

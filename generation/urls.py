@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import prompt_file_views, views
 
 urlpatterns = [
     path("", views.generate, name="generation-new"),
@@ -9,6 +9,9 @@ urlpatterns = [
     path("generations/<int:pk>/cancel/", views.generation_cancel, name="generation-cancel"),
     path("generations/<int:pk>/delete/", views.generation_delete, name="generation-delete"),
     path("gallery/", views.gallery, name="gallery"),
+    path("loras/", prompt_file_views.prompt_file_list, name="prompt-files"),
+    path("loras/<str:kind>/upload/", prompt_file_views.prompt_file_upload, name="prompt-file-upload"),
+    path("loras/<str:kind>/<int:pk>/delete/", prompt_file_views.prompt_file_delete, name="prompt-file-delete"),
     path("images/<int:pk>/", views.image_detail, name="image-detail"),
     path("images/<int:pk>/file.png", views.image_file, name="image-file"),
     path("images/<int:pk>/thumb.png", views.image_thumbnail, name="image-thumbnail"),
