@@ -4,8 +4,11 @@ from . import prompt_file_views, views
 
 urlpatterns = [
     path("", views.generate, name="generation-new"),
+    path("recent/", views.generation_recent, name="generation-recent"),
     path("generations/<int:pk>/", views.generation_detail, name="generation-detail"),
     path("generations/<int:pk>/preview.jpg", views.generation_preview, name="generation-preview"),
+    path("generations/<int:pk>/input.png", views.generation_input, name="generation-input"),
+    path("generations/<int:pk>/mask.png", views.generation_mask, name="generation-mask"),
     path("generations/<int:pk>/cancel/", views.generation_cancel, name="generation-cancel"),
     path("generations/<int:pk>/delete/", views.generation_delete, name="generation-delete"),
     path("gallery/", views.gallery, name="gallery"),
