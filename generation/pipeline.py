@@ -18,14 +18,16 @@ from PIL import Image
 from .adapters import Adapter, Adapters, LoadedAdapters
 from .errors import GenerationError
 from .families import Family, detect_family
+from .inputs import hires_size
 from .memory import PROFILES, MemoryPlan, lower_profile, memory_need, plan_memory, resolve_profile
 from .modelinfo import SCHEDULERS, describe_model, model_kind
+from .pipeline_modes import ImageInputs, ModePipes, render as render_passes
 from .png_params import a1111_parameters, encode_for_gallery, encode_png, encode_thumbnail  # noqa: F401 (re-exported)
 from .prompt_embeds import encode_prompt
 
 log = logging.getLogger("generation.pipeline")
 __all__ = ["PROFILES", "MemoryPlan", "lower_profile", "plan_memory", "resolve_profile", "GenerationError",
-           "Renderer", "RenderSettings", "Adapter", "get_renderer", "is_warm", "encode_for_gallery",
+           "Renderer", "RenderSettings", "ImageInputs", "Adapter", "get_renderer", "is_warm", "encode_for_gallery",
            "a1111_parameters", "encode_png", "encode_thumbnail"]
 
 
@@ -96,10 +98,28 @@ class RenderSettings:
     height: int
     scheduler: str  # a key of modelinfo.SCHEDULERS
     num_images: int = 1
+    # img2img and inpainting (generation.pipeline_modes): what the job's input is, how much of it is
+    # redrawn (0-1) and how far the mask's edge is blurred (px).
+    mode: str = "txt2img"  # "txt2img" | "img2img" | "inpaint"
+    strength: float = 0.75
+    mask_blur: int = 4
+    # Hires fix: 1.0 = off; else the first pass is upscaled ("latent" | "lanczos") by hires_scale and
+    # refined at hires_strength for hires_steps (0: as many as steps).
+    hires_scale: float = 1.0
+    hires_upscaler: str = "latent"
+    hires_strength: float = 0.7
+    hires_steps: int = 0
 
     @property
     def seeds(self) -> list[int]:
         return [self.seed + i for i in range(self.num_images)]
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(width, height) of the images made: the job's size, or the hires pass's."""
+        if self.hires_scale <= 1:
+            return self.width, self.height
+        return hires_size(self.width, self.height, self.hires_scale)
 
 
 ProgressCallback = Callable[[int, int], None]
@@ -128,8 +148,10 @@ class Renderer:
         # prediction type (v for SD 2.x 768) and schedule.
         self.base_scheduler_config = dict(self.pipe.scheduler.config)
         self.adapters = LoadedAdapters(self.pipe)  # subjects' LoRAs kept loaded, switched per job
+        self.modes = ModePipes(self.pipe)  # img2img/inpaint siblings sharing the base's weights
         self.lock = threading.Lock()
         self.preview = None  # the running job's generation.previews.PreviewTap, if it wants previews
+        self.inputs = ImageInputs()  # the running job's input image and mask (img2img, inpainting)
         log.info("loaded %s (%s) with profile %s on %s in %.1f s (estimated need %.1f GB, %.1f GB free)", source,
                  self.family.label, self.profile, self.device, time.perf_counter() - started, need.full_bytes / 1e9, free / 1e9)
 
@@ -151,30 +173,28 @@ class Renderer:
         self.profile = profile
         self.pipe = _load(self.source, self._plan(profile), self.single_file_config, self.family)
         self.adapters = LoadedAdapters(self.pipe)
+        self.modes = ModePipes(self.pipe)
 
     def _call_pipe(self, s: RenderSettings, on_step: ProgressCallback | None) -> list[Image.Image]:
-        device = "cpu"  # seeds drawn on the CPU give the same noise on every machine
-        generators = [torch.Generator(device).manual_seed(seed) for seed in s.seeds]
-        preview = self.preview
+        preview, inputs = self.preview, self.inputs
         if preview is not None:  # keeps each step's x0 estimate from this job's scheduler
             preview.attach(self.pipe.scheduler)
 
-        def step_end(pipe, step: int, timestep, kwargs: dict) -> dict:
+        def step_end(step: int, total: int, latents) -> None:  # steps of the whole job (both hires passes)
             if on_step is not None:
-                on_step(step + 1, pipe.num_timesteps)  # may raise to cancel at this step
+                on_step(step, total)  # may raise to cancel at this step
             if preview is not None:
-                preview.step_end(step + 1, pipe.num_timesteps, kwargs.get("latents"))
-            return kwargs
+                preview.step_end(step, total, latents)
 
-        result = self.pipe(  # prompts in AUTOMATIC1111's syntax, in 75-token chunks (never cut at 77)
-            **encode_prompt(self.pipe, s.prompt, s.negative_prompt or None),
-            num_inference_steps=s.steps, guidance_scale=s.guidance_scale, width=s.width, height=s.height,
-            num_images_per_prompt=s.num_images, generator=generators, callback_on_step_end=step_end,
-        )
-        return list(result.images)
+        # prompts in AUTOMATIC1111's syntax, in 75-token chunks (never cut at 77); seeds drawn on the
+        # CPU give the same noise on every machine
+        embeds = encode_prompt(self.pipe, s.prompt, s.negative_prompt or None)
+        return render_passes(self.modes, s, inputs, embeds, s.seeds, step_end)
 
-    def render(self, s: RenderSettings, on_step: ProgressCallback | None = None, adapter: Adapter | None = None, preview=None) -> list[Image.Image]:
-        """Run one job: returns `num_images` RGB PIL images of `width`×`height` px.
+    def render(self, s: RenderSettings, on_step: ProgressCallback | None = None, adapter: Adapter | None = None, preview=None,
+               inputs: ImageInputs | None = None) -> list[Image.Image]:
+        """Run one job: returns `num_images` RGB PIL images of `s.output_size` px (`width`×`height`
+        unless hires fix). `inputs` carries img2img/inpainting's decoded image and mask.
 
         `on_step(step, total)` is called after every denoising step; an exception it raises (cancel)
         propagates out and nothing is returned. `adapter` applies a subject for this job only: it is
@@ -185,6 +205,7 @@ class Renderer:
         with self.lock:
             self.preview = preview  # this job's (one job at a time under the lock); _call_pipe reads it
             self._set_scheduler(s.scheduler)
+            self.inputs = inputs or ImageInputs()  # this job's, read by _call_pipe like the preview
             try:
                 return self._attempt(s, on_step, adapter)
             except torch.cuda.OutOfMemoryError:
@@ -193,7 +214,7 @@ class Renderer:
                 lower = lower_profile(tried)
                 if lower is None:
                     raise GenerationError(_oom_message(s, tried)) from None
-                log.warning("out of GPU memory at %sx%s with profile %s; retrying with %s", s.width, s.height, tried, lower)
+                log.warning("out of GPU memory at %sx%s with profile %s; retrying with %s", *s.output_size, tried, lower)
                 self._reload(lower)
                 self._set_scheduler(s.scheduler)
                 try:
@@ -218,7 +239,7 @@ def _empty_cuda_cache() -> None:
 
 def _oom_message(s: RenderSettings, profile: str) -> str:
     return (
-        f"Out of GPU memory making {s.num_images} image(s) at {s.width}×{s.height} with the "
+        f"Out of GPU memory making {s.num_images} image(s) at {s.output_size[0]}×{s.output_size[1]} with the "
         f"'{profile}' memory profile. Try a smaller size, fewer images, or IMAGESITE_VRAM=low."
     )
 
