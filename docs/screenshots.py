@@ -203,9 +203,9 @@ def take(url: str, images: int, out: Path, username: str, width: int) -> None:
         page.goto(f"{url}/subjects/{subject['id']}/")
         site.shoot(f"/subjects/{subject['id']}/", out / "subject.png")
 
-        # The Generate page, with the gallery's jobs in its Recent list.
-        page.goto(f"{url}/")
-        site.shoot("/", out / "generate.png")
+        # The Generate page filled in by "Generate again" of the first job, the others in its Recent list.
+        page.goto(f"{url}/?again={jobs[0]['id']}")
+        site.shoot(f"/?again={jobs[0]['id']}", out / "generate.png")
 
         # A running job with its live preview: its page is loaded once the worker has written a
         # preview a third of the way through, and shot at once (the page polls; the job goes on).
