@@ -276,6 +276,19 @@ def run_job(
         if job.status == JobStatus.QUEUED:  # attempts used up by earlier, killed workers
             job.fail(f"Gave up after {job.attempts} attempts: the worker kept stopping during this job.")
         return f"not run: {job.status}"
+    return run_claimed(job, work, label=label, readable=readable, canceled=canceled, cleanup=cleanup)
+
+
+def run_claimed(
+    job: Job,
+    work: Callable[[Job], None],
+    *,
+    label: str,
+    readable: tuple[type[BaseException], ...] = (),
+    canceled: tuple[type[BaseException], ...] = (),
+    cleanup: Callable[[Job], None] | None = None,
+) -> str:
+    """run_job's part after the claim: the job is this worker's (running, attempt counted)."""
     try:
         with heartbeat(job):
             work(job)
@@ -299,18 +312,16 @@ JOB_MODELS = ("generation.Generation", "training.TrainingRun")
 
 def reap_stale_jobs(stale_after_s: float | None = None) -> dict[str, int]:
     """Find running jobs whose heartbeat stopped (their worker was killed: OOM killer, SIGKILL, power
-    loss) and requeue them while attempts remain, else fail them. Returns counts by outcome.
+    loss) and requeue them while attempts remain, else fail them; then wake workers for jobs queued
+    with nobody working on them (imagesite.queue.wake_idle_queues). Returns counts by outcome.
 
     django-q2's ORM broker would redeliver such a task again and again (django-q2 #327); the claim()
     guard on attempts makes those redeliveries no-ops once the row has moved on."""
     stale_after_s = stale_after_s if stale_after_s is not None else settings.IMAGESITE_STALE_AFTER_S
     cutoff = timezone.now() - timedelta(seconds=stale_after_s)
     counts = {"requeued": 0, "failed": 0}
-    for label in JOB_MODELS:
-        try:
-            model = apps.get_model(label)
-        except LookupError:
-            continue
+    for model in _job_models():
+        label = model._meta.label
         for job in model.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
             if job.attempts < settings.IMAGESITE_MAX_ATTEMPTS and job.requeue():
                 log.warning("requeued %s %s after its worker stopped", label, job.pk)
@@ -321,7 +332,21 @@ def reap_stale_jobs(stale_after_s: float | None = None) -> dict[str, int]:
             ):
                 log.warning("failed %s %s after %s attempts", label, job.pk, job.attempts)
                 counts["failed"] += 1
+    from .queue import wake_idle_queues  # queue builds on this module
+
+    for label, count in wake_idle_queues(_job_models()).items():
+        log.warning("sent %s wake-up(s) for %s jobs queued with no worker on them", count, label)
     return counts
+
+
+def _job_models() -> list[type[Job]]:
+    found = []
+    for label in JOB_MODELS:
+        try:
+            found.append(apps.get_model(label))
+        except LookupError:
+            continue
+    return found
 
 
 def ensure_every_minute(func: str, name: str, using: str = "default") -> None:

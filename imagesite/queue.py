@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Callable
 
 from django.db import connection, models, transaction
 from django.db.models import Avg, F, Max
@@ -131,3 +132,42 @@ def _eta_to_start(model: type[Job], ahead: int) -> float | None:
     first_free = min(remaining) if remaining else 0.0
     return first_free + ahead * mean_s / workers
 
+
+
+def run_next(model: type[Job], work: Callable[[Job], None], **kwargs) -> str:
+    """A worker's task for any broker message of `model`'s kind: claim the next job in fair order and
+    run it (imagesite.jobs.run_claimed: heartbeat, readable failure, cleanup). The message's own job id
+    is only a wake-up: a duplicated message finds nothing or the next job; a lost one is made up by the
+    next message or by the reaper's wake-up."""
+    from .jobs import run_claimed
+
+    job = claim_next(model)
+    if job is None:
+        return "nothing queued"
+    return run_claimed(job, work, **kwargs)
+
+
+WAKE_AFTER_S = 60
+MAX_WAKES = 8
+
+
+def wake_idle_queues(job_models: list[type[Job]]) -> dict[str, int]:
+    """Send wake-up messages for queued jobs nobody is working on: jobs queued over a minute ago while
+    none of their kind runs (their broker message was lost, or is held by a killed cluster until
+    django-q2's retry, 35 minutes on). A spare wake-up finds nothing queued and ends at once.
+    Called by the reaper every minute. Returns the wake-ups sent per kind."""
+    from django_q.tasks import async_task
+
+    cutoff = timezone.now() - timedelta(seconds=WAKE_AFTER_S)
+    sent: dict[str, int] = {}
+    for model in job_models:
+        if model.objects.filter(status=JobStatus.RUNNING).exists():
+            continue  # its worker takes the next job when this one ends
+        waiting = model.objects.filter(status=JobStatus.QUEUED, created_at__lt=cutoff).count()
+        count = min(waiting, MAX_WAKES)
+        for _ in range(count):
+            kwargs = {"task_name": f"{model._meta.model_name}-wake"} | ({"cluster": model.cluster} if model.cluster else {})
+            async_task(model.task_path, 0, **kwargs)
+        if count:
+            sent[model._meta.label] = count
+    return sent

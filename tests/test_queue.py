@@ -114,3 +114,24 @@ def test_workers_claiming_at_once_take_each_job_exactly_once():
         thread.join(timeout=60)
     assert sorted(taken) == sorted(job.pk for job in jobs)
     assert set(Generation.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_the_reaper_wakes_workers_for_jobs_nobody_works_on():
+    """Queued over a minute with nothing of its kind running: its message was lost (or is held by a
+    killed cluster), so a wake-up goes out; a fresh job or a busy worker needs none."""
+    from django_q.models import OrmQ
+
+    from imagesite.queue import wake_idle_queues
+
+    (alice,) = _users("alice")
+    fresh = make_generation(alice)
+    assert wake_idle_queues([Generation]) == {}
+    stuck = make_generation(alice, created_at=timezone.now() - timedelta(minutes=5))
+    before = OrmQ.objects.count()
+    assert wake_idle_queues([Generation]) == {"generation.Generation": 1}
+    assert OrmQ.objects.count() == before + 1
+    running = make_generation(alice, status=JobStatus.RUNNING)
+    assert wake_idle_queues([Generation]) == {}
+    running.delete()
+    # The wake-up runs whatever is next in fair order: the stuck job first, then the fresh one.
+    assert [claim_next(Generation).pk for _ in range(2)] == [stuck.pk, fresh.pk]

@@ -199,6 +199,7 @@ class TrainingRun(Job):
 
     task_path = "training.tasks.run_training"
     cluster = "training"
+    owner_path = "subject__owner"  # for the fair queue (imagesite.queue)
 
     subject = models.ForeignKey(Subject, on_delete=models.CASCADE, related_name="runs")
     method = models.CharField(max_length=8, choices=TrainingMethod.choices, default=TrainingMethod.LORA)

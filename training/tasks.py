@@ -17,7 +17,8 @@ from PIL import Image
 from generation.modelinfo import describe_model
 
 from imagesite.files import delete_tree_on_commit
-from imagesite.jobs import JobStatus, ProgressReporter, run_job
+from imagesite.jobs import JobStatus, ProgressReporter
+from imagesite.queue import run_next
 
 from .captions import suggest_caption
 from .models import MAX_PHOTO_ATTEMPTS, PhotoStatus, SubjectPhoto, TrainingRun
@@ -73,8 +74,8 @@ def run_base_source(run: TrainingRun) -> str:
 def run_training(run_id: int) -> str:
     from .dreambooth.progress import TrainingCanceled, TrainingError
 
-    run = TrainingRun.objects.select_related("subject", "subject__owner", "base_model").filter(pk=run_id).first()
-    return run_job(run, _train, label="Training", readable=(TrainingError,), canceled=(TrainingCanceled,), cleanup=_discard_outputs)
+    # run_id only wakes this worker: it trains the next run in fair order (imagesite.queue).
+    return run_next(TrainingRun, _train, label="Training", readable=(TrainingError,), canceled=(TrainingCanceled,), cleanup=_discard_outputs)
 
 
 def _train(run: TrainingRun) -> None:
