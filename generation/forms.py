@@ -6,7 +6,7 @@ from django import forms
 from django.template.defaultfilters import filesizeformat
 
 from . import catalog, rules
-from .models import MAX_SEED, SCHEDULER_CHOICES, BaseModel, Generation, subjects_of, usable_subjects
+from .models import MAX_SEED, SCHEDULER_CHOICES, BaseModel, GeneratedImage, Generation, HiresUpscaler, subjects_of, usable_subjects
 
 
 class DataSelect(forms.Select):
@@ -40,6 +40,14 @@ class BaseModelField(forms.ModelChoiceField):
         return " · ".join(parts)
 
 
+MAX_MASK_BLUR = 64
+MAX_HIRES_SCALE = 4.0
+# What a blank optional field means (the model's defaults; the service would pick the same).
+INPUT_DEFAULTS = {"strength": 0.75, "mask_blur": 4, "hires_scale": 1.0, "hires_upscaler": HiresUpscaler.LATENT,
+                  "hires_strength": 0.7, "hires_steps": 0}
+UPSCALE_STRENGTH = 0.3
+
+
 class GenerateForm(forms.Form):
     """The generate page. Defaults, size limits and presets follow the chosen base model (the
     operator's default preselected); the page's script follows a change of model."""
@@ -50,12 +58,36 @@ class GenerateForm(forms.Form):
     seed = forms.IntegerField(required=False, min_value=0, max_value=MAX_SEED, help_text="Blank for a random seed.")
     steps = forms.IntegerField(min_value=rules.STEPS_RANGE[0], max_value=rules.STEPS_RANGE[1])
     guidance_scale = forms.FloatField(min_value=rules.GUIDANCE_RANGE[0], max_value=rules.GUIDANCE_RANGE[1], label="Guidance (CFG)")
-    width = forms.IntegerField(widget=forms.NumberInput(attrs={"step": 8}))
-    height = forms.IntegerField(widget=forms.NumberInput(attrs={"step": 8}))
+    # Blank: the model's native size, or the input image's size when there is one.
+    width = forms.IntegerField(required=False, widget=forms.NumberInput(attrs={"step": 8}))
+    height = forms.IntegerField(required=False, widget=forms.NumberInput(attrs={"step": 8}))
     scheduler = forms.ChoiceField(choices=SCHEDULER_CHOICES)
     num_images = forms.IntegerField(min_value=rules.NUM_IMAGES_RANGE[0], max_value=rules.NUM_IMAGES_RANGE[1], label="Images")
-    subject = forms.ModelChoiceField(queryset=None, required=False, empty_label="(none)", widget=DataSelect,
-                                     help_text="One of your trained subjects; put its token in the prompt. Only those trained on the base model's family are offered.")
+    # Kept for links and jobs from before LoRA tags (?subject=, "generate again"): the page now inserts
+    # <lora:token:1> into the prompt instead, so the field travels hidden.
+    subject = forms.ModelChoiceField(queryset=None, required=False, widget=forms.HiddenInput)
+    # img2img / inpainting: an upload, or one of the user's gallery images (?source_image=, "Use as input").
+    init_image = forms.FileField(required=False, label="Input image", widget=forms.ClearableFileInput(attrs={"accept": "image/png,image/jpeg,image/webp"}),
+                                  help_text="Start from this image instead of noise (img2img). Blank width/height: its size.")
+    source_image = forms.ModelChoiceField(queryset=None, required=False, widget=forms.HiddenInput)
+    strength = forms.FloatField(required=False, min_value=0, max_value=1, label="Denoising strength",
+                                widget=forms.NumberInput(attrs={"type": "range", "step": 0.01, "min": 0, "max": 1}),
+                                help_text="0 keeps the input, 1 ignores it.")
+    mask = forms.FileField(required=False, widget=forms.ClearableFileInput(attrs={"accept": "image/png"}),
+                            help_text="Inpainting: white is repainted, black kept; the input's size. Or paint it below.")
+    mask_blur = forms.IntegerField(required=False, min_value=0, max_value=MAX_MASK_BLUR, label="Mask blur (px)")
+    hires_scale = forms.FloatField(required=False, min_value=1, max_value=MAX_HIRES_SCALE, label="Upscale by",
+                                   widget=forms.NumberInput(attrs={"step": 0.05}), help_text="1 = off.")
+    hires_upscaler = forms.ChoiceField(required=False, choices=HiresUpscaler.choices, label="Upscaler")
+    hires_strength = forms.FloatField(required=False, min_value=0, max_value=1, label="Hires strength",
+                                      widget=forms.NumberInput(attrs={"step": 0.05}))
+    hires_steps = forms.IntegerField(required=False, min_value=0, max_value=rules.STEPS_RANGE[1], label="Hires steps",
+                                     help_text="0 = as many as Steps.")
+
+    # The page draws the form in these groups (the rest are hidden fields).
+    SETTINGS = ("base_model", "seed", "steps", "guidance_scale", "width", "height", "scheduler", "num_images")
+    INPUT = ("init_image", "strength", "mask", "mask_blur")
+    HIRES = ("hires_scale", "hires_upscaler", "hires_strength", "hires_steps")
 
     def __init__(self, *args, owner, **kwargs):
         super().__init__(*args, **kwargs)
@@ -71,10 +103,10 @@ class GenerateForm(forms.Form):
             self.fields["base_model"].widget = forms.HiddenInput()
         # Only the user's own trained subjects: another user's id is "not one of the choices". The
         # service refuses one trained on another family; the page hides those for the model picked.
-        subjects = usable_subjects(owner)
-        self.fields["subject"].queryset = subjects
-        self.fields["subject"].widget.option_data = {str(s.pk): {"data-family": s.trained_family or ""} for s in subjects}
-        for name, value in self.model_info.defaults().items():
+        self.subjects = usable_subjects(owner)
+        self.fields["subject"].queryset = self.subjects
+        self.fields["source_image"].queryset = GeneratedImage.objects.for_user(owner)
+        for name, value in {**self.model_info.defaults(), **INPUT_DEFAULTS}.items():
             self.fields[name].initial = value
         for name in ("width", "height"):
             self.fields[name].widget.attrs.update(min=self.model_info.min_size, max=self.model_info.max_size)
@@ -88,11 +120,71 @@ class GenerateForm(forms.Form):
     def clean_prompt(self) -> str:
         return rules.validate_prompt(self.cleaned_data["prompt"])
 
-    def clean_width(self) -> int:
-        return rules.validate_size(self.cleaned_data["width"], self.model_info)
+    def clean_width(self) -> int | None:
+        value = self.cleaned_data["width"]
+        return None if value is None else rules.validate_size(value, self.model_info)
 
-    def clean_height(self) -> int:
-        return rules.validate_size(self.cleaned_data["height"], self.model_info)
+    def clean_height(self) -> int | None:
+        value = self.cleaned_data["height"]
+        return None if value is None else rules.validate_size(value, self.model_info)
+
+    def clean(self) -> dict:
+        data = super().clean()
+        for name, default in INPUT_DEFAULTS.items():
+            if data.get(name) in (None, "") and name not in self.errors:
+                data[name] = default
+        if data.get("init_image") and data.get("source_image"):
+            data["source_image"] = None  # a file chosen on the page replaces the gallery image it started from
+        if data.get("mask") and not (data.get("init_image") or data.get("source_image")):
+            self.add_error("mask", "A mask needs an input image to paint on: choose one above.")
+        return data
+
+    def service_kwargs(self) -> dict:
+        """Keyword arguments for services.create_generation (after is_valid()). Inputs not given are
+        left out, so a service without img2img keeps working; blank sizes are the service's to fill."""
+        data = dict(self.cleaned_data)
+        for name in ("init_image", "source_image", "mask"):
+            if not data.get(name):
+                data.pop(name, None)
+        return data
+
+    def chosen_source(self) -> GeneratedImage | None:
+        """The gallery image the form starts from (posted or initial), when it is the user's."""
+        value = self["source_image"].value()
+        value = getattr(value, "pk", value)
+        if not str(value or "").isdigit():
+            return None
+        return self.fields["source_image"].queryset.filter(pk=value).first()
+
+    def hires_open(self) -> bool:
+        """Whether the page shows the hires section open: it is in use, or has an error."""
+        if any(self[name].errors for name in self.HIRES):
+            return True
+        try:
+            return float(self["hires_scale"].value() or 1) != 1
+        except (TypeError, ValueError):
+            return True
+
+    def groups(self) -> dict[str, list]:
+        """The fields of each section of the page (bound fields)."""
+        return {"settings": [self[n] for n in self.SETTINGS], "input": [self[n] for n in self.INPUT], "hires": [self[n] for n in self.HIRES]}
+
+
+def initial_from_job(job: Generation, image: GeneratedImage | None = None) -> dict:
+    """Generate-form values from a job: its settings ("generate again", the page after submitting),
+    including its input image when that was a gallery image still there."""
+    initial = job.form_initial(image)
+    initial.update({name: getattr(job, name) for name in INPUT_DEFAULTS})
+    if job.source_image_id and GeneratedImage.objects.filter(pk=job.source_image_id).exists():
+        initial["source_image"] = job.source_image_id
+    return initial
+
+
+def upscaled_size(width: int, height: int, info, factor: float = 2.0) -> tuple[int, int]:
+    """`factor` times the size, capped so both sides stay within the model's maximum, each side a
+    multiple of 8 (the aspect kept as closely as those allow)."""
+    factor = min(factor, info.max_size / width, info.max_size / height)
+    return tuple(max(info.min_size, int(side * factor) // 8 * 8) for side in (width, height))
 
 
 class GalleryFilterForm(forms.Form):

@@ -12,13 +12,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from imagesite.files import private_file_response
 from imagesite.quotas import QuotaExceeded
 
-from .forms import GalleryFilterForm, GenerateForm
+from .forms import UPSCALE_STRENGTH, GalleryFilterForm, GenerateForm, initial_from_job, upscaled_size
 from .gallery_pages import gallery_page
 from .models import GeneratedImage, Generation, subjects_of, usable_subjects
 from .rules import mentions_token
 from .services import create_generation, filter_by_words, filter_images
 
 GALLERY_PAGE_SIZE = 24
+RECENT_COUNT = 8
 
 
 def _get_generation_for_user(request: HttpRequest, pk: int) -> Generation:
@@ -32,28 +33,77 @@ def _get_image_for_user(request: HttpRequest, pk: int) -> GeneratedImage:
 @login_required
 @require_http_methods(["GET", "POST"])
 def generate(request: HttpRequest) -> HttpResponse:
+    """The studio: the form, the job just submitted (?job=<id>: its progress, preview and images, the
+    form filled from it) and the recent jobs. A valid POST redirects back here (post/redirect/get)."""
+    job = None
     if request.method == "POST":
-        form = GenerateForm(request.POST, owner=request.user)
+        form = GenerateForm(request.POST, request.FILES, owner=request.user)
+        status = 400
         if form.is_valid():
             try:
-                generation = create_generation(owner=request.user, **form.cleaned_data)
+                generation = create_generation(owner=request.user, **form.service_kwargs())
                 _hint_unattached_subject(request, generation)
-                return redirect(generation)
+                return redirect(studio_url(generation))
             except QuotaExceeded as exc:
                 form.add_error(None, exc.message)
                 status = 429
             except ValidationError as exc:
-                form.add_error(None, exc)
-                status = 400
-        else:
-            status = 400
+                _add_service_errors(form, exc)
     else:
-        form, status = GenerateForm(initial=_initial_from_query(request), owner=request.user), 200
-    recent = Generation.objects.for_user(request.user).prefetch_related("images")[:6]
-    subjects = form.fields["subject"].queryset
-    context = {"form": form, "model": form.model_info, "base_model": form.base_model, "presets": getattr(form.model_info, "aspect_presets", ()),
-               "recent": recent, "subjects": subjects}
-    return render(request, "generation/generate.html", context, status=status)
+        job = _job_from_query(request)
+        form, status = GenerateForm(initial=initial_from_job(job) if job else _initial_from_query(request), owner=request.user), 200
+        if job is None and request.GET.get("upscale") and (source := form.chosen_source()):
+            width, height = upscaled_size(source.width, source.height, form.model_info)
+            form.initial.update(width=width, height=height, strength=UPSCALE_STRENGTH)
+    return render(request, "generation/generate.html", _studio_context(request, form, job), status=status)
+
+
+def studio_url(generation: Generation) -> str:
+    """The Generate page showing this job (and its settings in the form)."""
+    return f"{reverse('generation-new')}?job={generation.pk}#job"
+
+
+def _job_from_query(request: HttpRequest) -> Generation | None:
+    pk = request.GET.get("job", "")
+    return Generation.objects.for_user(request.user).filter(pk=pk).first() if pk.isdigit() else None
+
+
+def _studio_context(request: HttpRequest, form: GenerateForm, job: Generation | None) -> dict:
+    source = form.chosen_source()
+    return {
+        "form": form, "model": form.model_info, "base_model": form.base_model, "presets": getattr(form.model_info, "aspect_presets", ()),
+        "subjects": form.subjects, "subject": _attached_subject(form), "source": source,
+        "open_mask_editor": request.GET.get("inpaint") == "1" or bool(form["mask"].errors),
+        "generation": job, "images": job.images.order_by("index") if job else (), **_recent(request),
+        "job_input_upload": job is not None and bool(job.init_image) and source is None,
+    }
+
+
+def _attached_subject(form: GenerateForm):
+    value = form["subject"].value()
+    value = getattr(value, "pk", value)
+    return form.subjects.filter(pk=value).first() if str(value or "").isdigit() else None
+
+
+def _add_service_errors(form: GenerateForm, exc: ValidationError) -> None:
+    """The service's errors next to their fields (keys the form lacks go on top of the form)."""
+    if not hasattr(exc, "error_dict"):
+        form.add_error(None, exc)
+        return
+    for field, errors in exc.error_dict.items():
+        form.add_error(field if field in form.fields else None, errors)
+
+
+def _recent(request: HttpRequest) -> dict:
+    recent = list(Generation.objects.for_user(request.user).prefetch_related("images")[:RECENT_COUNT])
+    return {"recent": recent, "recent_active": any(g.is_active for g in recent)}
+
+
+@login_required
+@require_GET
+def generation_recent(request: HttpRequest) -> HttpResponse:
+    """The Generate page's "Recent" list (polled by the page)."""
+    return render(request, "generation/_recent.html", _recent(request))
 
 
 def _hint_unattached_subject(request: HttpRequest, generation: Generation) -> None:
@@ -71,10 +121,17 @@ def _hint_unattached_subject(request: HttpRequest, generation: Generation) -> No
 
 
 def _initial_from_query(request: HttpRequest) -> dict:
-    """?again=<generation> fills the form with its settings (with &image=<image>: that image's seed
+    """?source_image=<image> starts from one of the user's images (its settings and seed, one image,
+    the size following the input; &upscale=1 and &inpaint=1 are read by the caller and the page);
+    ?again=<generation> fills the form with its settings (with &image=<image>: that image's seed
     and one image); ?subject=<subject> preselects a subject (and the base it was trained on) and
     starts the prompt with its token; ?model=<base model> preselects a base model. Only the user's
     own rows count. A source whose subject was deleted says so: the form cannot bring it back."""
+    if request.GET.get("source_image", "").isdigit():
+        image = GeneratedImage.objects.for_user(request.user).filter(pk=request.GET["source_image"]).select_related("generation").first()
+        if image is None:
+            return {}
+        return {**initial_from_job(image.generation, image), "source_image": image.pk, "width": None, "height": None, "hires_scale": 1.0}
     if request.GET.get("again", "").isdigit():
         source = Generation.objects.for_user(request.user).filter(pk=request.GET["again"]).first()
         if source is None:
@@ -83,7 +140,7 @@ def _initial_from_query(request: HttpRequest) -> dict:
         if source.subject_deleted:
             messages.warning(request, f"The subject “{source.subject_name}” of that generation was deleted, so these settings "
                                       "have no subject: its token in the prompt now draws whatever the base model makes of it.")
-        initial = source.form_initial(image)
+        initial = initial_from_job(source, image)
         attach = request.GET.get("subject", "")
         if attach.isdigit() and (subject := usable_subjects(request.user).filter(pk=attach).first()):
             initial["subject"] = subject  # "Generate again with <subject>" from the hint below
@@ -122,6 +179,25 @@ def preview_response(generation: Generation) -> HttpResponse:
     response["Cache-Control"] = "no-store"
     response["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+@login_required
+@require_GET
+def generation_input(request: HttpRequest, pk: int) -> HttpResponse:
+    """The job's input image (img2img/inpainting), private to its owner; 404 when it had none."""
+    generation = _get_generation_for_user(request, pk)
+    if not generation.init_image:
+        raise Http404("This job had no input image.")
+    return private_file_response(generation.init_image)
+
+
+@login_required
+@require_GET
+def generation_mask(request: HttpRequest, pk: int) -> HttpResponse:
+    generation = _get_generation_for_user(request, pk)
+    if not generation.mask:
+        raise Http404("This job had no mask.")
+    return private_file_response(generation.mask)
 
 
 @login_required

@@ -1,0 +1,125 @@
+// The mask painter: paint over the input image what should be repainted (inpainting). Mouse, pen and
+// touch alike (pointer events). The painted mask is kept in a canvas of the input's own pixel size;
+// on submit it becomes a PNG (white = repaint, black = keep) in the form's mask file input, so the
+// server receives it as if the user had uploaded it. No library: a canvas and a few handlers.
+(function () {
+  const root = document.getElementById("mask-editor");
+  const form = document.querySelector("form.generate-form");
+  const maskInput = document.getElementById("id_mask");
+  if (!root || !form || !maskInput) return;
+
+  const el = (tag, props = {}, children = []) => {
+    const node = Object.assign(document.createElement(tag), props);
+    node.append(...children);
+    return node;
+  };
+
+  const brush = el("input", { type: "range", min: 1, max: 256, value: 24, id: "mask-brush" });
+  const modeButtons = ["paint", "erase"].map((mode) => el("button", { type: "button", className: "chip", textContent: mode[0].toUpperCase() + mode.slice(1) }));
+  modeButtons.forEach((b, i) => { b.dataset.mode = ["paint", "erase"][i]; });
+  const clearButton = el("button", { type: "button", className: "chip", textContent: "Clear", id: "mask-clear" });
+  const invertButton = el("button", { type: "button", className: "chip", textContent: "Invert", id: "mask-invert" });
+  const image = el("img", { alt: "The input image under the mask" });
+  const canvas = el("canvas", { className: "mask-canvas", id: "mask-canvas" });
+  const stage = el("div", { className: "mask-stage" }, [image, canvas]);
+  const note = el("small", { className: "muted", textContent: "Paint what should be repainted (shown in red). It is sent as the mask when you generate." });
+  const tools = el("div", { className: "mask-tools" }, [el("label", { className: "check", textContent: "Brush " }, [brush]), ...modeButtons, clearButton, invertButton]);
+  const empty = document.getElementById("mask-editor-empty");
+  const editor = el("div", { hidden: true }, [tools, stage, note]);
+  root.append(editor);
+
+  const ctx = canvas.getContext("2d");
+  let mode = "paint", painted = false, last = null;
+
+  function setMode(next) {
+    mode = next;
+    modeButtons.forEach((b) => b.setAttribute("aria-pressed", String(b.dataset.mode === mode)));
+  }
+  modeButtons.forEach((b) => b.addEventListener("click", () => setMode(b.dataset.mode)));
+  setMode("paint");
+
+  function load(url) {
+    painted = false;
+    if (!url) { editor.hidden = true; empty.hidden = false; return; }
+    image.onload = () => {
+      canvas.width = image.naturalWidth;  // the mask's pixels are the input's pixels
+      canvas.height = image.naturalHeight;
+      brush.max = Math.max(8, Math.round(Math.max(canvas.width, canvas.height) / 2));
+      brush.value = Math.max(2, Math.round(Math.max(canvas.width, canvas.height) / 12));
+      ctx.clearRect(0, 0, canvas.width, canvas.height);
+      editor.hidden = false; empty.hidden = true;
+    };
+    image.src = url;
+  }
+
+  // A pointer's position in the canvas's own pixels (it is drawn scaled to the page's width).
+  function at(e) {
+    const box = canvas.getBoundingClientRect();
+    return { x: (e.clientX - box.left) * canvas.width / box.width, y: (e.clientY - box.top) * canvas.height / box.height };
+  }
+  function stroke(from, to) {
+    ctx.globalCompositeOperation = mode === "erase" ? "destination-out" : "source-over";
+    ctx.strokeStyle = ctx.fillStyle = "rgb(255, 0, 0)";
+    ctx.lineWidth = Number(brush.value);
+    ctx.lineCap = ctx.lineJoin = "round";
+    ctx.beginPath();
+    ctx.moveTo(from.x, from.y);
+    ctx.lineTo(to.x + 0.01, to.y);  // a click without a move still leaves a dot
+    ctx.stroke();
+    if (mode === "paint") painted = true;
+  }
+  canvas.addEventListener("pointerdown", (e) => {
+    e.preventDefault();
+    canvas.setPointerCapture(e.pointerId);
+    last = at(e);
+    stroke(last, last);
+  });
+  canvas.addEventListener("pointermove", (e) => {
+    if (!last) return;
+    const next = at(e);
+    stroke(last, next);
+    last = next;
+  });
+  for (const type of ["pointerup", "pointercancel", "lostpointercapture"]) canvas.addEventListener(type, () => { last = null; });
+
+  clearButton.addEventListener("click", () => { ctx.clearRect(0, 0, canvas.width, canvas.height); painted = false; });
+  invertButton.addEventListener("click", () => {
+    const copy = el("canvas", { width: canvas.width, height: canvas.height });
+    copy.getContext("2d").drawImage(canvas, 0, 0);
+    ctx.globalCompositeOperation = "source-over";
+    ctx.fillStyle = "rgb(255, 0, 0)";
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    ctx.globalCompositeOperation = "destination-out";
+    ctx.drawImage(copy, 0, 0);
+    ctx.globalCompositeOperation = "source-over";
+    painted = true;
+  });
+
+  // The mask as a PNG: white where painted, black elsewhere, at the input's size.
+  function maskFile() {
+    const out = el("canvas", { width: canvas.width, height: canvas.height });
+    const g = out.getContext("2d");
+    g.drawImage(canvas, 0, 0);
+    g.globalCompositeOperation = "source-in";  // keep the painted shape, in white
+    g.fillStyle = "#fff";
+    g.fillRect(0, 0, out.width, out.height);
+    g.globalCompositeOperation = "destination-over";  // black behind it
+    g.fillStyle = "#000";
+    g.fillRect(0, 0, out.width, out.height);
+    // toDataURL is synchronous: the file must be in the input before the submit goes on.
+    const bytes = atob(out.toDataURL("image/png").split(",")[1]);
+    const buffer = new Uint8Array(bytes.length);
+    for (let i = 0; i < bytes.length; i++) buffer[i] = bytes.charCodeAt(i);
+    return new File([buffer], "mask.png", { type: "image/png" });
+  }
+  form.addEventListener("submit", () => {
+    if (!painted || editor.hidden) return;
+    const transfer = new DataTransfer();
+    transfer.items.add(maskFile());
+    maskInput.files = transfer.files;
+  });
+
+  document.addEventListener("studio:input", (e) => load(e.detail));
+  const thumb = document.getElementById("input-thumb");
+  if (thumb && thumb.dataset.full) load(thumb.dataset.full);
+})();
