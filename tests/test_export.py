@@ -241,3 +241,29 @@ def test_staff_delete_an_account_and_all_files_after_the_confirmation_page(owner
         staff_client.post(changelist, {"action": "delete_selected", "_selected_action": [owner.pk], "post": "yes"})
     assert not DataExport.objects.filter(pk=export.pk).exists()
     assert sorted(str(p.relative_to(media)) for p in media.rglob("*") if p.is_file()) == []
+
+
+def test_the_sweep_runs_every_minute_and_requeues_an_export_whose_worker_died(owner, django_capture_on_commit_callbacks):
+    from django_q.models import Schedule
+
+    assert Schedule.objects.filter(func="imagesite.export.sweep_exports", minutes=1).exists()  # made after migrate
+    stale = timezone.now() - timedelta(hours=1)
+    dead = DataExport.objects.create(owner=owner, status=JobStatus.RUNNING, attempts=1, heartbeat_at=stale)
+    failed = DataExport.objects.create(owner=owner, status=JobStatus.FAILED, finished_at=stale - timedelta(days=1))
+    with django_capture_on_commit_callbacks() as queued:
+        assert sweep_exports() == {"deleted": 1, "requeued": 1, "failed": 0}
+    dead.refresh_from_db()
+    assert dead.status == JobStatus.QUEUED and not DataExport.objects.filter(pk=failed.pk).exists()
+    assert [c.__qualname__ for c in queued if "enqueue" in c.__qualname__]  # its task queued again
+
+
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+def test_a_real_worker_of_the_default_cluster_makes_the_archive(owner, worker):
+    from .conftest import wait_for_status
+
+    image = make_image(owner)
+    export, _ = request_export(user=owner)  # queued on commit, as the pages and the API do
+    wait_for_status(export, JobStatus.SUCCEEDED, timeout=60)
+    with zipfile.ZipFile(default_storage.path(export.file.name)) as archive:
+        assert f"images/{image.download_name()}" in archive.namelist()
