@@ -14,9 +14,9 @@ def delete_account(*, user) -> None:
     """Delete `user` and every row and file of theirs.
 
     Rows go by cascade from the user (generations and images, subjects, photos, training runs,
-    API tokens, webhooks, limits); each model's post_delete signal deletes its files once the
-    transaction commits, and a worker rendering or training for them finds its row gone and stops
-    at its next step. Login-throttle records that name the user go too. After the files, the user's
+    data exports, API tokens, webhooks, limits); each model's post_delete signal deletes its files
+    once the transaction commits, and a worker rendering, training or exporting for them finds its
+    row gone and stops at its next step (an export removes its half-written archive). Login-throttle records that name the user go too. After the files, the user's
     own folders under the media root (`<kind>/<user id>/`) are removed when nothing is left in them:
     a file still there is logged, not deleted blindly."""
     from axes.models import AccessAttempt, AccessFailureLog, AccessLog
