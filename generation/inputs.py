@@ -115,7 +115,8 @@ def size_for_input(input_size: tuple[int, int], width: int | None, height: int |
 
 
 def round_to_multiple(value: float, multiple: int = SIZE_MULTIPLE) -> int:
-    return max(multiple, int(round(value / multiple)) * multiple)
+    """The nearest multiple (halves up), at least `multiple`."""
+    return max(multiple, int(value / multiple + 0.5) * multiple)
 
 
 def _fit(value: float, low: int, high: int) -> int:

@@ -34,13 +34,34 @@ def a1111_parameters(s: "RenderSettings", seed: int, model_name: str, *, subject
         lines.append(f"Negative prompt: {s.negative_prompt}")
     label = SCHEDULERS[s.scheduler].label
     fields = [f"Steps: {s.steps}", f"Sampler: {label}", f"CFG scale: {s.guidance_scale:g}", f"Seed: {seed}",
-              f"Size: {s.width}x{s.height}", f"Model: {_quote(model_name)}"]
+              f"Size: {s.width}x{s.height}", f"Model: {_quote(model_name)}", *_studio_fields(s)]
     if lora_hashes:
         fields.append(f"Lora hashes: {json.dumps(', '.join(f'{name}: {digest}' for name, digest in lora_hashes.items()))}")
     if subject_name:
         fields.append(f"Subject: {_quote(subject_name)}")
     lines.append(", ".join(fields))
     return "\n".join(lines)
+
+
+HIRES_UPSCALER_NAMES = {"latent": "Latent", "lanczos": "Lanczos"}  # A1111's names for them
+
+
+def _studio_fields(s: "RenderSettings") -> list[str]:
+    """img2img, inpainting and hires fix as A1111's create_infotext writes them: `Denoising strength`
+    after the model, then its extras in the order A1111 adds them (`Mask blur`; `Hires upscale`,
+    `Hires steps` when not 0, `Hires upscaler`). `Size` stays the first pass's size, as in A1111."""
+    mode = getattr(s, "mode", "txt2img")
+    fields = []
+    if mode in ("img2img", "inpaint"):
+        fields.append(f"Denoising strength: {s.strength:g}")
+        if mode == "inpaint":
+            fields.append(f"Mask blur: {s.mask_blur}")
+    elif getattr(s, "hires_scale", 1.0) > 1:
+        fields += [f"Denoising strength: {s.hires_strength:g}", f"Hires upscale: {s.hires_scale:g}"]
+        if s.hires_steps:
+            fields.append(f"Hires steps: {s.hires_steps}")
+        fields.append(f"Hires upscaler: {HIRES_UPSCALER_NAMES.get(s.hires_upscaler, s.hires_upscaler)}")
+    return fields
 
 
 def _quote(value: str) -> str:

@@ -33,7 +33,7 @@ _SAMPLER_ALIASES = {
 _SAMPLERS = {**{choice.label.lower(): key for key, choice in SCHEDULERS.items()}, **_SAMPLER_ALIASES}
 # A1111 keys we read or that say nothing about the picture; every other key becomes a note.
 _A1111_KNOWN = {"steps", "sampler", "cfg scale", "seed", "size", "model", "model hash", "lora hashes", "subject",
-                "version", "ti hashes"}
+                "version", "ti hashes", "denoising strength", "mask blur", "hires upscale", "hires steps", "hires upscaler"}
 
 _parsers = ParserManager(eagerness=Eagerness.FAST)
 
@@ -136,6 +136,7 @@ def _read_size(found: PromptInfo, settings: dict, notes: list[str]) -> None:
         size = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", str(meta.get("Size", "")))
         if size:
             settings["width"], settings["height"] = int(size[1]), int(size[2])
+        _read_studio(meta, settings, notes)
         for key, value in meta.items():
             if key.lower() not in _A1111_KNOWN:
                 notes.append(f"Not carried over: {key} {value}.")
@@ -148,6 +149,29 @@ def _read_size(found: PromptInfo, settings: dict, notes: list[str]) -> None:
             settings[side] = int(meta[side])
         except (KeyError, TypeError, ValueError):
             pass
+
+
+def _read_studio(meta: dict, settings: dict, notes: list[str]) -> None:
+    """img2img, inpainting and hires fix from A1111's keys. `Denoising strength` is the hires pass's
+    when the file has `Hires upscale` (A1111's txt2img), else the img2img strength."""
+    hires = "Hires upscale" in meta
+    for key, field, kind in (("Denoising strength", "hires_strength" if hires else "strength", float), ("Mask blur", "mask_blur", int),
+                             ("Hires upscale", "hires_scale", float), ("Hires steps", "hires_steps", int)):
+        if key in meta:
+            try:
+                settings[field] = kind(str(meta[key]).strip())
+            except ValueError:
+                notes.append(f"{key} is not a number: {meta[key]!r}.")
+    upscaler = str(meta.get("Hires upscaler", "")).strip()
+    if upscaler.lower().startswith("latent"):
+        settings["hires_upscaler"] = "latent"
+        if upscaler.lower() != "latent":
+            notes.append(f"Hires upscaler {upscaler!r}: the plain Latent (bilinear) upscaler is used here.")
+    elif upscaler.lower() == "lanczos":
+        settings["hires_upscaler"] = "lanczos"
+    elif upscaler:
+        settings["hires_upscaler"] = "lanczos"
+        notes.append(f"Hires upscaler {upscaler!r} is not offered here; Lanczos is used instead.")
 
 
 _A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')  # AUTOMATIC1111's re_param

@@ -67,3 +67,41 @@ def mentions_token(text: str, token: str) -> bool:
 def validate_subject_in_prompt(prompt: str, token: str) -> None:
     if not mentions_token(prompt, token):
         raise ValidationError(f"Put the subject's token “{token}” in the prompt, e.g. “a photo of {token} …”.")
+
+
+# --- img2img, inpainting and hires fix ---------------------------------------------------------------
+STRENGTH_RANGE = (0.0, 1.0)
+MASK_BLUR_RANGE = (0, 64)
+HIRES_SCALE_RANGE = (1.0, 4.0)
+HIRES_STEPS_RANGE = (0, STEPS_RANGE[1])
+HIRES_UPSCALERS = ("latent", "lanczos")
+
+
+def validate_strength(value: float, steps: int, *, what: str = "strength") -> None:
+    """A denoising strength within 0-1 that runs at least one of `steps` (img2img runs
+    int(steps × strength) of them, as diffusers and AUTOMATIC1111 do)."""
+    low, high = STRENGTH_RANGE
+    if not low <= value <= high:
+        raise ValidationError(f"The {what} must be between {low:g} and {high:g} (got {value:g}).")
+    if int(steps * value) < 1:
+        raise ValidationError(f"With {steps} steps a {what} of {value:g} changes nothing (int(steps × {what}) is 0); raise it or the steps.")
+
+
+def validate_hires(scale: float, upscaler: str, steps: int, width: int, height: int, info: ModelInfo) -> dict[str, list[str]]:
+    """Hires fix's problems by field: the scale within 1-4, an upscaler offered and the upscaled size
+    within the model's limits; `steps` the hires steps. Empty when fine or off (scale 1)."""
+    from .inputs import hires_size
+
+    errors: dict[str, list[str]] = {}
+    low, high = HIRES_SCALE_RANGE
+    if not low <= scale <= high:
+        errors["hires_scale"] = [f"Between {low:g} (off) and {high:g}."]
+    elif scale > 1:
+        out_w, out_h = hires_size(width, height, scale)
+        if max(out_w, out_h) > info.max_size:
+            errors["hires_scale"] = [f"{width}×{height} upscaled {scale:g}× is {out_w}×{out_h}; {info.name} goes up to {info.max_size} px a side."]
+    if upscaler not in HIRES_UPSCALERS:
+        errors["hires_upscaler"] = [f"One of {', '.join(HIRES_UPSCALERS)}."]
+    if not HIRES_STEPS_RANGE[0] <= steps <= HIRES_STEPS_RANGE[1]:
+        errors["hires_steps"] = [f"Between {HIRES_STEPS_RANGE[0]} (as many as steps) and {HIRES_STEPS_RANGE[1]}."]
+    return errors

@@ -7,36 +7,60 @@ from datetime import date, datetime, time, timedelta
 from typing import Callable
 
 from django.core.exceptions import ValidationError
-from django.core.files.base import ContentFile
+from django.core.files.base import ContentFile, File
 from django.db import transaction
 from django.db.models import Q, QuerySet
+from django.db.models.signals import post_delete
 from django.utils import timezone
 
 from imagesite import quotas
+from imagesite.files import delete_file_on_commit
 from imagesite.jobs import JobCanceled, JobStatus
 
 from .catalog import default_model
 from .models import MAX_SEED, BaseModel, GeneratedImage, Generation, usable_subjects
 from .prompt_files import resolve_prompt_files
-from .rules import prompt_problems, validate_size, validate_subject_family, validate_subject_in_prompt
+from .inputs import InputRejected, check_header, size_for_input
+from .rules import (MASK_BLUR_RANGE, STRENGTH_RANGE, prompt_problems, validate_hires, validate_size, validate_strength,
+                    validate_subject_family, validate_subject_in_prompt)
 
 
 DEFAULTED_SETTINGS = ("steps", "guidance_scale", "width", "height", "scheduler")
 
 
-def create_generation(*, owner, prompt: str, seed: int | None = None, subject=None, base_model=None, **settings) -> Generation:
+def create_generation(*, owner, prompt: str, seed: int | None = None, subject=None, base_model=None,
+                      init_image=None, source_image: GeneratedImage | None = None, strength: float | None = None,
+                      mask=None, mask_blur: int | None = None, hires_scale: float | None = None,
+                      hires_upscaler: str | None = None, hires_strength: float | None = None,
+                      hires_steps: int | None = None, **settings) -> Generation:
     """Create the row and queue its task in one transaction, after the owner's limits admit it (pages
     and the API both come here). `base_model` is an offered BaseModel (None: the subject's own base
     when it is offered, else the operator's default). Omitted settings take that model's defaults; a
     blank seed becomes a random one, and the seed used is recorded. Width and height must be within
     the model's limits; `subject` must be one of the owner's trained subjects, trained on a base of
-    the same family, with its token in the prompt (ValidationError keyed by field otherwise)."""
+    the same family, with its token in the prompt (ValidationError keyed by field otherwise).
+
+    img2img and inpainting: `init_image` (an uploaded file) or `source_image` (one of the owner's
+    images, whose file is copied so the job stands alone), redrawn at `strength` (0-1); `mask` (an
+    upload of the input's size; white or painted = repaint) with its edge blurred `mask_blur` px.
+    Width and height not given follow the input, rounded to the model's multiple. Uploads are judged
+    here from their headers only; the worker decodes and cleans them. Hires fix: `hires_scale` > 1
+    (text-to-image only) upscales by it with `hires_upscaler` and refines at `hires_strength` for
+    `hires_steps` (0: steps). A refusal writes no file and queues nothing."""
+    studio = {"strength": 0.75 if strength is None else strength, "mask_blur": 4 if mask_blur is None else mask_blur,
+              "hires_scale": 1.0 if hires_scale is None else hires_scale, "hires_upscaler": hires_upscaler or "latent",
+              "hires_strength": 0.7 if hires_strength is None else hires_strength, "hires_steps": hires_steps or 0}
     base_model = _choose_base(base_model, subject)
     info = base_model.info()
+    errors: dict[str, list[str]] = {}
+    input_size = _check_inputs(owner, init_image, source_image, mask, errors)
+    if input_size is not None and (settings.get("width") is None or settings.get("height") is None):
+        settings["width"], settings["height"] = size_for_input(input_size, settings.get("width"), settings.get("height"),
+                                                               min_size=info.min_size, max_size=info.max_size)
     for name in DEFAULTED_SETTINGS:
         if settings.get(name) is None:
             settings[name] = getattr(info, name)
-    errors: dict[str, list[str]] = {}
+    _check_studio_settings(studio, settings, info, has_input=input_size is not None, errors=errors)
     for name in ("width", "height"):
         try:
             validate_size(settings[name], info)
@@ -62,20 +86,110 @@ def create_generation(*, owner, prompt: str, seed: int | None = None, subject=No
                     errors[name] = exc.messages
     if errors:
         raise ValidationError(errors)
-    with transaction.atomic():
-        quotas.admit(owner, "max_queued_jobs", "generations_per_hour")
-        generation = Generation.objects.create(
-            owner=owner,
-            prompt=prompt,
-            seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
-            model_name=f"{base_model.name} + {subject.name}" if subject else base_model.name,
-            base_model=base_model,
-            subject=subject,
-            subject_name=subject.name if subject else "",
-            **settings,
-        )
-        generation.enqueue()
+    written: list = []
+    try:
+        with transaction.atomic():
+            quotas.admit(owner, "max_queued_jobs", "generations_per_hour")
+            generation = Generation(
+                owner=owner,
+                prompt=prompt,
+                seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
+                model_name=f"{base_model.name} + {subject.name}" if subject else base_model.name,
+                base_model=base_model,
+                subject=subject,
+                subject_name=subject.name if subject else "",
+                source_image=source_image,
+                **studio,
+                **settings,
+            )
+            _store_inputs(generation, init_image, source_image, mask, written)
+            generation.save()
+            generation.enqueue()
+    except BaseException:
+        for field_file in written:  # nothing was queued: no file of it stays behind
+            field_file.storage.delete(field_file.name)
+        raise
     return generation
+
+
+def _delete_input_files(sender, instance: Generation, **kwargs) -> None:
+    """A job's input and mask go with it (and with its owner's account, by cascade), after commit."""
+    delete_file_on_commit(instance.init_image)
+    delete_file_on_commit(instance.mask)
+
+
+# Here rather than in signals.py (another engineer's file this session): services is imported by every
+# process that creates or runs generations (views, API, tasks). TODO: move to generation/signals.py.
+post_delete.connect(_delete_input_files, sender=Generation, dispatch_uid="generation-delete-input-files")
+
+
+def _check_inputs(owner, init_image, source_image: GeneratedImage | None, mask, errors: dict[str, list[str]]) -> tuple[int, int] | None:
+    """Judge the input and the mask from their headers (no pixel decoded: this runs in a request);
+    problems go into `errors` by field. Returns the input's (width, height), None without one."""
+    size = None
+    if init_image is not None and source_image is not None:
+        errors["source_image"] = ["Give an input image or a gallery image, not both."]
+    elif init_image is not None:
+        try:
+            size = check_header(init_image, size=init_image.size).size
+        except InputRejected as exc:
+            errors["init_image"] = [str(exc)]
+    elif source_image is not None:
+        if not GeneratedImage.objects.for_user(owner).filter(pk=source_image.pk).exists():
+            errors["source_image"] = ["Choose one of your own images."]
+        else:
+            size = (source_image.width, source_image.height)
+    if mask is not None:
+        if init_image is None and source_image is None:
+            errors["mask"] = ["A mask needs an input image to paint on."]
+        else:
+            try:
+                mask_size = check_header(mask, size=mask.size, what="mask").size
+                if size is not None and mask_size != size:
+                    errors["mask"] = [f"The mask is {mask_size[0]}×{mask_size[1]} pixels; it must be the input's size, {size[0]}×{size[1]}."]
+            except InputRejected as exc:
+                errors["mask"] = [str(exc)]
+    return size
+
+
+def _check_studio_settings(studio: dict, settings: dict, info, *, has_input: bool, errors: dict[str, list[str]]) -> None:
+    if has_input:
+        try:
+            validate_strength(studio["strength"], settings["steps"])
+        except ValidationError as exc:
+            errors["strength"] = exc.messages
+    elif not STRENGTH_RANGE[0] <= studio["strength"] <= STRENGTH_RANGE[1]:
+        errors["strength"] = [f"The strength must be between {STRENGTH_RANGE[0]:g} and {STRENGTH_RANGE[1]:g}."]
+    if not MASK_BLUR_RANGE[0] <= studio["mask_blur"] <= MASK_BLUR_RANGE[1]:
+        errors["mask_blur"] = [f"Between {MASK_BLUR_RANGE[0]} and {MASK_BLUR_RANGE[1]} pixels."]
+    errors.update(validate_hires(studio["hires_scale"], studio["hires_upscaler"], studio["hires_steps"],
+                                 settings["width"], settings["height"], info))
+    if studio["hires_scale"] > 1 and "hires_scale" not in errors:
+        if has_input:
+            errors["hires_scale"] = ["Hires fix is for text-to-image; to enlarge an input, set a larger width and height (img2img upscales it)."]
+        try:
+            validate_strength(studio["hires_strength"], studio["hires_steps"] or settings["steps"], what="hires strength")
+        except ValidationError as exc:
+            errors["hires_strength"] = exc.messages
+    elif not STRENGTH_RANGE[0] <= studio["hires_strength"] <= STRENGTH_RANGE[1]:
+        errors["hires_strength"] = [f"The hires strength must be between {STRENGTH_RANGE[0]:g} and {STRENGTH_RANGE[1]:g}."]
+
+
+def _store_inputs(generation: Generation, init_image, source_image: GeneratedImage | None, mask, written: list) -> None:
+    """Write the input (the upload, or a copy of the gallery image's file) and the mask under the
+    job's generated names; each file written is added to `written` (removed again if the insert fails)."""
+    if init_image is not None:
+        init_image.seek(0)
+        generation.init_image.save("input", File(init_image), save=False)
+        written.append(generation.init_image)
+    elif source_image is not None:
+        with source_image.file.open("rb") as handle:
+            generation.init_image.save("input", File(handle), save=False)
+        written.append(generation.init_image)
+    if mask is not None:
+        mask.seek(0)
+        generation.mask.save("mask", File(mask), save=False)
+        written.append(generation.mask)
 
 
 def _choose_base(base_model: BaseModel | None, subject) -> BaseModel:
@@ -90,15 +204,18 @@ def _choose_base(base_model: BaseModel | None, subject) -> BaseModel:
     return default_model()
 
 
-def store_images(generation: Generation, pngs: list[tuple[bytes, bytes]], seeds: list[int], *, finish: Callable[[], bool]) -> None:
+def store_images(generation: Generation, pngs: list[tuple[bytes, bytes]], seeds: list[int], *, finish: Callable[[], bool],
+                 size: tuple[int, int] | None = None) -> None:
     """Write (png, thumbnail) files first, then the rows and `finish()` (the job's end state) in one
     transaction. If `finish` says the job moved on (canceled, deleted) or anything fails, the files
-    written are removed again: no orphans."""
+    written are removed again: no orphans. `size`: the images' (width, height) when not the job's
+    (hires fix)."""
+    width, height = size or (generation.width, generation.height)
     written: list = []
     try:
         rows = []
         for index, ((png, thumb), seed) in enumerate(zip(pngs, seeds)):
-            row = GeneratedImage(generation=generation, index=index, seed=seed, width=generation.width, height=generation.height)
+            row = GeneratedImage(generation=generation, index=index, seed=seed, width=width, height=height)
             row.file.save("image.png", ContentFile(png), save=False)
             written.append(row.file)
             row.thumbnail.save("thumb.png", ContentFile(thumb), save=False)

@@ -7,6 +7,7 @@ from django.core.files.storage import default_storage
 from imagesite.jobs import ProgressReporter, run_job
 
 from .errors import GenerationError
+from .input_files import load_job_inputs, studio_settings
 from .models import Generation, GenerationPreview
 from .prompt_files import lora_hashes, worker_adapters
 from .services import store_images
@@ -25,17 +26,18 @@ def _render(job: Generation) -> None:
     if not pipeline.is_warm(source):
         # A (re)load takes seconds to minutes: the job page says "Loading model…" meanwhile.
         job.report_progress(0, job.steps, pace_starts=False, phase=LOADING)
+    inputs = load_job_inputs(job)  # decoded and cleaned before any model load: a bad file fails fast
     renderer = pipeline.get_renderer(source, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
-    render_settings = job.render_settings()
+    render_settings = studio_settings(job, job.render_settings())
     report = ProgressReporter(job)
     try:
         images = renderer.render(render_settings, on_step=lambda step, total: report(step, total, phase=RENDERING),
-                                 adapter=adapters, preview=_preview_tap(job, renderer))
+                                 adapter=adapters, preview=_preview_tap(job, renderer), inputs=inputs)
     finally:
         GenerationPreview.discard(job.pk)  # previews are temporary: gone however the render ends
     pngs = pipeline.encode_for_gallery(images, render_settings, renderer.info.name, subject_name=job.subject_name,
                                        lora_hashes=lora_hashes(adapters))
-    store_images(job, pngs, render_settings.seeds, finish=job.succeed)
+    store_images(job, pngs, render_settings.seeds, finish=job.succeed, size=images[0].size)
 
 
 LOADING, RENDERING = "loading", "rendering"
