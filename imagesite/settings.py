@@ -392,7 +392,7 @@ EMAIL_HOST = env_str("EMAIL_HOST", "")  # unset: mails are printed on the web pr
 EMAIL_BACKEND = env_str("IMAGESITE_EMAIL_BACKEND", f"django.core.mail.backends.{'smtp' if EMAIL_HOST else 'console'}.EmailBackend")
 EMAIL_PORT, EMAIL_HOST_USER, EMAIL_HOST_PASSWORD = env_int("EMAIL_PORT", 587), env_str("EMAIL_HOST_USER", ""), env_str("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)  # implicit TLS (465); else STARTTLS (587) unless EMAIL_USE_TLS=false
-EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", not EMAIL_USE_SSL)
+EMAIL_USE_TLS, EMAIL_TIMEOUT = env_bool("EMAIL_USE_TLS", not EMAIL_USE_SSL), 30  # s: a silent server must not hang a request
 DEFAULT_FROM_EMAIL = SERVER_EMAIL = env_str("DEFAULT_FROM_EMAIL", "imagesite <noreply@localhost>")
 IMAGESITE_PASSWORD_RESET_PER_HOUR = env_int("IMAGESITE_PASSWORD_RESET_PER_HOUR", 3)  # per email, per address; cached
 if REDIS_URL:

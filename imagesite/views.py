@@ -91,3 +91,16 @@ def account_delete(request: HttpRequest) -> HttpResponse:
         messages.info(request, f"Deleted the account {username} with all its images, subjects, photos and checkpoints.")
         return redirect("login")
     return render(request, "account/delete.html", {"form": form}, status=400 if form.errors else 200)
+
+
+class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+    """Django's set-a-new-password view; the account's login lock-out (if wrong guesses locked it)
+    ends with the reset: whoever holds the mailed link owns the account anyway."""
+
+    def form_valid(self, form) -> HttpResponse:
+        from axes.models import AccessAttempt
+
+        response = super().form_valid(form)
+        AccessAttempt.objects.filter(username=form.user.get_username()).delete()
+        return response
+

@@ -62,7 +62,8 @@ def test_closed_sign_up_refuses_and_the_login_page_offers_nothing(client, settin
 
 def test_invite_mode_needs_a_link_and_says_whom_to_ask(client, invite_mode):
     login_page = client.get(LOGIN).content.decode()
-    assert "Sign-up is by invitation: ask ops@example.org" in login_page and f'href="{SIGNUP}"' not in login_page
+    assert 'Sign-up is by invitation: ask <a href="mailto:ops@example.org">ops@example.org</a>' in login_page
+    assert f'href="{SIGNUP}"' not in login_page
     for response in (client.get(SIGNUP), client.post(SIGNUP, _form("stranger")), client.get(SIGNUP, {"invite": "made-up"})):
         assert response.status_code == 403
     assert not User.objects.exists()
@@ -196,3 +197,20 @@ def test_a_user_sets_their_reset_address_with_their_password(owner_client, owner
     owner.refresh_from_db()
     assert owner.email == "me@example.org"
     assert owner_client.get("/accounts/email/").status_code == 405
+
+
+def test_a_password_reset_ends_the_accounts_login_lock_out(client, owner, settings):
+    from axes.models import AccessAttempt
+
+    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
+    owner.email = "owner@example.org"
+    owner.save(update_fields=["email"])
+    for _ in range(settings.AXES_FAILURE_LIMIT):
+        client.post(LOGIN, {"username": "owner", "password": "wrong-password"})
+    assert client.post(LOGIN, {"username": "owner", "password": "correct-horse-battery-staple"}).status_code == 429
+    client.post(RESET, {"email": "owner@example.org"})
+    link = re.search(r"http://testserver(/accounts/password/reset/\S+/)", mail.outbox[0].body).group(1)
+    form_page = client.get(link, follow=True)
+    client.post(form_page.redirect_chain[-1][0], {"new_password1": "brand-new-pass-7733", "new_password2": "brand-new-pass-7733"})
+    assert not AccessAttempt.objects.filter(username="owner").exists()
+    assert client.post(LOGIN, {"username": "owner", "password": "brand-new-pass-7733"}).status_code == 302
