@@ -79,17 +79,26 @@ def test_recent_updates_itself_and_shows_thumbnails(owner, other_user, owner_cli
     assert owner_client.post(reverse("generation-recent")).status_code == 405
 
 
-def test_input_image_mask_and_hires_settings_reach_the_job(owner, owner_client, django_capture_on_commit_callbacks):
-    data = form_data(width="", height="", strength="0.4", mask_blur="9", hires_scale="1.5", hires_upscaler="lanczos",
-                     hires_strength="0.55", hires_steps="3", num_images=1)
+def test_input_image_and_mask_settings_reach_the_job(owner, owner_client, django_capture_on_commit_callbacks):
+    data = form_data(width="", height="", strength="0.4", mask_blur="9", num_images=1)
     with django_capture_on_commit_callbacks(execute=True):
         response = owner_client.post(PAGE, {**data, "init_image": upload("in.png", (64, 48)), "mask": upload("m.png", (64, 48), (255, 255, 255))})
     assert response.status_code == 302, response.context["form"].errors
     job = Generation.objects.get()
-    assert (job.strength, job.mask_blur, job.hires_scale, job.hires_upscaler, job.hires_strength, job.hires_steps) == (0.4, 9, 1.5, "lanczos", 0.55, 3)
-    assert job.init_image and job.mask and OrmQ.objects.count() == 1
+    assert (job.strength, job.mask_blur) == (0.4, 9) and job.init_image and job.mask and OrmQ.objects.count() == 1
     if _service_takes("init_image"):  # the img2img service: a blank size follows the input
         assert (job.width, job.height) == (64, 48)
+
+
+def test_hires_settings_reach_the_job(owner_client, django_capture_on_commit_callbacks):
+    data = form_data(hires_scale="1.5", hires_upscaler="lanczos", hires_strength="0.55", hires_steps="3")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = owner_client.post(PAGE, data)
+    assert response.status_code == 302, response.context["form"].errors
+    job = Generation.objects.get()
+    assert (job.hires_scale, job.hires_upscaler, job.hires_strength, job.hires_steps) == (1.5, "lanczos", 0.55, 3)
+    form = owner_client.get(response["Location"]).context["form"]
+    assert form["hires_scale"].value() == 1.5 and form.hires_open()  # the section stays open while in use
 
 
 def test_a_gallery_image_as_input_reaches_the_job(owner, owner_client, django_capture_on_commit_callbacks):
