@@ -20,6 +20,9 @@ from django.db import connection, models, transaction
 from django.dispatch import Signal
 from django.utils import timezone
 
+from . import stopping
+from .stopping import JobInterrupted
+
 log = logging.getLogger("imagesite.jobs")
 
 
@@ -179,6 +182,16 @@ class Job(models.Model):
         so it says the job is canceled (a running worker stops at its next step)."""
         return "Canceled." if self.started_at is None else "Canceled: the worker stops at its next step."
 
+    def give_back(self) -> bool:
+        """Back to queued, its attempt not counted, when its worker was stopped (SIGTERM): it starts
+        again from the beginning, on another worker or this one after its restart."""
+        with transaction.atomic():
+            ok = self._transition([JobStatus.RUNNING], status=JobStatus.QUEUED, attempts=models.F("attempts") - 1,
+                                  started_at=None, heartbeat_at=None, first_step_at=None, progress_step=0)
+            if ok:
+                self.enqueue()
+        return ok
+
     def requeue(self) -> bool:
         """Back to queued after its worker died, and queue the task again."""
         with transaction.atomic():
@@ -232,6 +245,7 @@ class ProgressReporter:
         self.last_write = self.last_check = 0.0
 
     def __call__(self, step: int, total: int, **extra) -> None:
+        stopping.check()  # the worker was asked to stop: this job goes back to the queue (run_claimed)
         now = time.monotonic()
         if step >= total or now - self.last_write >= self.interval_s:
             self.last_write = self.last_check = now
@@ -288,11 +302,16 @@ def run_claimed(
     canceled: tuple[type[BaseException], ...] = (),
     cleanup: Callable[[Job], None] | None = None,
 ) -> str:
-    """run_job's part after the claim: the job is this worker's (running, attempt counted)."""
+    """run_job's part after the claim: the job is this worker's (running, attempt counted). A worker
+    asked to stop (imagesite.stopping) gives the job back to the queue, its attempt not counted."""
     try:
-        with heartbeat(job):
+        if stopping.is_stopping():
+            raise JobInterrupted()
+        with heartbeat(job), stopping.interruptible():
             work(job)
         return "succeeded"
+    except JobInterrupted:
+        outcome = "back in the queue: the worker is stopping" if job.give_back() else "interrupted"
     except (JobCanceled, *canceled):
         outcome = "canceled"
     except readable as exc:
