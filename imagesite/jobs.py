@@ -331,15 +331,15 @@ JOB_MODELS = ("generation.Generation", "training.TrainingRun")
 
 def reap_stale_jobs(stale_after_s: float | None = None) -> dict[str, int]:
     """Find running jobs whose heartbeat stopped (their worker was killed: OOM killer, SIGKILL, power
-    loss) and requeue them while attempts remain, else fail them; then wake workers for jobs queued
-    with nobody working on them (imagesite.queue.wake_idle_queues). Returns counts by outcome.
+    loss) and requeue them while attempts remain, else fail them. Returns counts by outcome. Run
+    every minute with the queue's wake-ups (imagesite.queue.keep_queues_moving).
 
     django-q2's ORM broker would redeliver such a task again and again (django-q2 #327); the claim()
     guard on attempts makes those redeliveries no-ops once the row has moved on."""
     stale_after_s = stale_after_s if stale_after_s is not None else settings.IMAGESITE_STALE_AFTER_S
     cutoff = timezone.now() - timedelta(seconds=stale_after_s)
     counts = {"requeued": 0, "failed": 0}
-    for model in _job_models():
+    for model in job_models():
         label = model._meta.label
         for job in model.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
             if job.attempts < settings.IMAGESITE_MAX_ATTEMPTS and job.requeue():
@@ -351,14 +351,10 @@ def reap_stale_jobs(stale_after_s: float | None = None) -> dict[str, int]:
             ):
                 log.warning("failed %s %s after %s attempts", label, job.pk, job.attempts)
                 counts["failed"] += 1
-    from .queue import wake_idle_queues  # queue builds on this module
-
-    for label, count in wake_idle_queues(_job_models()).items():
-        log.warning("sent %s wake-up(s) for %s jobs queued with no worker on them", count, label)
     return counts
 
 
-def _job_models() -> list[type[Job]]:
+def job_models() -> list[type[Job]]:
     found = []
     for label in JOB_MODELS:
         try:
@@ -379,5 +375,12 @@ def ensure_every_minute(func: str, name: str, using: str = "default") -> None:
 
 
 def ensure_reaper_schedule(using: str = "default", **kwargs) -> None:
-    """post_migrate receiver (imagesite.apps): reap_stale_jobs every minute."""
-    ensure_every_minute("imagesite.jobs.reap_stale_jobs", "reap stale jobs", using)
+    """post_migrate receiver (imagesite.apps): the reaper and the queue's wake-ups every minute
+    (imagesite.queue.keep_queues_moving; a schedule made for the reaper alone is moved onto it)."""
+    from django_q.models import Schedule
+
+    Schedule.objects.using(using).filter(func="imagesite.jobs.reap_stale_jobs").update(func=REAPER_TASK)
+    ensure_every_minute(REAPER_TASK, "reap stale jobs", using)
+
+
+REAPER_TASK = "imagesite.queue.keep_queues_moving"

@@ -12,6 +12,7 @@ Generic over the concrete Job models; each names the path to its owner in `owner
 """
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,7 +22,9 @@ from django.db import connection, models, transaction
 from django.db.models import Avg, F, Max
 from django.utils import timezone
 
-from .jobs import Job, JobStatus
+from .jobs import Job, JobStatus, eta_words, job_models, reap_stale_jobs, run_claimed
+
+log = logging.getLogger("imagesite.queue")
 
 # How many of the next jobs in fair order a worker tries to lock at once (PostgreSQL): enough that
 # workers racing for the head of the queue each find one free without waiting.
@@ -97,8 +100,6 @@ class QueuePlace:
     eta_s: float | None  # None until a job of this kind has finished (nothing to estimate from)
 
     def words(self) -> str:
-        from .jobs import eta_words
-
         who = "next in line" if self.ahead == 0 else f"{self.ahead} ahead of you"
         if self.eta_s is None:
             return who
@@ -139,8 +140,6 @@ def run_next(model: type[Job], work: Callable[[Job], None], **kwargs) -> str:
     run it (imagesite.jobs.run_claimed: heartbeat, readable failure, cleanup). The message's own job id
     is only a wake-up: a duplicated message finds nothing or the next job; a lost one is made up by the
     next message or by the reaper's wake-up."""
-    from .jobs import run_claimed
-
     job = claim_next(model)
     if job is None:
         return "nothing queued"
@@ -171,3 +170,13 @@ def wake_idle_queues(job_models: list[type[Job]]) -> dict[str, int]:
         if count:
             sent[model._meta.label] = count
     return sent
+
+
+def keep_queues_moving() -> dict[str, int]:
+    """The every-minute sweep: requeue or fail jobs whose worker died (imagesite.jobs.reap_stale_jobs),
+    then wake workers for jobs queued with nobody working on them."""
+    counts = reap_stale_jobs()
+    for label, count in wake_idle_queues(job_models()).items():
+        log.warning("sent %s wake-up(s) for %s jobs queued with no worker on them", count, label)
+        counts["woken"] = counts.get("woken", 0) + count
+    return counts

@@ -208,7 +208,7 @@ class TrainingRun(Job):
     base_model_name = models.CharField(max_length=200, blank=True)
     base_family = models.CharField(max_length=16, blank=True, help_text="Generations may use the checkpoint only with a base of this family.")
     options = models.JSONField(default=dict, help_text="TrainingOptions overrides chosen by the user.")
-    phase = models.CharField(max_length=16, blank=True)  # "preparing_model" | "class_images" | "training"
+    phase = models.CharField(max_length=16, blank=True)  # "waiting_gpu" | "preparing_model" | "class_images" | "training"
     loss = models.FloatField(null=True, blank=True)
     seconds_per_step = models.FloatField(null=True, blank=True)
     checkpoint = models.CharField(max_length=255, blank=True, help_text="Storage name of the LoRA file or UNet folder.")

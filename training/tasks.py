@@ -2,11 +2,13 @@
 (process_photo, requeue_stale_photos) runs on the default cluster: it is seconds of CPU per photo."""
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Iterator
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -94,14 +96,15 @@ def _train(run: TrainingRun) -> None:
     options = default_options_for(base, method=run.method, **run.options, validation_prompts=(subject.prompt_example,))
     images = [_training_image(photo, options.resolution) for photo in photos]
     options = replace(options, validation_every=max(1, options.steps // 4))  # four rounds of validation images
-    result = train_dreambooth(
-        base_model=base, instance_images=images, token=subject.token,
-        class_noun=subject.class_noun, options=options, output_dir=output_dir,
-        instance_prompts=[photo.caption or None for photo in photos],
-        progress=TrainingReporter(run, options),
-        should_cancel=lambda: not TrainingRun.objects.filter(pk=run.pk, status=JobStatus.RUNNING).exists(),
-        class_images_dir=Path(default_storage.path(f"{subject.files_prefix()}/class_images")),
-    )
+    with _device_turn(run):  # on a GPU shared with the generation worker: take turns
+        result = train_dreambooth(
+            base_model=base, instance_images=images, token=subject.token,
+            class_noun=subject.class_noun, options=options, output_dir=output_dir,
+            instance_prompts=[photo.caption or None for photo in photos],
+            progress=TrainingReporter(run, options),
+            should_cancel=lambda: not TrainingRun.objects.filter(pk=run.pk, status=JobStatus.RUNNING).exists(),
+            class_images_dir=Path(default_storage.path(f"{subject.files_prefix()}/class_images")),
+        )
     run.checkpoint = str(Path(run.files_dir) / Path(result.checkpoint_path).relative_to(output_dir))
     run.checkpoint_size = result.size_bytes
     run.loss = result.final_loss
@@ -109,6 +112,34 @@ def _train(run: TrainingRun) -> None:
     run.save(update_fields=["checkpoint", "checkpoint_size", "loss", "seconds_per_step"])
     if not run.succeed():
         raise TrainingCanceled()
+
+
+@contextlib.contextmanager
+def _device_turn(run: TrainingRun) -> Iterator[None]:
+    """Hold the training GPU's lease for the run (generation.gpu_lease): a generation worker on the
+    same GPU finishes its job, drops its pipeline and waits. Meanwhile the run page says why it waits."""
+    from generation.gpu_lease import DeviceLease, lease_enabled
+    from generation.gpus import current_settings, worker_device
+
+    from .dreambooth.progress import TrainingCanceled
+
+    device = worker_device("training")
+    if not lease_enabled(device):
+        yield
+        return
+
+    def waiting(holder: str) -> None:
+        run.report_progress(0, 0, pace_starts=False, phase=WAITING_FOR_GPU)
+
+    def stop_if_canceled() -> None:
+        if run.is_canceled():
+            raise TrainingCanceled()
+
+    with DeviceLease(device, "training", current_settings().lock_dir).held(on_wait=waiting, should_stop=stop_if_canceled):
+        yield
+
+
+WAITING_FOR_GPU = "waiting_gpu"
 
 
 def _training_image(photo, resolution: int) -> Image.Image:
