@@ -6,6 +6,7 @@ import re
 from datetime import date
 
 from django.db.models import QuerySet
+from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
@@ -22,7 +23,8 @@ from imagesite.files import private_file_response
 from . import catalog, rules
 from . import serializers as s
 from .modelinfo import SCHEDULERS
-from .models import SCHEDULER_CHOICES, GeneratedImage, Generation
+from .models import SCHEDULER_CHOICES, GeneratedImage, Generation, HiresUpscaler
+from .inputs import stored_content_type
 from .png_settings import PngSettingsError, settings_from_png
 from .services import create_generation, filter_by_words, filter_images
 from .views import preview_response
@@ -68,6 +70,16 @@ class ModelsView(APIView):
         return Response(s.ModelInfoSerializer([model_description(row) for row in rows], many=True).data)
 
 
+INPUT_RESPONSE = {(200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY, description="A PNG once the worker has cleaned it "
+                                                      "(metadata removed); before that, the upload as sent (PNG, JPEG or WebP).")}
+
+
+def _input_response(field_file, missing: str):
+    if not field_file:
+        raise Http404(missing)
+    return private_file_response(field_file, content_type=stored_content_type(field_file))
+
+
 # --- generations -----------------------------------------------------------------------------------
 @extend_schema_view(
     list=extend_schema(summary="List your generations, newest first", parameters=[STATUS_PARAM, SEARCH_PARAM]),
@@ -88,8 +100,13 @@ class GenerationViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.Retriev
 
     @extend_schema(
         summary="Queue a generation",
-        description="Returns 202 with the queued job; poll its `url` until `status` is succeeded, failed or canceled.",
-        request=s.GenerationCreateSerializer,
+        description="Returns 202 with the queued job; poll its `url` until `status` is succeeded, failed or canceled.\n\n"
+                    "img2img: send the input as `init_image` (multipart/form-data) or name one of your images as `source_image` "
+                    "(JSON or multipart), with `strength`. Inpainting: add `mask` (multipart, the input's size; white is repainted) "
+                    "and `mask_blur`. Hires fix (text-to-image): `hires_scale` > 1 with `hires_upscaler`, `hires_strength`, `hires_steps`. "
+                    "Width and height, when omitted with an input, follow the input rounded to a multiple of 8. A refused request "
+                    "(400, by field) stores nothing.",
+        request={"application/json": s.GenerationJsonSerializer, "multipart/form-data": s.GenerationCreateSerializer},
         responses={202: s.GenerationSerializer},
         examples=[
             OpenApiExample("A prompt with the model's defaults", value={"prompt": "a red circle on a blue background"}, request_only=True),
@@ -138,6 +155,16 @@ class GenerationViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.Retriev
         generation.cancel()  # no-op once it has ended; the response shows the status either way
         generation.refresh_from_db()
         return Response(self.get_serializer(generation).data)
+
+    @extend_schema(summary="The job's input image (img2img/inpainting)", description="404 when the job has none.", responses=INPUT_RESPONSE)
+    @action(detail=True, methods=["get"], url_path="input", url_name="input", content_negotiation_class=FileNegotiation)
+    def input_image(self, request: Request, pk: str | None = None):
+        return _input_response(self.get_object().init_image, "This job has no input image.")
+
+    @extend_schema(summary="The job's inpainting mask", description="404 when the job has none.", responses=INPUT_RESPONSE)
+    @action(detail=True, methods=["get"], content_negotiation_class=FileNegotiation)
+    def mask(self, request: Request, pk: str | None = None):
+        return _input_response(self.get_object().mask, "This job has no mask.")
 
     @extend_schema(
         summary="The live preview of a running generation",
@@ -264,6 +291,12 @@ class PngSettingsSerializer(serializers.Serializer):
     height = serializers.IntegerField(required=False)
     scheduler = serializers.ChoiceField(choices=SCHEDULER_CHOICES, required=False)
     model = serializers.CharField(required=False, help_text="The checkpoint's name in the file (not necessarily a model offered here).")
+    strength = serializers.FloatField(required=False, help_text="img2img/inpainting denoising strength (A1111's Denoising strength without hires fix).")
+    mask_blur = serializers.IntegerField(required=False)
+    hires_scale = serializers.FloatField(required=False)
+    hires_upscaler = serializers.ChoiceField(choices=HiresUpscaler.choices, required=False)
+    hires_strength = serializers.FloatField(required=False)
+    hires_steps = serializers.IntegerField(required=False)
     notes = serializers.ListField(child=serializers.CharField(), help_text="What the file says that could not be carried over.")
 
 

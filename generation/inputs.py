@@ -85,6 +85,13 @@ def _open(file: BinaryIO, size: int, what: str) -> tuple[Image.Image, str]:
     return image, fmt
 
 
+def stored_content_type(field_file) -> str:
+    """The content type of a stored input or mask, from its first bytes (a raw upload may be a JPEG
+    until the worker has replaced it with the clean PNG)."""
+    with field_file.storage.open(field_file.name, "rb") as handle:
+        return CONTENT_TYPES.get(sniff_format(handle.read(16)) or "", "application/octet-stream")
+
+
 def check_header(file: BinaryIO, *, size: int, what: str = "input image") -> InputHeader:
     """Judge an upload (an open file of `size` bytes, rewound afterwards) without decoding a pixel.
     Safe in a web request. Raises InputRejected with a readable reason."""

@@ -12,7 +12,7 @@ from api.serializers import DescribedCharField, LinkField, NON_SPACE, ProgressSe
 from api.webhooks import check_webhook_url
 
 from . import catalog, rules
-from .models import MAX_SEED, SCHEDULER_CHOICES, GeneratedImage, Generation, usable_subjects
+from .models import MAX_SEED, SCHEDULER_CHOICES, GeneratedImage, Generation, HiresUpscaler, usable_subjects
 
 
 class ImageSizeField(serializers.IntegerField):
@@ -78,6 +78,8 @@ class GenerationSerializer(serializers.ModelSerializer):
         "While it runs: a small JPEG of the image so far (decoded cheaply from the latents, at the latents' size; "
         "several images side by side), replaced every half second or so; null before the first one and once it ends."))
     webhook_url = serializers.CharField(read_only=True, help_text="Blank when none was given.")
+    init_image_url = serializers.SerializerMethodField()
+    mask_url = serializers.SerializerMethodField()
 
     class Meta:
         model = Generation
@@ -86,17 +88,31 @@ class GenerationSerializer(serializers.ModelSerializer):
             "prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler",
             "num_images", "model_name", "base_model", "phase", "subject", "subject_name", "webhook_url", "created_at", "started_at",
             "finished_at", "images", "preview_url",
+            "source_image", "init_image_url", "strength", "mask_url", "mask_blur", "hires_scale", "hires_upscaler", "hires_strength", "hires_steps",
         ]
         read_only_fields = fields
         extra_kwargs = {
             "base_model": {"help_text": "The base model's id (GET /api/v1/models/); null once removed (model_name keeps its name)."},
             "phase": {"help_text": "While running: loading (the worker loads the base model) or rendering."},
+            "source_image": {"help_text": "The image of yours the input was copied from; null for an upload, text-to-image, or once that image is deleted."},
+            "strength": {"help_text": "img2img/inpainting denoising strength (0-1); unused without an input."},
+            "mask_blur": {"help_text": "Inpainting mask edge blur in pixels."},
+            "hires_scale": {"help_text": "Hires fix: 1 = off; the images are width×height times this (rounded to a multiple of 8)."},
+            "hires_steps": {"help_text": "Steps of the hires pass; 0 = as many as steps."},
         }
 
     @extend_schema_field(ImageSummarySerializer(many=True))
     def get_images(self, obj: Generation) -> list[dict]:
         images = sorted(obj.images.all(), key=lambda image: image.index)
         return ImageSummarySerializer(images, many=True, context=self.context).data
+
+    @extend_schema_field({"type": "string", "format": "uri", "nullable": True, "description": "The input image (img2img/inpainting), private to you; null without one."})
+    def get_init_image_url(self, obj: Generation) -> str | None:
+        return absolute(self.context, reverse("api-generation-input", args=[obj.pk])) if obj.init_image else None
+
+    @extend_schema_field({"type": "string", "format": "uri", "nullable": True, "description": "The inpainting mask (white = repainted), private to you; null without one."})
+    def get_mask_url(self, obj: Generation) -> str | None:
+        return absolute(self.context, reverse("api-generation-mask", args=[obj.pk])) if obj.mask else None
 
     @extend_schema_field({"type": "string", "format": "uri", "nullable": True})
     def get_preview_url(self, obj: Generation) -> str | None:
@@ -127,18 +143,46 @@ class GenerationCreateSerializer(StrictSerializer):
         help_text="One of your trained subjects (its id); put its token in the prompt.",
     )
 
+    # img2img, inpainting, hires fix: files by multipart; a gallery image by id in JSON or multipart
+    init_image = serializers.FileField(required=False, allow_null=True, default=None, allow_empty_file=True,
+                                       help_text="img2img/inpainting input: a PNG, JPEG or WebP (multipart). Width and height, when omitted, follow it.")
+    source_image = serializers.PrimaryKeyRelatedField(
+        queryset=GeneratedImage.objects.none(), required=False, allow_null=True, default=None,
+        help_text="Instead of init_image: one of your images (its id) as the input; its file is copied.")
+    strength = serializers.FloatField(min_value=rules.STRENGTH_RANGE[0], max_value=rules.STRENGTH_RANGE[1], required=False,
+                                      help_text="Denoising strength with an input: 0 keeps it, 1 redraws it (default 0.75).")
+    mask = serializers.FileField(required=False, allow_null=True, default=None, allow_empty_file=True,
+                                 help_text="Inpainting mask of the input's size (multipart): white, or opaque in a transparent PNG, is repainted.")
+    mask_blur = serializers.IntegerField(min_value=rules.MASK_BLUR_RANGE[0], max_value=rules.MASK_BLUR_RANGE[1], required=False,
+                                         help_text="Mask edge blur in pixels (default 4).")
+    hires_scale = serializers.FloatField(min_value=rules.HIRES_SCALE_RANGE[0], max_value=rules.HIRES_SCALE_RANGE[1], required=False,
+                                         help_text="Hires fix (text-to-image): 1 = off (default); the result is width×height times this, within the model's limits.")
+    hires_upscaler = serializers.ChoiceField(choices=HiresUpscaler.choices, required=False, help_text="latent (default) or lanczos.")
+    hires_strength = serializers.FloatField(min_value=rules.STRENGTH_RANGE[0], max_value=rules.STRENGTH_RANGE[1], required=False,
+                                            help_text="Denoising strength of the hires pass (default 0.7).")
+    hires_steps = serializers.IntegerField(min_value=rules.HIRES_STEPS_RANGE[0], max_value=rules.HIRES_STEPS_RANGE[1], required=False,
+                                           help_text="Steps of the hires pass; 0 (default) = as many as steps.")
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         request = self.context.get("request")
         if request is not None and request.user.is_authenticated:
-            # Only the user's own trained subjects: another user's id reads as "does not exist".
+            # Only the user's own trained subjects and images: another user's id reads as "does not exist".
             self.fields["subject"].queryset = usable_subjects(request.user)
+            self.fields["source_image"].queryset = GeneratedImage.objects.for_user(request.user)
 
     def validate_prompt(self, value: str) -> str:
         return rules.validate_prompt(value)
 
     def validate_webhook_url(self, value: str) -> str:
         return check_webhook_url(value) if value else value
+
+class GenerationJsonSerializer(GenerationCreateSerializer):
+    """The JSON body's fields, as documented: files (init_image, mask) come only in multipart bodies."""
+
+    init_image = None
+    mask = None
+
 
 class ImageSerializer(serializers.ModelSerializer):
     """An image with everything needed to make it again."""
