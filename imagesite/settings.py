@@ -177,6 +177,8 @@ IMAGESITE_MODEL_CACHE = env_str("IMAGESITE_MODEL_CACHE", str(BASE_DIR / "build" 
 IMAGESITE_CPU_THREADS = env_int("IMAGESITE_CPU_THREADS", max(1, (os.cpu_count() or 2) // 2))
 # A running job whose heartbeat is older than this is presumed dead (worker killed) and reaped.
 IMAGESITE_STALE_AFTER_S = env_int("IMAGESITE_STALE_AFTER_S", 90)
+# /metrics (Prometheus): staff sessions, or a scraper sending "Authorization: Bearer <this>".
+IMAGESITE_METRICS_TOKEN = env_str("IMAGESITE_METRICS_TOKEN", "")
 IMAGESITE_MAX_ATTEMPTS = env_int("IMAGESITE_MAX_ATTEMPTS", 2)
 IMAGESITE_HEARTBEAT_S = env_int("IMAGESITE_HEARTBEAT_S", 10)
 # A data export's archive (imagesite/export.py) can be downloaded for this many hours, then is deleted.
