@@ -180,3 +180,28 @@ def keep_queues_moving() -> dict[str, int]:
         log.warning("sent %s wake-up(s) for %s jobs queued with no worker on them", count, label)
         counts["woken"] = counts.get("woken", 0) + count
     return counts
+
+
+RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELED)
+
+
+def retry_job(job: Job, *, check_quota: bool = True) -> bool:
+    """A failed or canceled job back in the queue as it was: error, progress and attempts start afresh.
+    Its owner (pages, API) passes the owner's queue cap; staff in the admin may skip it. A model can
+    refuse in `before_retry()` (a training run: not while its subject trains). False when the job is
+    not failed or canceled (any more)."""
+    from .quotas import admit
+
+    with transaction.atomic():
+        if check_quota:
+            admit(job.owner, "max_queued_jobs")
+        if hasattr(job, "before_retry"):
+            job.before_retry()
+        fields = {"status": JobStatus.QUEUED, "error": "", "attempts": 0, "progress_step": 0, "progress_total": 0,
+                  "started_at": None, "finished_at": None, "heartbeat_at": None, "first_step_at": None}
+        if any(field.name == "phase" for field in job._meta.fields):
+            fields["phase"] = ""
+        ok = job._transition(RETRYABLE, **fields)
+        if ok:
+            job.enqueue()
+    return ok

@@ -135,3 +135,24 @@ def test_the_reaper_wakes_workers_for_jobs_nobody_works_on():
     running.delete()
     # The wake-up runs whatever is next in fair order: the stuck job first, then the fresh one.
     assert [claim_next(Generation).pk for _ in range(2)] == [stuck.pk, fresh.pk]
+
+
+def test_a_failed_job_is_retried_afresh_within_the_owners_cap():
+    from imagesite.quotas import QuotaExceeded
+    from imagesite.queue import retry_job
+
+    from .concurrency_support import set_limits
+
+    (alice,) = _users("alice")
+    failed = make_generation(alice, status=JobStatus.FAILED, error="Out of GPU memory", attempts=2,
+                             started_at=timezone.now(), finished_at=timezone.now())
+    assert retry_job(failed)
+    failed.refresh_from_db()
+    assert (failed.status, failed.error, failed.attempts, failed.finished_at) == (JobStatus.QUEUED, "", 0, None)
+    assert not retry_job(failed)  # queued now: nothing to retry
+    assert claim_next(Generation).pk == failed.pk
+    set_limits(alice, max_queued_jobs=1)
+    canceled = make_generation(alice, status=JobStatus.CANCELED)
+    with pytest.raises(QuotaExceeded):
+        retry_job(canceled)  # the first one still runs: the cap of 1 is full
+    assert retry_job(canceled, check_quota=False)  # staff may

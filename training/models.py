@@ -232,6 +232,13 @@ class TrainingRun(Job):
     def owner_id(self) -> int:
         return self.subject.owner_id
 
+    def before_retry(self) -> None:
+        """imagesite.queue.retry_job: one run of a subject at a time, as when starting one."""
+        from imagesite.conflicts import conflict
+
+        if self.subject.is_training():
+            raise conflict("This subject is already training.")
+
     def get_absolute_url(self) -> str:
         return reverse("training-run-detail", args=[self.pk])
 
