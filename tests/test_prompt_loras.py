@@ -196,3 +196,27 @@ def test_lora_tags_and_embeddings_apply_for_their_job_only(owner, tmp_path, sett
     grainy, _ = _render(owner, f"{prompt}, Grainy")
     assert np.abs(grainy - base).mean() > 0.5
     assert np.array_equal(_render(owner, prompt)[0], base)  # the embedding's token is gone again
+
+
+def test_a_subject_is_found_by_its_token_and_needs_a_trained_lora(owner):
+    from training.models import Subject
+
+    Subject.objects.create(owner=owner, name="Rex", token="sks", class_noun="dog")
+    with pytest.raises(ValidationError) as caught:
+        create_generation(owner=owner, prompt="a photo of sks dog <lora:sks:0.7>", **FAST)
+    assert "Your subject “Rex” (sks) has no trained LoRA yet" in caught.value.message_dict["prompt"][0]
+
+
+def test_png_lora_hashes_name_each_lora_as_the_prompt_does(tmp_path):
+    """An uploaded LoRA's stored sha256; a subject's file hashed in the worker; a full fine-tune has none."""
+    import hashlib
+
+    from generation.adapters import Adapter
+    from generation.prompt_files import lora_hashes
+
+    lora = tmp_path / "lora.safetensors"
+    lora.write_bytes(b"lora bytes")
+    adapters = [Adapter(kind="lora", path=str(lora), key="run-1", name="sks"),
+                Adapter(kind="lora", path="unused", key="lora-2", name="ink", sha256="ab" * 32),
+                Adapter(kind="full", path=str(tmp_path), key="run-3", name="rex")]
+    assert lora_hashes(adapters) == {"sks": hashlib.sha256(b"lora bytes").hexdigest()[:10], "ink": "ab" * 5}
