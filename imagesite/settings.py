@@ -272,6 +272,7 @@ Q_CLUSTER = {
 REDIS_URL = os.environ.get("REDIS_URL")
 if REDIS_URL:
     Q_CLUSTER["redis"] = REDIS_URL
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}  # shared: reset throttle
 else:
     Q_CLUSTER["orm"] = "default"
     # The ORM broker, woken by SQLite's commit counter instead of waiting out the poll (imagesite/broker.py).
@@ -385,9 +386,8 @@ if env_bool("DJANGO_BEHIND_TLS_PROXY", False):
     # Only behind a proxy that sets this header itself on every request (and drops the client's).
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
-# --- Sign-up and mail (imagesite/invites.py, imagesite/password_reset.py) ---------------------------
-# open | invite | closed. Open in the embedded set-up (DEBUG, 127.0.0.1: `make run`, then Sign up); invite once
-# DJANGO_DEBUG=false puts the site on a network, where open sign-up would hand strangers the GPU.
+# --- Sign-up and mail (imagesite/invites.py, password_reset.py). Sign-up: open | invite | closed; open in the
+# embedded set-up (DEBUG, 127.0.0.1: `make run`, then Sign up), else invite: strangers must not get the GPU.
 IMAGESITE_SIGNUP = env_str("IMAGESITE_SIGNUP", "open" if DEBUG else "invite").strip().lower()
 IMAGESITE_SIGNUP_CONTACT = env_str("IMAGESITE_SIGNUP_CONTACT", "")  # whom to ask for an invite (login page)
 EMAIL_HOST = env_str("EMAIL_HOST", "")  # unset: mails are printed on the web process's console
@@ -396,6 +396,4 @@ EMAIL_PORT, EMAIL_HOST_USER, EMAIL_HOST_PASSWORD = env_int("EMAIL_PORT", 587), e
 EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)  # implicit TLS (465); else STARTTLS (587) unless EMAIL_USE_TLS=false
 EMAIL_USE_TLS, EMAIL_TIMEOUT = env_bool("EMAIL_USE_TLS", not EMAIL_USE_SSL), 30  # s: a silent server must not hang a request
 DEFAULT_FROM_EMAIL = SERVER_EMAIL = env_str("DEFAULT_FROM_EMAIL", "imagesite <noreply@localhost>")
-IMAGESITE_PASSWORD_RESET_PER_HOUR = env_int("IMAGESITE_PASSWORD_RESET_PER_HOUR", 3)  # per email, per address; cached
-if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+IMAGESITE_PASSWORD_RESET_PER_HOUR = env_int("IMAGESITE_PASSWORD_RESET_PER_HOUR", 3)  # per email, per address (cache)
