@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 
 from django import forms
+from django.core.files.base import ContentFile
 from django.template.defaultfilters import filesizeformat
 
 from . import catalog, rules
@@ -70,6 +71,9 @@ class GenerateForm(forms.Form):
     init_image = forms.FileField(required=False, label="Input image", widget=forms.ClearableFileInput(attrs={"accept": "image/png,image/jpeg,image/webp"}),
                                   help_text="Start from this image instead of noise (img2img). Blank width/height: its size.")
     source_image = forms.ModelChoiceField(queryset=None, required=False, widget=forms.HiddenInput)
+    # The page after a job whose input was an upload: that job's stored input is used again unless
+    # another is chosen (a browser cannot refill a file input).
+    input_job = forms.ModelChoiceField(queryset=None, required=False, widget=forms.HiddenInput)
     strength = forms.FloatField(required=False, min_value=0, max_value=1, label="Denoising strength",
                                 widget=forms.NumberInput(attrs={"type": "range", "step": 0.01, "min": 0, "max": 1}),
                                 help_text="0 keeps the input, 1 ignores it.")
@@ -106,6 +110,7 @@ class GenerateForm(forms.Form):
         self.subjects = usable_subjects(owner)
         self.fields["subject"].queryset = self.subjects
         self.fields["source_image"].queryset = GeneratedImage.objects.for_user(owner)
+        self.fields["input_job"].queryset = Generation.objects.for_user(owner).exclude(init_image="")
         for name, value in {**self.model_info.defaults(), **INPUT_DEFAULTS}.items():
             self.fields[name].initial = value
         for name in ("width", "height"):
@@ -135,7 +140,9 @@ class GenerateForm(forms.Form):
                 data[name] = default
         if data.get("init_image") and data.get("source_image"):
             data["source_image"] = None  # a file chosen on the page replaces the gallery image it started from
-        if data.get("mask") and not (data.get("init_image") or data.get("source_image")):
+        if data.get("init_image") or data.get("source_image"):
+            data["input_job"] = None
+        if data.get("mask") and not (data.get("init_image") or data.get("source_image") or data.get("input_job")):
             self.add_error("mask", "A mask needs an input image to paint on: choose one above.")
         return data
 
@@ -143,10 +150,19 @@ class GenerateForm(forms.Form):
         """Keyword arguments for services.create_generation (after is_valid()). Inputs not given are
         left out, so a service without img2img keeps working; blank sizes are the service's to fill."""
         data = dict(self.cleaned_data)
+        if job := data.pop("input_job", None):
+            with job.init_image.open("rb") as f:  # bytes only: the service checks them like an upload
+                data["init_image"] = ContentFile(f.read(), name="input")
         for name in ("init_image", "source_image", "mask"):
             if not data.get(name):
                 data.pop(name, None)
         return data
+
+    def chosen_input_job(self) -> Generation | None:
+        """The earlier job whose uploaded input the form reuses (posted or initial), when it is the user's."""
+        value = self["input_job"].value()
+        value = getattr(value, "pk", value)
+        return self.fields["input_job"].queryset.filter(pk=value).first() if str(value or "").isdigit() else None
 
     def chosen_source(self) -> GeneratedImage | None:
         """The gallery image the form starts from (posted or initial), when it is the user's."""
@@ -167,7 +183,8 @@ class GenerateForm(forms.Form):
 
     def groups(self) -> dict[str, list]:
         """The fields of each section of the page (bound fields)."""
-        return {"settings": [self[n] for n in self.SETTINGS], "input": [self[n] for n in self.INPUT], "hires": [self[n] for n in self.HIRES]}
+        groups = {"settings": self.SETTINGS, "input": self.INPUT, "hires": self.HIRES}
+        return {group: [self[n] for n in names if not self[n].is_hidden] for group, names in groups.items()}
 
 
 def initial_from_job(job: Generation, image: GeneratedImage | None = None) -> dict:
@@ -177,6 +194,8 @@ def initial_from_job(job: Generation, image: GeneratedImage | None = None) -> di
     initial.update({name: getattr(job, name) for name in INPUT_DEFAULTS})
     if job.source_image_id and GeneratedImage.objects.filter(pk=job.source_image_id).exists():
         initial["source_image"] = job.source_image_id
+    elif job.init_image:
+        initial["input_job"] = job.pk
     return initial
 
 

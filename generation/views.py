@@ -69,14 +69,29 @@ def _job_from_query(request: HttpRequest) -> Generation | None:
 
 
 def _studio_context(request: HttpRequest, form: GenerateForm, job: Generation | None) -> dict:
-    source = form.chosen_source()
     return {
         "form": form, "model": form.model_info, "base_model": form.base_model, "presets": getattr(form.model_info, "aspect_presets", ()),
-        "subjects": form.subjects, "subject": _attached_subject(form), "source": source,
+        "subjects": form.subjects, "subject": _attached_subject(form), "input": _chosen_input(form, job),
         "open_mask_editor": request.GET.get("inpaint") == "1" or bool(form["mask"].errors),
         "generation": job, "images": job.images.order_by("index") if job else (), **_recent(request),
-        "job_input_upload": job is not None and bool(job.init_image) and source is None,
     }
+
+
+def _chosen_input(form: GenerateForm, job: Generation | None) -> dict | None:
+    """The input image the form starts from, for its thumbnail and the mask painter: a gallery image,
+    or an earlier job's uploaded input; with the shown job's mask when the input is that job's."""
+    if source := form.chosen_source():
+        chosen = {"thumb": reverse("image-thumbnail", args=[source.pk]), "full": reverse("image-file", args=[source.pk]),
+                  "text": f"From the gallery ({source.width}×{source.height})"}
+        same_input = job is not None and job.source_image_id == source.pk
+    elif earlier := form.chosen_input_job():
+        url = reverse("generation-input", args=[earlier.pk])
+        chosen, same_input = {"thumb": url, "full": url, "text": "The input of that job"}, job is not None and job.pk == earlier.pk
+    else:
+        return None
+    if same_input and job.mask:
+        chosen["mask"] = reverse("generation-mask", args=[job.pk])
+    return chosen
 
 
 def _attached_subject(form: GenerateForm):

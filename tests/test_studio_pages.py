@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 
 import pytest
+from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 from django_q.models import OrmQ
@@ -88,6 +89,35 @@ def test_input_image_and_mask_settings_reach_the_job(owner, owner_client, django
     assert (job.strength, job.mask_blur) == (0.4, 9) and job.init_image and job.mask and OrmQ.objects.count() == 1
     if _service_takes("init_image"):  # the img2img service: a blank size follows the input
         assert (job.width, job.height) == (64, 48)
+
+
+def test_the_next_job_reuses_the_uploaded_input_and_its_mask(owner, owner_client, django_capture_on_commit_callbacks):
+    """A browser cannot refill a file input, so the page after an upload carries the job's input."""
+    files = {"init_image": upload("in.png", (64, 48)), "mask": upload("m.png", (64, 48), (255, 255, 255))}
+    with django_capture_on_commit_callbacks(execute=True):
+        first = owner_client.post(PAGE, {**form_data(width="", height="", num_images=1), **files})
+    job = Generation.objects.get()
+    page = owner_client.get(first["Location"])
+    html = page.content.decode()
+    assert page.context["form"]["input_job"].value() == job.pk
+    assert f'src="{reverse("generation-input", args=[job.pk])}"' in html and f'data-mask="{reverse("generation-mask", args=[job.pk])}"' in html
+    assert owner_client.get(reverse("generation-input", args=[job.pk])).status_code == 200
+    with django_capture_on_commit_callbacks(execute=True):
+        owner_client.post(PAGE, form_data(width="", height="", num_images=1, input_job=job.pk, seed="43"))
+    again = Generation.objects.get(seed=43)
+    assert again.init_image and again.init_image.name != job.init_image.name and not again.mask
+    with again.init_image.open("rb") as a, job.init_image.open("rb") as b:
+        assert a.read() == b.read()
+
+
+def test_another_users_job_input_is_neither_served_nor_reused(owner, other_client):
+    job = make_generation(owner)
+    job.init_image.save("in", ContentFile(png_bytes()), save=True)
+    job.mask.save("m", ContentFile(png_bytes()), save=True)
+    assert other_client.get(reverse("generation-input", args=[job.pk])).status_code == 404
+    assert other_client.get(reverse("generation-mask", args=[job.pk])).status_code == 404
+    response = other_client.post(PAGE, form_data(input_job=job.pk))
+    assert response.status_code == 400 and list(response.context["form"].errors) == ["input_job"]
 
 
 def test_hires_settings_reach_the_job(owner_client, django_capture_on_commit_callbacks):

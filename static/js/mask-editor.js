@@ -22,13 +22,15 @@
   const image = el("img", { alt: "The input image under the mask" });
   const canvas = el("canvas", { className: "mask-canvas", id: "mask-canvas" });
   const stage = el("div", { className: "mask-stage" }, [image, canvas]);
-  const note = el("small", { className: "muted", textContent: "Paint what should be repainted (shown in red). It is sent as the mask when you generate." });
+  const note = el("small", { className: "muted", textContent: "Paint what should be repainted (shown in blue). It is sent as the mask when you generate." });
   const tools = el("div", { className: "mask-tools" }, [el("label", { className: "check", textContent: "Brush " }, [brush]), ...modeButtons, clearButton, invertButton]);
   const empty = document.getElementById("mask-editor-empty");
   const editor = el("div", { hidden: true }, [tools, stage, note]);
   root.append(editor);
 
   const ctx = canvas.getContext("2d");
+  const PAINT = [61, 90, 254];  // drawn half-transparent over the input; any colour means "repaint"
+  const paintStyle = `rgb(${PAINT.join(", ")})`;
   let mode = "paint", painted = false, last = null;
 
   function setMode(next) {
@@ -38,7 +40,7 @@
   modeButtons.forEach((b) => b.addEventListener("click", () => setMode(b.dataset.mode)));
   setMode("paint");
 
-  function load(url) {
+  function load(url, maskUrl) {
     painted = false;
     if (!url) { editor.hidden = true; empty.hidden = false; return; }
     image.onload = () => {
@@ -48,8 +50,28 @@
       brush.value = Math.max(2, Math.round(Math.max(canvas.width, canvas.height) / 12));
       ctx.clearRect(0, 0, canvas.width, canvas.height);
       editor.hidden = false; empty.hidden = true;
+      if (maskUrl) loadMask(maskUrl);
     };
     image.src = url;
+  }
+
+  // The last job's mask, painted back where it was white, so the next try repaints the same area.
+  function loadMask(url) {
+    const mask = new Image();
+    mask.onload = () => {
+      if (mask.naturalWidth !== canvas.width || mask.naturalHeight !== canvas.height) return;
+      const scratch = el("canvas", { width: canvas.width, height: canvas.height }).getContext("2d");
+      scratch.drawImage(mask, 0, 0);
+      const pixels = scratch.getImageData(0, 0, canvas.width, canvas.height);
+      const [r, g, b] = PAINT;
+      for (let i = 0; i < pixels.data.length; i += 4) {
+        const white = pixels.data[i] > 128;
+        pixels.data[i] = r; pixels.data[i + 1] = g; pixels.data[i + 2] = b; pixels.data[i + 3] = white ? 255 : 0;
+      }
+      ctx.putImageData(pixels, 0, 0);
+      painted = true;
+    };
+    mask.src = url;
   }
 
   // A pointer's position in the canvas's own pixels (it is drawn scaled to the page's width).
@@ -59,7 +81,7 @@
   }
   function stroke(from, to) {
     ctx.globalCompositeOperation = mode === "erase" ? "destination-out" : "source-over";
-    ctx.strokeStyle = ctx.fillStyle = "rgb(255, 0, 0)";
+    ctx.strokeStyle = ctx.fillStyle = paintStyle;
     ctx.lineWidth = Number(brush.value);
     ctx.lineCap = ctx.lineJoin = "round";
     ctx.beginPath();
@@ -87,7 +109,7 @@
     const copy = el("canvas", { width: canvas.width, height: canvas.height });
     copy.getContext("2d").drawImage(canvas, 0, 0);
     ctx.globalCompositeOperation = "source-over";
-    ctx.fillStyle = "rgb(255, 0, 0)";
+    ctx.fillStyle = paintStyle;
     ctx.fillRect(0, 0, canvas.width, canvas.height);
     ctx.globalCompositeOperation = "destination-out";
     ctx.drawImage(copy, 0, 0);
@@ -121,5 +143,5 @@
 
   document.addEventListener("studio:input", (e) => load(e.detail));
   const thumb = document.getElementById("input-thumb");
-  if (thumb && thumb.dataset.full) load(thumb.dataset.full);
+  if (thumb && thumb.dataset.full) load(thumb.dataset.full, thumb.dataset.mask);
 })();

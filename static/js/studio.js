@@ -62,8 +62,9 @@
   }
 
   // The input image: a gallery image (hidden source_image) or a chosen file. Either shows as a
-  // thumbnail with "remove"; the mask painter hears of each change ("studio:input", detail = URL or null).
-  const upload = field("init_image"), source = field("source_image");
+  // thumbnail with "remove"; the mask painter hears of each change ("studio:input", detail = URL or
+  // null) and reads the page's first input (and the job's mask) from #input-thumb itself.
+  const upload = field("init_image"), source = field("source_image"), earlier = field("input_job");
   const chosen = document.getElementById("chosen-input"), thumb = document.getElementById("input-thumb");
   const label = document.getElementById("input-name");
   let objectUrl = null;
@@ -76,18 +77,17 @@
   if (upload) upload.addEventListener("change", () => {
     if (objectUrl) URL.revokeObjectURL(objectUrl);
     const file = upload.files[0];
-    if (!file) { if (!source.value) { chosen.hidden = true; announce(null); } return; }
+    if (!file) { if (!source.value && !earlier.value) { chosen.hidden = true; announce(null); } return; }
     objectUrl = URL.createObjectURL(file);
-    source.value = "";  // a file chosen here replaces the gallery image
+    source.value = earlier.value = "";  // a file chosen here replaces the gallery image or the last job's input
     field("width").value = ""; field("height").value = "";  // the size follows the input
     show(objectUrl, objectUrl, file.name);
   });
   document.getElementById("input-remove").addEventListener("click", () => {
     if (upload) upload.value = "";
-    source.value = "";
+    source.value = earlier.value = "";
     chosen.hidden = true;
     thumb.removeAttribute("src");
     announce(null);
   });
-  if (thumb.dataset.full) announce(thumb.dataset.full);
 })();
