@@ -14,7 +14,7 @@ a full internal queue, without bound. Here:
   and, should the sentinel not end in time, kills what is left;
 - the sentinel notes a signal too (a flag its guard loop sees) instead of dying, and its stop is
   bounded: the pusher gets 1.5 s, the workers get SIGTERM (stop at the next step), SIGUSR1 after
-  SOFT_STOP_S (interrupt the job where it is), SIGKILL after HARD_STOP_S more;
+  SOFT_STOP_S (interrupt the job where it is), SIGKILL after HARD_STOP_S more: 4 s in all;
 - each worker installs imagesite.stopping's handlers before it takes work.
 A wake-up message lost on the way is harmless: the job row is the queue (imagesite.queue).
 """
@@ -38,11 +38,14 @@ from django_q.worker import worker
 from imagesite import stopping
 
 PUSHER_STOP_S = 1.5  # the pusher's dequeue waits at most Q_CLUSTER["poll"] (ORM) or 1 s (Redis)
-SOFT_STOP_S = 4.0  # workers stop at their next step (a generation or training step: well under this)
-HARD_STOP_S = 2.0  # then JobInterrupted where the job is; then SIGKILL
+# From the stop's start: workers stop at their next step (a generation or training step takes well
+# under this); then JobInterrupted where the job is (a model load); then SIGKILL. Within honcho's 5 s
+# (`make run`) and docker stop's 10 s.
+SOFT_STOP_S = 2.5
+HARD_STOP_S = 1.5
 MONITOR_STOP_S = 2.0
 # The main process's limit on the sentinel's whole stop before it kills what is left.
-CLUSTER_STOP_S = PUSHER_STOP_S + SOFT_STOP_S + HARD_STOP_S + MONITOR_STOP_S + 3
+CLUSTER_STOP_S = SOFT_STOP_S + HARD_STOP_S + MONITOR_STOP_S + 3
 
 
 class Command(QClusterCommand):
@@ -135,13 +138,14 @@ class StoppableSentinel(Sentinel):
         process.start()
 
     def stop(self) -> None:
+        started = time.monotonic()
         Stat(self).save()
         logger.info("%s stopping cluster processes", current_process().name)
         self.event_out.set()  # the pusher ends after its current dequeue
         _signal_each(self.pool, signal.SIGTERM)  # each worker's job stops at its next step
         if not _wait_for(lambda: not self.pusher.is_alive(), PUSHER_STOP_S):
             self.pusher.kill()  # blocked on a full task queue: what it holds is only a wake-up
-        self._stop_workers()
+        self._stop_workers(started)
         self.result_queue.put("STOP")
         self.result_queue.close()
         if not _wait_for(lambda: not self.monitor.is_alive(), MONITOR_STOP_S):
@@ -149,10 +153,9 @@ class StoppableSentinel(Sentinel):
             self.result_queue.cancel_join_thread()
         Stat(self).save()
 
-    def _stop_workers(self) -> None:
+    def _stop_workers(self, started: float) -> None:
         """A STOP for each live worker (after its job stops); SIGUSR1 and then SIGKILL to any still
         working when their time is up."""
-        started = time.monotonic()
         pills, hard_sent = 0, False
         while True:
             self.pool = [p for p in self.pool if p.is_alive()]
