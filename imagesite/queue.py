@@ -205,3 +205,48 @@ def retry_job(job: Job, *, check_quota: bool = True) -> bool:
         if ok:
             job.enqueue()
     return ok
+
+
+def claim_batch(model: type[Job], batch_key: Callable[[Job], object], *, max_jobs: int,
+                size: Callable[[Job], int] = lambda job: 1, max_size: int | None = None) -> list[Job]:
+    """Claim the next job in fair order and, with it, queued jobs the worker can run in the same
+    pipeline call: those whose `batch_key` equals the first one's (a key of None: never batched), up
+    to `max_jobs` jobs and `max_size` in all (`size`: e.g. a job's image count). The fair order holds:
+    a job joins only if it is next anyway (the unbroken run of compatible jobs after the first) or it
+    is its owner's next job (each owner's first in the order), so a batch never puts one user's
+    later jobs before another user's. Returns [] when nothing is queued."""
+    first = claim_next(model)
+    if first is None:
+        return []
+    key = batch_key(first)
+    if key is None or max_jobs <= 1:
+        return [first]
+    owner_field = owner_path(model)
+    order = fair_order(model)
+    queued = model.objects.in_bulk(order[: max_jobs * 8])  # enough to look past other users' jobs
+    batch, total = [first], size(first)
+    owners_seen, unbroken = {_owner_of(first, owner_field)}, True  # the first job was its owner's next
+    for pk in order:
+        job = queued.get(pk)
+        if job is None:
+            break
+        owner = _owner_of(job, owner_field)
+        owners_next = owner not in owners_seen
+        owners_seen.add(owner)
+        fits = batch_key(job) == key and (max_size is None or total + size(job) <= max_size)
+        if not fits:
+            unbroken = False
+            continue
+        if (unbroken or owners_next) and _claim_first(model, [pk]) is not None:
+            batch.append(model.objects.get(pk=pk))
+            total += size(job)
+            if len(batch) >= max_jobs:
+                break
+    return batch
+
+
+def _owner_of(job: Job, owner_field: str):
+    value = job
+    for part in owner_field.split("__"):
+        value = getattr(value, part)
+    return getattr(value, "pk", value)

@@ -156,3 +156,44 @@ def test_a_failed_job_is_retried_afresh_within_the_owners_cap():
     with pytest.raises(QuotaExceeded):
         retry_job(canceled)  # the first one still runs: the cap of 1 is full
     assert retry_job(canceled, check_quota=False)  # staff may
+
+
+def _same_settings(job):
+    return None if job.width != 64 else (job.steps, job.width)
+
+
+def test_a_batch_takes_compatible_jobs_that_are_next_anyway():
+    from imagesite.queue import claim_batch
+
+    alice, bob, carol = _users("alice", "bob", "carol")
+    now = timezone.now()
+    a = _queue(alice, 3, now)
+    b = _queue(bob, 1, now + timedelta(seconds=10))
+    odd = make_generation(carol, created_at=now + timedelta(seconds=20), steps=9)  # other settings
+    lone = make_generation(carol, created_at=now + timedelta(seconds=30), width=128)  # never batched
+    batch = claim_batch(Generation, _same_settings, max_jobs=4)
+    # Fair order: a0 b0 odd a1 lone a2. a0 and b0 are next anyway; odd breaks the run, so alice's
+    # later jobs wait their turn behind carol's.
+    assert [job.pk for job in batch] == [a[0].pk, b[0].pk]
+    assert {job.status for job in Generation.objects.filter(pk__in=[a[0].pk, b[0].pk])} == {JobStatus.RUNNING}
+    assert [job.pk for job in claim_batch(Generation, _same_settings, max_jobs=4)] == [odd.pk]
+    # Then a1 lone a2: lone breaks the run again, and a2 is not its owner's next job.
+    assert [job.pk for job in claim_batch(Generation, _same_settings, max_jobs=4)] == [a[1].pk]
+    assert [job.pk for job in claim_batch(Generation, _same_settings, max_jobs=4)] == [lone.pk]
+    assert [job.pk for job in claim_batch(Generation, _same_settings, max_jobs=4)] == [a[2].pk]
+    assert claim_batch(Generation, _same_settings, max_jobs=4) == []
+
+
+def test_a_batch_takes_each_users_next_job_and_keeps_to_its_limits():
+    from imagesite.queue import claim_batch
+
+    heavy, light = _users("heavy", "light")
+    now = timezone.now()
+    heavy_jobs = _queue(heavy, 6, now)
+    make_generation(heavy, created_at=now + timedelta(seconds=100), steps=9)
+    light_job = make_generation(light, created_at=now + timedelta(seconds=200), num_images=3)
+    # light's only job is its owner's next: it joins although heavy's jobs come first in line.
+    batch = claim_batch(Generation, _same_settings, max_jobs=3, size=lambda job: job.num_images, max_size=5)
+    assert [job.pk for job in batch] == [heavy_jobs[0].pk, light_job.pk, heavy_jobs[1].pk]
+    batch = claim_batch(Generation, _same_settings, max_jobs=8, size=lambda job: job.num_images, max_size=2)
+    assert [job.pk for job in batch] == [heavy_jobs[2].pk, heavy_jobs[3].pk]
