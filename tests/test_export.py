@@ -65,6 +65,15 @@ def _everything_of(user) -> dict:
     return {"image": image, "subject": subject, "run": run}
 
 
+def _lora_of(user):
+    from generation.models import Lora
+
+    lora = Lora(owner=user, name="ink style", sha256="0" * 64, size_bytes=7)
+    lora.file.save("x.safetensors", ContentFile(b"my lora"), save=False)
+    lora.save()
+    return lora
+
+
 def _export(user, captured) -> DataExport:
     """Request an export and run its task as the worker does (the queued message is not delivered)."""
     with captured():
@@ -81,6 +90,7 @@ def _zip(response) -> zipfile.ZipFile:
 
 def test_the_archive_holds_everything_of_yours_and_nothing_of_anyone_else(owner, other_user, owner_client, media, django_capture_on_commit_callbacks):
     mine = _everything_of(owner)
+    _lora_of(owner)
     theirs = make_image(other_user, prompt="not yours")
     Path(theirs.file.path).write_bytes(b"\x89PNG theirs")
     export = _export(owner, django_capture_on_commit_callbacks)
@@ -103,6 +113,7 @@ def test_the_archive_holds_everything_of_yours_and_nothing_of_anyone_else(owner,
     assert jobs["generations"][0]["images"][0]["path"] == image_path and jobs["generations"][0]["steps"] == 4
     assert jobs["training_runs"][0]["checkpoint"] == f"{folder}/run-{mine['run'].pk}/sks.safetensors"
     assert [s["token"] for s in jobs["subjects"]] == ["sks"]
+    assert archive.read("loras/ink-style.safetensors") == b"my lora" and jobs["loras"][0]["name"] == "ink style"
     assert json.loads(archive.read("account.json"))["username"] == "owner"
     assert b"not yours" not in b"".join(archive.read(n) for n in names) and b"theirs" not in archive.read("jobs.json")
 
@@ -146,6 +157,15 @@ def test_deleting_the_account_deletes_its_exports_and_files(owner, other_user, m
     left = sorted(str(p.relative_to(media)) for p in media.rglob("*") if p.is_file())
     assert left == sorted([theirs.file.name, theirs.thumbnail.name])
     assert not (media / "exports" / str(owner.pk)).exists()
+
+
+@pytest.mark.xfail(strict=True, reason="generation deletes a LoRA's or embedding's file in delete_prompt_file only, not with its row "
+                   "(a post_delete receiver for Lora and Embedding, as for GeneratedImage, would): an account's cascade leaves them")
+def test_deleting_the_account_deletes_its_uploaded_loras_files(owner, media, django_capture_on_commit_callbacks):
+    lora = _lora_of(owner)
+    with django_capture_on_commit_callbacks(execute=True):
+        delete_account(user=owner)
+    assert not default_storage.exists(lora.file.name)
 
 
 def test_an_export_of_a_deleted_account_stops_and_leaves_no_file(owner, media, django_capture_on_commit_callbacks):
