@@ -3,9 +3,9 @@
     .venv/bin/python bench/worker_overhead.py [--runs 15] [--warmup 2] [--threads N]
 
 Sets itself up: a throwaway SQLite file and media folder under build/bench/, migrated here, and a real
-`manage.py qcluster` subprocess on them (the ORM broker, as in the embedded set-up). Both sides render
-the demo model's defaults (64x64, 20 steps, DPM++ 2M, 1 image) and are warmed up first; runs alternate
-bare / worker so that a busy machine slows both alike.
+`manage.py workers` subprocess on them (qcluster that stops cleanly; the ORM broker, as in the embedded
+set-up). Both sides render the demo model's defaults (64x64, 20 steps, DPM++ 2M, 1 image) and are
+warmed up first; runs alternate bare / worker so that a busy machine slows both alike.
 
 - bare: `Renderer(...).render(settings)` in this process, no progress callback.
 - worker: the row's `created_at → finished_at`: from `create_generation()` (insert + enqueue on
@@ -67,13 +67,14 @@ def _fresh_database(work: Path = WORK) -> None:
 
 
 class Worker:
-    """`manage.py qcluster` in its own process group, logging to build/bench/qcluster.log."""
+    """`manage.py workers` (qcluster that stops cleanly) in its own process group, logging to
+    build/bench/qcluster.log."""
 
     def __init__(self) -> None:
         self.log_path = WORK / "qcluster.log"
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
+            [sys.executable, "manage.py", "workers"],
             cwd=ROOT,
             env=os.environ.copy(),
             stdout=self.log,
@@ -88,7 +89,9 @@ class Worker:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        stop_process(self.proc, grace=30, group=True)
+        # The whole group, as systemd does: out within a few seconds (the stock qcluster hung here
+        # until SIGKILLed at 30 s).
+        stop_process(self.proc, grace=10, group=True)
         self.log.close()
 
 
