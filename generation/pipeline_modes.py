@@ -16,7 +16,8 @@ handed the job's scheduler at each call. What AUTOMATIC1111 does, step by step:
   under a full mask, as A1111 conditions such models).
 - hires fix: a first pass at the job's size; its latents upscaled (bilinear, A1111's "Latent") or
   its decoded images upscaled with Lanczos and re-encoded; then an img2img pass at `hires_strength`
-  for `hires_steps` (0: the job's steps), with fresh noise from the same seeds.
+  for `hires_steps` (0: the job's steps), with fresh noise from the same seeds; a strength that
+  leaves no step (int(steps × strength) = 0) upscales only, as A1111 does at denoising 0.
 
 Progress counts both passes as one job: step k of the second pass is reported as first-pass steps + k.
 """
@@ -163,6 +164,8 @@ def _hires_pass(pipes: ModePipes, s: "RenderSettings", first, embeds: dict, seed
         upscaled = torch.nn.functional.interpolate(first, size=(height // factor, width // factor), mode="bilinear", antialias=False)
     else:
         upscaled = [image.resize((width, height), Image.Resampling.LANCZOS) for image in first]
+    if denoising_steps(s.hires_steps or s.steps, s.hires_strength) == 0:  # A1111: no denoising, an upscale only
+        return _decode(pipes.base, upscaled) if s.hires_upscaler == "latent" else upscaled
     common = dict(**embeds, guidance_scale=s.guidance_scale, num_images_per_prompt=s.num_images, generator=_generators(seeds),
                   callback_on_step_end=steps.callback(), num_inference_steps=s.hires_steps or s.steps, strength=s.hires_strength)
     if pipes.inpainting_model:

@@ -164,14 +164,10 @@ def _check_studio_settings(studio: dict, settings: dict, info, *, has_input: boo
         errors["mask_blur"] = [f"Between {MASK_BLUR_RANGE[0]} and {MASK_BLUR_RANGE[1]} pixels."]
     errors.update(validate_hires(studio["hires_scale"], studio["hires_upscaler"], studio["hires_steps"],
                                  settings["width"], settings["height"], info))
-    if studio["hires_scale"] > 1 and "hires_scale" not in errors:
-        if has_input:
-            errors["hires_scale"] = ["Hires fix is for text-to-image; to enlarge an input, set a larger width and height (img2img upscales it)."]
-        try:
-            validate_strength(studio["hires_strength"], studio["hires_steps"] or settings["steps"], what="hires strength")
-        except ValidationError as exc:
-            errors["hires_strength"] = exc.messages
-    elif not STRENGTH_RANGE[0] <= studio["hires_strength"] <= STRENGTH_RANGE[1]:
+    if studio["hires_scale"] > 1 and "hires_scale" not in errors and has_input:
+        errors["hires_scale"] = ["Hires fix is for text-to-image; to enlarge an input, set a larger width and height (img2img upscales it)."]
+    # A hires strength that leaves no step upscales only (A1111 at denoising 0): a range is the only rule.
+    if not STRENGTH_RANGE[0] <= studio["hires_strength"] <= STRENGTH_RANGE[1]:
         errors["hires_strength"] = [f"The hires strength must be between {STRENGTH_RANGE[0]:g} and {STRENGTH_RANGE[1]:g}."]
 
 
