@@ -287,3 +287,51 @@ def test_a_real_worker_of_the_default_cluster_makes_the_archive(owner, worker):
     wait_for_status(export, JobStatus.SUCCEEDED, timeout=60)
     with zipfile.ZipFile(default_storage.path(export.file.name)) as archive:
         assert f"images/{image.download_name()}" in archive.namelist()
+
+
+@pytest.mark.browser
+@pytest.mark.worker
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_in_a_browser_prepare_download_then_delete_the_account(live_server, worker, owner, monkeypatch, tmp_path):
+    """The round trip a person makes: account page → Prepare my archive → progress → Download (a
+    real qcluster makes it) → Delete account with the password → nothing of theirs is left."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from .test_browser import CHROMIUM_ARGS, SCREENSHOTS
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # ORM calls beside Playwright's event loop
+    image = make_image(owner)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 800}, accept_downloads=True)
+        page.set_default_timeout(30_000)
+        page.goto(f"{live_server.url}/accounts/login/")
+        page.fill("#id_username", "owner")
+        page.fill("#id_password", PASSWORD)
+        page.click("button[type=submit]")
+        page.goto(f"{live_server.url}/accounts/api/#export")
+        expect(page.locator("#export-section")).to_be_visible()  # loaded into the account page
+        page.locator("#export").screenshot(path=str(SCREENSHOTS / "account-export-before.png"))
+        page.click("text=Prepare my archive")  # htmx posts and swaps the section, which then polls
+        download_link = page.locator("#export-section a", has_text="Download archive")
+        expect(download_link).to_be_visible()
+        expect(page.locator("#export-section")).to_contain_text("the link expires")
+        page.locator("#export").screenshot(path=str(SCREENSHOTS / "account-export-ready.png"))
+        with page.expect_download() as download:
+            download_link.click()
+        saved = tmp_path / "archive.zip"
+        download.value.save_as(saved)
+        with zipfile.ZipFile(saved) as archive:
+            assert f"images/{image.download_name()}" in archive.namelist()
+        archive_name = DataExport.objects.get(owner=owner).file.name
+
+        page.goto(f"{live_server.url}/accounts/delete/")
+        page.fill("#id_password", PASSWORD)
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("button.danger")
+        expect(page.locator("body")).to_contain_text("Deleted the account owner")
+        browser.close()
+    assert not DataExport.objects.exists()
+    assert not default_storage.exists(archive_name) and not default_storage.exists(image.file.name)
