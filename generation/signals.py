@@ -3,10 +3,16 @@ from django.dispatch import receiver
 
 from imagesite.files import delete_file_on_commit
 
-from .models import GeneratedImage
+from .models import Embedding, GeneratedImage, Lora
 
 
 @receiver(post_delete, sender=GeneratedImage)
 def delete_image_files(sender, instance: GeneratedImage, **kwargs) -> None:
     delete_file_on_commit(instance.file)
     delete_file_on_commit(instance.thumbnail)
+
+
+@receiver(post_delete, sender=Lora)
+@receiver(post_delete, sender=Embedding)
+def delete_prompt_file_files(sender, instance, **kwargs) -> None:
+    delete_file_on_commit(instance.file)

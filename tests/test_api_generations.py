@@ -146,7 +146,7 @@ def test_an_id_too_large_for_the_database_is_404(owner_api):
     ({"prompt": "a (red:1.2.3) circle"}, "prompt", "is not a number"),
     ({"prompt": "a [red:blue:0.5] circle"}, "prompt", "Prompt editing"),
     ({"prompt": "a red circle", "negative_prompt": "(blurry:1.2.3)"}, "negative_prompt", "is not a number"),
-    ({"prompt": "a red circle <lora:ink:0.8>"}, "prompt", "LoRAs in the prompt are not supported yet"),
+    ({"prompt": "a red circle <lora:ink:0.8>"}, "prompt", "No LoRA called “ink”"),
 ])
 def test_a_prompt_that_parses_badly_is_a_field_error_and_nothing_is_queued(owner_api, data, field, words):
     response = owner_api.post(URL, data, format="json")

@@ -12,11 +12,7 @@ from dataclasses import dataclass
 import pytest
 from PIL import Image
 
-from generation import tasks
 from generation.png_params import a1111_parameters, encode_for_gallery, lora_short_hash
-from training.models import Subject
-
-from .factories import make_generation
 
 # AUTOMATIC1111's modules/infotext_utils.py reads the last line's keys with this pattern (its
 # unquote() json-loads a quoted value).
@@ -79,19 +75,3 @@ def test_the_short_hash_is_the_files_sha256_first_ten_hex(tmp_path):
     lora.write_bytes(b"y" * 10)  # a new file at that path is hashed again
     assert lora_short_hash(str(lora)) == hashlib.sha256(b"y" * 10).hexdigest()[:10]
 
-
-@dataclass(frozen=True)
-class FakeAdapter:
-    kind: str
-    path: str
-
-
-@pytest.mark.django_db
-def test_the_worker_hashes_the_subjects_lora_and_not_a_full_fine_tune(owner, tmp_path):
-    subject = Subject.objects.create(owner=owner, name="Checker", token="sks", class_noun="shape")
-    job = make_generation(owner, subject=subject, subject_name="Checker")
-    lora = tmp_path / "lora.safetensors"
-    lora.write_bytes(b"lora bytes")
-    assert tasks._lora_hashes(job, FakeAdapter("lora", str(lora))) == {"sks": hashlib.sha256(b"lora bytes").hexdigest()[:10]}
-    assert tasks._lora_hashes(job, FakeAdapter("full", str(tmp_path))) == {}
-    assert tasks._lora_hashes(make_generation(owner), None) == {}
