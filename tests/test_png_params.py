@@ -9,7 +9,6 @@ import json
 import re
 from dataclasses import dataclass
 
-import pytest
 from PIL import Image
 
 from generation.png_params import a1111_parameters, encode_for_gallery, lora_short_hash
