@@ -1,6 +1,8 @@
-"""Per-user limits: the one model the bottom layer owns (every app's services admit work against it)."""
+"""The bottom layer's models: per-user limits (every app's services admit work against them), a user's
+data exports (imagesite.export) and sign-up invites."""
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 
@@ -63,7 +65,8 @@ class DataExport(Job):
     def download_name(self) -> str:
         """The archive's file name on the user's disk: whose, and when it was made."""
         made = self.finished_at or self.created_at
-        return f"imagesite-{self.owner.get_username()}-{made:%Y%m%d-%H%M}.zip"
+        who = re.sub(r"[^A-Za-z0-9._-]+", "-", self.owner.get_username()).strip("-.") or "user"  # an ASCII header value
+        return f"imagesite-{who}-{made:%Y%m%d-%H%M}.zip"
 
     def partial_name(self) -> str:
         """Storage name the worker writes the archive under until it is complete (then renamed):
