@@ -69,10 +69,12 @@ def _job_from_query(request: HttpRequest) -> Generation | None:
 
 
 def _studio_context(request: HttpRequest, form: GenerateForm, job: Generation | None) -> dict:
+    chosen = _chosen_input(form, job)
     return {
         "form": form, "model": form.model_info, "base_model": form.base_model, "presets": getattr(form.model_info, "aspect_presets", ()),
-        "subjects": form.subjects, "subject": _attached_subject(form), "input": _chosen_input(form, job),
-        "open_mask_editor": request.GET.get("inpaint") == "1" or bool(form["mask"].errors),
+        "subjects": form.subjects, "subject": _attached_subject(form), "input": chosen,
+        # open where there is something to paint or to see: asked for, a mask carried over, or a mask error
+        "open_mask_editor": request.GET.get("inpaint") == "1" or bool(chosen and chosen.get("mask")) or bool(form["mask"].errors),
         "generation": job, "images": job.images.order_by("index") if job else (), **_recent(request),
     }
 

@@ -102,6 +102,8 @@ def test_the_next_job_reuses_the_uploaded_input_and_its_mask(owner, owner_client
     assert page.context["form"]["input_job"].value() == job.pk
     assert f'src="{reverse("generation-input", args=[job.pk])}"' in html and f'data-mask="{reverse("generation-mask", args=[job.pk])}"' in html
     assert owner_client.get(reverse("generation-input", args=[job.pk])).status_code == 200
+    assert 'id="mask-painter" open' in html  # the carried mask is shown, not reused unseen
+    assert reverse("generation-mask", args=[job.pk]) in owner_client.get(job.get_absolute_url()).content.decode()  # the job page shows both
     with django_capture_on_commit_callbacks(execute=True):
         owner_client.post(PAGE, form_data(width="", height="", num_images=1, input_job=job.pk, seed="43"))
     again = Generation.objects.get(seed=43)
