@@ -4,7 +4,8 @@
   const input = document.getElementById("png-settings-file");
   const notes = document.getElementById("png-settings-notes");
   if (!form || !input) return;
-  const fields = ["prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler"];
+  const fields = ["prompt", "negative_prompt", "seed", "steps", "guidance_scale", "width", "height", "scheduler",
+                  "strength", "mask_blur", "hires_scale", "hires_upscaler", "hires_strength", "hires_steps"];
 
   function show(lines) {
     notes.replaceChildren(...lines.map((line) => Object.assign(document.createElement("li"), { textContent: line })));
@@ -33,6 +34,10 @@
         if (field && data[name] !== undefined) field.value = data[name];
       }
     }
+    const strength = document.getElementById("id_strength");
+    if (strength) strength.dispatchEvent(new Event("input"));  // its readout
+    const hires = document.querySelector("details.hires");
+    if (hires && Number(data.hires_scale) > 1) hires.open = true;
     show(lines);
   }
 

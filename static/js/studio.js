@@ -83,6 +83,24 @@
     field("width").value = ""; field("height").value = "";  // the size follows the input
     show(objectUrl, objectUrl, file.name);
   });
+  // An image dropped on the input section becomes the input (elsewhere on the form a PNG fills the
+  // settings: static/js/png-settings.js); the section keeps the drop to itself.
+  const section = document.getElementById("input-section");
+  if (upload && section) {
+    section.addEventListener("dragover", (e) => { e.preventDefault(); e.stopPropagation(); section.classList.add("dropping"); });
+    section.addEventListener("dragleave", () => section.classList.remove("dropping"));
+    section.addEventListener("drop", (e) => {
+      e.stopPropagation();
+      section.classList.remove("dropping");
+      const file = e.dataTransfer.files[0];
+      if (!file || !file.type.startsWith("image/")) return;
+      e.preventDefault();
+      const transfer = new DataTransfer();
+      transfer.items.add(file);
+      upload.files = transfer.files;
+      upload.dispatchEvent(new Event("change"));
+    });
+  }
   document.getElementById("input-remove").addEventListener("click", () => {
     if (upload) upload.value = "";
     source.value = earlier.value = "";
