@@ -17,7 +17,8 @@ install: $(STAMP)
 migrate: install
 	$(PY) manage.py migrate --noinput
 
-# Web on http://127.0.0.1:8000 plus the generation worker and the training worker; Ctrl-C stops all.
+# Web on http://127.0.0.1:8000 plus the generation worker and the training worker; Ctrl-C stops all
+# within seconds (manage.py workers: a job in progress goes back to the queue and runs on the next start).
 run: migrate
 	@echo ""
 	@echo "  imagesite is starting on http://127.0.0.1:8000  (Ctrl-C stops web and workers)"
