@@ -159,8 +159,6 @@ def test_deleting_the_account_deletes_its_exports_and_files(owner, other_user, m
     assert not (media / "exports" / str(owner.pk)).exists()
 
 
-@pytest.mark.xfail(strict=True, reason="generation deletes a LoRA's or embedding's file in delete_prompt_file only, not with its row "
-                   "(a post_delete receiver for Lora and Embedding, as for GeneratedImage, would): an account's cascade leaves them")
 def test_deleting_the_account_deletes_its_uploaded_loras_files(owner, media, django_capture_on_commit_callbacks):
     lora = _lora_of(owner)
     with django_capture_on_commit_callbacks(execute=True):
