@@ -139,8 +139,10 @@ def sweep_exports() -> dict[str, int]:
     cutoff = now - timedelta(seconds=settings.IMAGESITE_STALE_AFTER_S)
     for export in DataExport.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
         if export.attempts < settings.IMAGESITE_MAX_ATTEMPTS and export.requeue():
+            log.warning("requeued data export %s after its worker stopped", export.pk)
             counts["requeued"] += 1
         elif export.fail("The worker stopped while making this archive; prepare a new one."):
+            log.warning("failed data export %s after %s attempts", export.pk, export.attempts)
             counts["failed"] += 1
     return counts
 
