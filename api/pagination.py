@@ -84,13 +84,13 @@ def newest_first_page(queryset: QuerySet, size: int, *, after: Key | None = None
         # nothing older left: the newer link starts at the key's own row (shifted by one id)
         top = Key.of(rows[0]) if rows else after and after.shifted(-1)
         bottom = Key.of(rows[-1]) if rows else None
-        more_newer = top is not None and newest_first.filter(top.newer()).exists()
+        more_newer = after is not None and top is not None and newest_first.filter(top.newer()).exists()
     else:
         rows = list(queryset.filter(before.newer() if before else Q()).order_by("created_at", "pk")[:size + 1])
         more_newer, rows = len(rows) > size, rows[:size][::-1]
         top = Key.of(rows[0]) if rows else None
         bottom = Key.of(rows[-1]) if rows else before and before.shifted(1)
-        more_older = bottom is not None and newest_first.filter(bottom.older()).exists()
+        more_older = before is not None and bottom is not None and newest_first.filter(bottom.older()).exists()
     return KeysetPage(rows, older=bottom if more_older else None, newer=top if more_newer else None)
 
 

@@ -108,11 +108,17 @@ def test_images_added_or_deleted_meanwhile_are_neither_repeated_nor_skipped(owne
 
 def test_a_page_makes_no_count_and_no_offset(owner, owner_client):
     add_images(owner, 60)
-    first = owner_client.get(reverse("gallery")).context["page"]
+    with CaptureQueriesContext(connection) as first_queries:
+        first = owner_client.get(reverse("gallery")).context["page"]
     with CaptureQueriesContext(connection) as queries:
         owner_client.get(reverse("gallery") + first.older_url)
     sql = " ".join(query["sql"].upper() for query in queries)
     assert "COUNT(" not in sql and "OFFSET" not in sql
+
+    def image_queries(captured) -> int:
+        return sum('FROM "GENERATION_GENERATEDIMAGE"' in query["sql"].upper() for query in captured)
+
+    assert image_queries(first_queries) == 1 and image_queries(queries) == 2  # the rows; away from the top, an EXISTS for newer ones
 
 
 @pytest.mark.skipif(connection.vendor != "sqlite", reason="reads SQLite's query plan")
