@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
@@ -52,10 +54,19 @@ def generate(request: HttpRequest) -> HttpResponse:
     else:
         job = _job_from_query(request)
         form, status = GenerateForm(initial=initial_from_job(job) if job else _initial_from_query(request), owner=request.user), 200
-        if job is None and request.GET.get("upscale") and (source := form.chosen_source()):
-            width, height = upscaled_size(source.width, source.height, form.model_info)
+        if job is None and (factor := _upscale_factor(request)) and (source := form.chosen_source()):
+            width, height = upscaled_size(source.width, source.height, form.model_info, factor)
             form.initial.update(width=width, height=height, strength=UPSCALE_STRENGTH)
     return render(request, "generation/generate.html", _studio_context(request, form, job), status=status)
+
+
+def _upscale_factor(request: HttpRequest) -> float | None:
+    """&upscale=<factor> ("Upscale" on an image: 2), from 1 to 4; None when absent or not a number."""
+    try:
+        factor = float(request.GET["upscale"])
+    except (KeyError, ValueError):
+        return None
+    return min(max(factor, 1.0), 4.0) if math.isfinite(factor) else None
 
 
 def studio_url(generation: Generation) -> str:
@@ -139,7 +150,7 @@ def _hint_unattached_subject(request: HttpRequest, generation: Generation) -> No
 
 def _initial_from_query(request: HttpRequest) -> dict:
     """?source_image=<image> starts from one of the user's images (its settings and seed, one image,
-    the size following the input; &upscale=1 and &inpaint=1 are read by the caller and the page);
+    the size following the input; &upscale=2 and &inpaint=1 are read by the caller and the page);
     ?again=<generation> fills the form with its settings (with &image=<image>: that image's seed
     and one image); ?subject=<subject> preselects a subject (and the base it was trained on) and
     starts the prompt with its token; ?model=<base model> preselects a base model. Only the user's
@@ -148,7 +159,8 @@ def _initial_from_query(request: HttpRequest) -> dict:
         image = GeneratedImage.objects.for_user(request.user).filter(pk=request.GET["source_image"]).select_related("generation").first()
         if image is None:
             return {}
-        return {**initial_from_job(image.generation, image), "source_image": image.pk, "width": None, "height": None, "hires_scale": 1.0}
+        return {**initial_from_job(image.generation, image), "source_image": image.pk, "input_job": None,
+                "width": None, "height": None, "hires_scale": 1.0}
     if request.GET.get("again", "").isdigit():
         source = Generation.objects.for_user(request.user).filter(pk=request.GET["again"]).first()
         if source is None:

@@ -182,6 +182,8 @@ def test_use_as_input_inpaint_and_upscale_open_the_page_prefilled(owner, owner_c
     assert 'id="mask-painter" open' in owner_client.get(PAGE, {"source_image": image.pk, "inpaint": "1"}).content.decode()
     upscale = owner_client.get(PAGE, {"source_image": image.pk, "upscale": "2"}).context["form"]
     assert (upscale["width"].value(), upscale["height"].value(), upscale["strength"].value()) == (128, 128, 0.3)  # 2x 64, the demo's maximum
+    for odd in ("nan", "x", "-3"):
+        assert owner_client.get(PAGE, {"source_image": image.pk, "upscale": odd}).status_code == 200
 
 
 def test_gallery_and_image_page_offer_the_actions(owner, owner_client):
