@@ -41,12 +41,10 @@ class BaseModelField(forms.ModelChoiceField):
         return " · ".join(parts)
 
 
-MAX_MASK_BLUR = 64
-MAX_HIRES_SCALE = 4.0
-# What a blank optional field means (the model's defaults; the service would pick the same).
-INPUT_DEFAULTS = {"strength": 0.75, "mask_blur": 4, "hires_scale": 1.0, "hires_upscaler": HiresUpscaler.LATENT,
-                  "hires_strength": 0.7, "hires_steps": 0}
-UPSCALE_STRENGTH = 0.3
+# What a blank optional field means: the model's defaults (which the service would pick too).
+INPUT_DEFAULTS = {name: Generation._meta.get_field(name).default
+                  for name in ("strength", "mask_blur", "hires_scale", "hires_upscaler", "hires_strength", "hires_steps")}
+UPSCALE_STRENGTH = 0.3  # "Upscale" on an image: enlarge and sharpen, keep the picture
 
 
 class GenerateForm(forms.Form):
@@ -74,16 +72,16 @@ class GenerateForm(forms.Form):
     # The page after a job whose input was an upload: that job's stored input is used again unless
     # another is chosen (a browser cannot refill a file input).
     input_job = forms.ModelChoiceField(queryset=None, required=False, widget=forms.HiddenInput)
-    strength = forms.FloatField(required=False, min_value=0, max_value=1, label="Denoising strength",
-                                widget=forms.NumberInput(attrs={"type": "range", "step": 0.01, "min": 0, "max": 1}),
+    strength = forms.FloatField(required=False, min_value=rules.STRENGTH_RANGE[0], max_value=rules.STRENGTH_RANGE[1], label="Denoising strength",
+                                widget=forms.NumberInput(attrs={"type": "range", "step": 0.01}),
                                 help_text="0 keeps the input, 1 ignores it.")
     mask = forms.FileField(required=False, widget=forms.ClearableFileInput(attrs={"accept": "image/png"}),
                             help_text="Inpainting: white is repainted, black kept; the input's size. Or paint it below.")
-    mask_blur = forms.IntegerField(required=False, min_value=0, max_value=MAX_MASK_BLUR, label="Mask blur (px)")
-    hires_scale = forms.FloatField(required=False, min_value=1, max_value=MAX_HIRES_SCALE, label="Upscale by",
+    mask_blur = forms.IntegerField(required=False, min_value=rules.MASK_BLUR_RANGE[0], max_value=rules.MASK_BLUR_RANGE[1], label="Mask blur (px)")
+    hires_scale = forms.FloatField(required=False, min_value=rules.HIRES_SCALE_RANGE[0], max_value=rules.HIRES_SCALE_RANGE[1], label="Upscale by",
                                    widget=forms.NumberInput(attrs={"step": 0.05}), help_text="1 = off.")
     hires_upscaler = forms.ChoiceField(required=False, choices=HiresUpscaler.choices, label="Upscaler")
-    hires_strength = forms.FloatField(required=False, min_value=0, max_value=1, label="Hires strength",
+    hires_strength = forms.FloatField(required=False, min_value=rules.STRENGTH_RANGE[0], max_value=rules.STRENGTH_RANGE[1], label="Hires strength",
                                       widget=forms.NumberInput(attrs={"step": 0.05}))
     hires_steps = forms.IntegerField(required=False, min_value=0, max_value=rules.STEPS_RANGE[1], label="Hires steps",
                                      help_text="0 = as many as Steps.")
@@ -142,17 +140,19 @@ class GenerateForm(forms.Form):
             data["source_image"] = None  # a file chosen on the page replaces the gallery image it started from
         if data.get("init_image") or data.get("source_image"):
             data["input_job"] = None
-        if data.get("mask") and not (data.get("init_image") or data.get("source_image") or data.get("input_job")):
-            self.add_error("mask", "A mask needs an input image to paint on: choose one above.")
+        elif job := data.get("input_job"):
+            try:  # bytes only, no pixel decoded: the service checks them as it checks an upload
+                with job.init_image.open("rb") as f:
+                    data["init_image"] = ContentFile(f.read(), name="input")
+            except OSError:
+                self.add_error("input_job", "That job's input image is gone; choose an input again.")
         return data
 
     def service_kwargs(self) -> dict:
         """Keyword arguments for services.create_generation (after is_valid()). Inputs not given are
         left out, so a service without img2img keeps working; blank sizes are the service's to fill."""
         data = dict(self.cleaned_data)
-        if job := data.pop("input_job", None):
-            with job.init_image.open("rb") as f:  # bytes only: the service checks them like an upload
-                data["init_image"] = ContentFile(f.read(), name="input")
+        data.pop("input_job", None)  # read into init_image by clean()
         for name in ("init_image", "source_image", "mask"):
             if not data.get(name):
                 data.pop(name, None)
