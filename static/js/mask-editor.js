@@ -21,6 +21,7 @@
   const invertButton = el("button", { type: "button", className: "chip", textContent: "Invert", id: "mask-invert" });
   const image = el("img", { alt: "The input image under the mask" });
   const canvas = el("canvas", { className: "mask-canvas", id: "mask-canvas" });
+  canvas.setAttribute("aria-label", "The mask: paint what should be repainted");
   const stage = el("div", { className: "mask-stage" }, [image, canvas]);
   const note = el("small", { className: "muted", textContent: "Paint what should be repainted (shown in blue). It is sent as the mask when you generate." });
   const tools = el("div", { className: "mask-tools" }, [el("label", { className: "check", textContent: "Brush " }, [brush]), ...modeButtons, clearButton, invertButton]);
