@@ -5,7 +5,7 @@ to the queue, never counted as a failed attempt.
 worker processes. Two levels, both sent by its sentinel, and the first also by systemd or `docker stop`
 to the whole process group:
 - SIGTERM / SIGINT (soft): a process-wide flag. The job's progress reporter raises JobInterrupted at
-  its next step; a job not yet started is given back at once; the worker then takes its STOP.
+  its next step; a job not yet started is given back at once; the worker ends after that task.
 - SIGUSR1 (hard, a few seconds later): JobInterrupted raised where the job is now (a model load, the
   final save), only while a job's work runs: never in django-q2's own code around it.
 
@@ -57,10 +57,11 @@ def interruptible() -> Iterator[None]:
         _in_work = False
 
 
-def install_worker_handlers(timed_out: Callable[[], bool] = lambda: False) -> None:
-    """In a worker process, before it takes work. `timed_out()` is True when django-q2's guard
-    terminates this worker for running past the task timeout: that SIGTERM still ends it at once,
-    as it always did (the guard has already started its replacement)."""
+def install_worker_handlers(timed_out: Callable[[], bool] = lambda: False, on_stop: Callable[[], None] = lambda: None) -> None:
+    """In a worker process, before it takes work. `on_stop()` runs at the first stop signal (the
+    worker ends after its current task). `timed_out()` is True when django-q2's guard terminates this
+    worker for running past the task timeout: that SIGTERM still ends it at once, as it always did
+    (the guard has already started its replacement)."""
 
     def soft(signum, frame) -> None:
         if signum == signal.SIGTERM and timed_out():
@@ -68,9 +69,11 @@ def install_worker_handlers(timed_out: Callable[[], bool] = lambda: False) -> No
             os.kill(os.getpid(), signal.SIGTERM)
             return
         _stopping.set()
+        on_stop()
 
     def hard(signum, frame) -> None:
         _stopping.set()
+        on_stop()
         if _in_work:
             raise JobInterrupted()
 

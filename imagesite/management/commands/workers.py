@@ -15,8 +15,10 @@ a full internal queue, without bound. Here:
 - the sentinel notes a signal too (a flag its guard loop sees) instead of dying, and its stop is
   bounded: the pusher gets 1.5 s, the workers get SIGTERM (stop at the next step), SIGUSR1 after
   SOFT_STOP_S (interrupt the job where it is), SIGKILL after HARD_STOP_S more: 4 s in all;
-- each worker installs imagesite.stopping's handlers before it takes work.
-A wake-up message lost on the way is harmless: the job row is the queue (imagesite.queue).
+- each worker installs imagesite.stopping's handlers before it takes work, and once signaled ends
+  after its current task (django-q2's recycling), so a worker signaled alone never loops on giving
+  jobs back; the messages the pusher had queued for the workers go back to the broker for the next
+  start (the job row is the queue: a message only wakes a worker, imagesite.queue).
 """
 from __future__ import annotations
 
@@ -26,12 +28,13 @@ import threading
 import time
 import uuid
 from multiprocessing import Event, Value, current_process
-from queue import Full
+from queue import Empty, Full
 
 from django.conf import settings
 from django_q.cluster import Cluster, Sentinel, get_mp_context
 from django_q.conf import Conf, logger, setproctitle
 from django_q.management.commands.qcluster import Command as QClusterCommand
+from django_q.signing import SignedPackage
 from django_q.status import Stat
 from django_q.worker import worker
 
@@ -143,8 +146,14 @@ class StoppableSentinel(Sentinel):
         logger.info("%s stopping cluster processes", current_process().name)
         self.event_out.set()  # the pusher ends after its current dequeue
         _signal_each(self.pool, signal.SIGTERM)  # each worker's job stops at its next step
-        if not _wait_for(lambda: not self.pusher.is_alive(), PUSHER_STOP_S):
-            self.pusher.kill()  # blocked on a full task queue: what it holds is only a wake-up
+        handed_back, deadline = 0, started + PUSHER_STOP_S
+        while self.pusher.is_alive() and time.monotonic() < deadline:
+            handed_back += self._hand_back_queued()  # also makes room for a pusher blocked on a full queue
+        if self.pusher.is_alive():
+            self.pusher.kill()  # what it holds stays with the broker until django-q2's retry
+        handed_back += self._hand_back_queued()
+        if handed_back:
+            logger.info("%s queued task(s) handed back to the broker", handed_back)
         self._stop_workers(started)
         self.result_queue.put("STOP")
         self.result_queue.close()
@@ -152,6 +161,22 @@ class StoppableSentinel(Sentinel):
             self.monitor.kill()
             self.result_queue.cancel_join_thread()
         Stat(self).save()
+
+    def _hand_back_queued(self) -> int:
+        """The tasks the pusher queued that no worker took: back to the broker (a new message, the
+        old one acknowledged), so the next start runs them at once rather than after `retry`."""
+        count = 0
+        while True:
+            try:
+                task = self.task_queue.get(timeout=0.05)
+            except Empty:
+                return count
+            ack_id = task.pop("ack_id", None)
+            task.pop("cluster", None)  # both added by the pusher
+            self.broker.enqueue(SignedPackage.dumps(task))
+            if ack_id is not None:
+                self.broker.acknowledge(ack_id)
+            count += 1
 
     def _stop_workers(self, started: float) -> None:
         """A STOP for each live worker (after its job stops); SIGUSR1 and then SIGKILL to any still
@@ -175,8 +200,8 @@ class StoppableSentinel(Sentinel):
                 try:
                     self.task_queue.put("STOP", timeout=0.1)
                     pills += 1
-                except Full:  # a job still holds its worker; its queued wake-ups go first
-                    pass
+                except Full:  # workers still busy: they end after their task, without a STOP
+                    time.sleep(0.1)
             else:
                 time.sleep(0.1)
         self.task_queue.close()
@@ -199,8 +224,11 @@ class _StopSignal:
 
 
 def _worker(task_queue, result_queue, timer, timeout) -> None:
+    def end_after_this_task() -> None:
+        Conf.MAX_RSS = 1  # django-q2 recycles a worker over max_rss (KiB) once its task is done
+
     # timer 0: django-q2's guard found the task past its timeout and terminates this worker.
-    stopping.install_worker_handlers(timed_out=lambda: timer.value == 0)
+    stopping.install_worker_handlers(timed_out=lambda: timer.value == 0, on_stop=end_after_this_task)
     worker(task_queue, result_queue, timer, timeout)
 
 
