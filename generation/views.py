@@ -86,7 +86,7 @@ def _studio_context(request: HttpRequest, form: GenerateForm, job: Generation | 
         "subjects": form.subjects, "subject": _attached_subject(form), "input": chosen,
         # open where there is something to paint or to see: asked for, a mask carried over, or a mask error
         "open_mask_editor": request.GET.get("inpaint") == "1" or bool(chosen and chosen.get("mask")) or bool(form["mask"].errors),
-        "generation": job, "images": job.images.order_by("index") if job else (), **_recent(request),
+        "generation": job, "images": job.images.order_by("index") if job else (), "studio": True, **_recent(request),
     }
 
 
@@ -190,7 +190,8 @@ def _initial_from_query(request: HttpRequest) -> dict:
 def generation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     generation = _get_generation_for_user(request, pk)
     template = "generation/_job_status.html" if request.htmx else "generation/detail.html"
-    return render(request, template, {"generation": generation, "images": generation.images.order_by("index")})
+    # ?studio=1: the panel polled from the Generate page, whose Cancel leads back there
+    return render(request, template, {"generation": generation, "images": generation.images.order_by("index"), "studio": request.GET.get("studio") == "1"})
 
 
 @login_required
@@ -235,7 +236,7 @@ def generation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     generation = _get_generation_for_user(request, pk)
     if generation.cancel():
         messages.info(request, generation.cancel_notice())
-    return redirect(generation)
+    return redirect(studio_url(generation) if request.POST.get("next") == "studio" else generation.get_absolute_url())
 
 
 @login_required

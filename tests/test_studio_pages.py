@@ -49,8 +49,14 @@ def test_submitting_comes_back_to_the_page_with_the_settings_and_the_job(owner_c
         "a red circle on a blue background", 42, 7, 5.5, 2)
     html = page.content.decode()
     # the job's panel polls the job page's partial, as the job page does
-    assert 'id="job-status"' in html and f'hx-get="{job.get_absolute_url()}"' in html and 'hx-trigger="every 1s"' in html
+    assert 'id="job-status"' in html and f'hx-get="{job.get_absolute_url()}?studio=1"' in html and 'hx-trigger="every 1s"' in html
     assert f'href="{job.get_absolute_url()}"' in html  # the job page stays for deep links
+    # the panel's Cancel leads back here; on the job page it stays there
+    partial = owner_client.get(job.get_absolute_url(), {"studio": "1"}, HTTP_HX_REQUEST="true").content.decode()
+    assert f'hx-get="{job.get_absolute_url()}?studio=1"' in partial and 'name="next" value="studio"' in partial
+    canceled = owner_client.post(reverse("generation-cancel", args=[job.pk]), {"next": "studio"})
+    assert canceled["Location"] == response["Location"]
+    assert 'name="next"' not in owner_client.get(job.get_absolute_url()).content.decode()
     assert 'enctype="multipart/form-data"' in html
 
 
