@@ -8,9 +8,10 @@ handed the job's scheduler at each call. What AUTOMATIC1111 does, step by step:
   `strength` and denoised for int(steps × strength) steps. "Upscale" on a gallery image is this at a
   larger size with a low strength.
 - inpainting: the mask (255 = repaint) is blurred as A1111 blurs it (a Gaussian of sigma `mask_blur`
-  px, kernel 2·int(2.5·sigma + 0.5) + 1, across then down), the latents outside it are reset to the
-  noised input at every step (diffusers' inpaint pipeline with a regular checkpoint), and the
-  decoded result is pasted over the input through the blurred mask, so pixels outside it are the
+  px of the input, kernel 2·int(2.5·sigma + 0.5) + 1, across then down) and resized to the job; the
+  latents outside it (rounded at the latents' size) are reset to the noised input at every step
+  (diffusers' inpaint pipeline with a regular checkpoint), and the decoded result is pasted over the
+  input through the blurred mask doubled (A1111's mask_for_overlay), so pixels outside it are the
   input's own. An inpainting checkpoint (UNet with 9 input channels) gets the masked image as its
   extra input; it also draws text-to-image and img2img through the inpaint pipeline (a grey image
   under a full mask, as A1111 conditions such models).
@@ -132,7 +133,9 @@ def render(pipes: ModePipes, s: "RenderSettings", inputs: ImageInputs, embeds: d
                   generator=_generators(seeds), callback_on_step_end=steps.callback())
     first_output = "latent" if hires and s.hires_upscaler == "latent" else "pil"
     image = fit(inputs.image, size) if inputs.image is not None else None
-    mask = blur_mask(fit(inputs.mask, size), s.mask_blur) if inputs.mask is not None else None
+    # A1111: blurred at the input's own size, then resized; the overlay uses it doubled (clipped), so
+    # only its outer fringe blends and the inside is all generated.
+    mask = fit(blur_mask(inputs.mask, s.mask_blur), size) if inputs.mask is not None else None
 
     if mask is not None or pipes.inpainting_model:
         pipe = pipes.inpaint()
@@ -149,7 +152,8 @@ def render(pipes: ModePipes, s: "RenderSettings", inputs: ImageInputs, embeds: d
     steps.pass_finished(pipe)
     images = result.images
     if mask is not None and first_output == "pil":  # pixels outside the mask are the input's own
-        images = [Image.composite(out, image, mask) for out in images]
+        overlay = mask.point(lambda v: min(255, 2 * v))
+        images = [Image.composite(out, image, overlay) for out in images]
     if hires:
         images = _hires_pass(pipes, s, images, embeds, seeds, steps)
     return list(images)

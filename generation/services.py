@@ -176,7 +176,7 @@ def _store_inputs(generation: Generation, init_image, source_image: GeneratedIma
     job's generated names; each file written is added to `written` (removed again if the insert fails)."""
     if init_image is not None:
         init_image.seek(0)
-        generation.init_image.save("input", File(init_image), save=False)
+        generation.init_image.save("input", _as_file(init_image), save=False)
         written.append(generation.init_image)
     elif source_image is not None:
         with source_image.file.open("rb") as handle:
@@ -184,8 +184,12 @@ def _store_inputs(generation: Generation, init_image, source_image: GeneratedIma
         written.append(generation.init_image)
     if mask is not None:
         mask.seek(0)
-        generation.mask.save("mask", File(mask), save=False)
+        generation.mask.save("mask", _as_file(mask), save=False)
         written.append(generation.mask)
+
+
+def _as_file(upload) -> File:
+    return upload if isinstance(upload, File) else File(upload)
 
 
 def _choose_base(base_model: BaseModel | None, subject) -> BaseModel:
