@@ -143,6 +143,25 @@ def test_cancel_during_the_hires_pass_stops_the_job(renderer):
         renderer.render(job(steps=4, hires_scale=2.0, hires_steps=4, hires_strength=1.0), on_step=cancel_at)
 
 
+def test_out_of_memory_in_img2img_retries_on_the_reloaded_pipelines(monkeypatch):
+    """A GPU cannot exist here: the OOM is injected; the reload and the retry through fresh img2img
+    pipelines (built from the reloaded base) are real."""
+    r = Renderer(settings.IMAGESITE_MODEL, "full")
+    first_modes = r.modes
+    real_call, calls = Renderer._call_pipe, []
+
+    def flaky(self, s, on_step):
+        calls.append(self.profile)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real_call(self, s, on_step)
+
+    monkeypatch.setattr(Renderer, "_call_pipe", flaky)
+    images = r.render(job(steps=4, mode="img2img", strength=0.5, width=96, height=96), inputs=ImageInputs(red_circle()))
+    assert calls == ["full", "medium"] and images[0].size == (96, 96)
+    assert r.modes is not first_modes and r.modes.base is r.pipe
+
+
 def test_a1111_mask_blur_is_a_separable_gaussian():
     square = Image.new("L", (64, 64), 0)
     square.paste(255, (16, 16, 48, 48))
