@@ -31,6 +31,7 @@ from multiprocessing import Event, Value, current_process
 from queue import Empty, Full
 
 from django.conf import settings
+from django.core.management.base import CommandError
 from django_q.cluster import Cluster, Sentinel, get_mp_context
 from django_q.conf import Conf, logger, setproctitle
 from django_q.management.commands.qcluster import Command as QClusterCommand
@@ -63,6 +64,8 @@ class Command(QClusterCommand):
         if options.get("run_once"):
             cluster.stop_requested = True
         cluster.run_until_stopped()
+        if not cluster.stop_requested:  # a supervisor (systemd Restart=on-failure) starts it again
+            raise CommandError(f"the cluster's sentinel exited on its own (code {cluster.sentinel.exitcode})")
 
 
 class StoppableCluster(Cluster):
