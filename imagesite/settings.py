@@ -11,39 +11,13 @@ from pathlib import Path
 
 import dj_database_url
 
+from .env import env_bool, env_float, env_gpu_list, env_int, env_list, env_str, generation_worker_count
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 # Idle OpenMP threads sleep instead of spinning: spinning threads of one process (a worker, the
 # trainer, a test) starve the others on a small CPU box (20 demo steps: 30 s spinning, 1.8 s not).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-def env_str(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
-def env_bool(name: str, default: bool) -> bool:
-    value = os.environ.get(name)
-    if value is None:
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
-
-
-def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
-
-
-def env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value else default
-
-
-def env_list(name: str, default: list[str]) -> list[str]:
-    value = os.environ.get(name)
-    if not value:
-        return default
-    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 DEBUG = env_bool("DJANGO_DEBUG", True)
@@ -190,54 +164,11 @@ IMAGESITE_PREVIEW_S = env_float("IMAGESITE_PREVIEW_S", 0.5)
 IMAGESITE_TAESD = env_str("IMAGESITE_TAESD", "")
 
 # --- GPUs (generation/gpus.py): one worker per GPU, each claims its own inside the worker ------------------
-def env_gpu_list(name: str) -> list[int]:
-    """ "0,1" → [0, 1]; unset or empty → [] (every GPU)."""
-    items = env_list(name, [])
-    if not all(item.isdigit() for item in items) or len(set(items)) != len(items):
-        raise ValueError(f"{name}={os.environ[name]!r}: list distinct CUDA device numbers, e.g. 0,1.")
-    return [int(item) for item in items]
-
-
-def count_gpus_without_cuda() -> int:
-    """GPUs on this machine, counted without initialising CUDA (this process forks the workers, and
-    CUDA initialised before a fork breaks the children): CUDA_VISIBLE_DEVICES when set, else NVML
-    through pynvml when installed, else `nvidia-smi -L`; 0 when nothing answers."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([item for item in visible.split(",") if item.strip() and item.strip() != "-1"])
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return int(pynvml.nvmlDeviceGetCount())
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:  # not installed, no driver: ask nvidia-smi
-        pass
-    import subprocess
-
-    try:
-        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20, check=True).stdout
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(1 for line in listing.splitlines() if line.startswith("GPU "))
-
-
 # The CUDA device numbers workers may use (default: all), and one kept for the training cluster.
 IMAGESITE_GPUS = env_gpu_list("IMAGESITE_GPUS")
 IMAGESITE_TRAINING_GPU: int | None = int(os.environ["IMAGESITE_TRAINING_GPU"]) if os.environ.get("IMAGESITE_TRAINING_GPU", "").strip() else None
 # Each worker holds a lock file here for the GPU it claimed (one folder per cluster role).
 IMAGESITE_GPU_LOCK_DIR = env_str("IMAGESITE_GPU_LOCK_DIR", str(BASE_DIR / "build" / "gpu-locks"))
-
-
-def generation_worker_count(value: str) -> int:
-    """IMAGESITE_WORKERS: a number, or "auto" for one generation worker per GPU they may use (the GPUs
-    in IMAGESITE_GPUS, else every GPU, less the training GPU when another is left; 1 without GPUs)."""
-    if value.strip().lower() != "auto":
-        return int(value)
-    usable = IMAGESITE_GPUS or list(range(count_gpus_without_cuda()))
-    return max(1, len([index for index in usable if index != IMAGESITE_TRAINING_GPU]))
 
 
 GENERATION_TIMEOUT_S = env_int("IMAGESITE_GENERATION_TIMEOUT_S", 1800)
@@ -247,7 +178,7 @@ Q_CLUSTER = {
     "name": "imagesite",
     # One worker per GPU, each pinned to its own (generation/gpus.py); one GPU is the default. With N
     # GPUs set IMAGESITE_WORKERS=N or "auto". Add machines to scale out.
-    "workers": generation_worker_count(env_str("IMAGESITE_WORKERS", "1")),
+    "workers": generation_worker_count(env_str("IMAGESITE_WORKERS", "1"), IMAGESITE_GPUS, IMAGESITE_TRAINING_GPU),
     "timeout": GENERATION_TIMEOUT_S,
     # retry must exceed timeout, or a slow task is handed out twice.
     "retry": GENERATION_TIMEOUT_S + 300,
