@@ -35,7 +35,9 @@ PUBLIC_ADDRESS = "93.184.215.14"
 # Rules that hang on stored data or the outside world, which no schema can state: each is a 400 on
 # exactly these fields, with the reason in `errors`. Anything else schema-valid must be accepted.
 DATA_DEPENDENT_FIELDS = {
-    ("POST", "/api/v1/generations/"): {"subject", "base_model"},  # one of *your* trained subjects; a base model offered
+    # One of *your* trained subjects and images; a base model offered; the hires size within that model's
+    # limit; input and mask files that are images of one size.
+    ("POST", "/api/v1/generations/"): {"subject", "base_model", "hires_scale", "source_image", "init_image", "mask"},
     ("POST", "/api/v1/subjects/"): {"token"},  # not a word the model knows (its vocabulary)
     ("POST", "/api/v1/subjects/{id}/photos/"): {"photos"},  # the files must be images
     # Prior preservation (on or off by the model's default) needs class images. (A name already used,
@@ -43,6 +45,9 @@ DATA_DEPENDENT_FIELDS = {
     ("POST", "/api/v1/subjects/{id}/train/"): {"num_class_images", "prior_preservation", "base_model"},
     ("PATCH", "/api/v1/subjects/{id}/photos/{photo_id}/"): {"caption", "non_field_errors"},  # names the subject's token
     ("POST", "/api/v1/png-info/"): {"image"},  # the file must be a PNG that carries generation settings
+    # The file must be a .safetensors whose keys fit a LoRA / an embedding; a name may be taken already.
+    ("POST", "/api/v1/loras/"): {"file", "name"},
+    ("POST", "/api/v1/embeddings/"): {"file", "name"},
 }
 WEBHOOK_FIELDS = {"webhook_url", "default_webhook_url"}
 
