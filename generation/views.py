@@ -139,7 +139,8 @@ def _hint_unattached_subject(request: HttpRequest, generation: Generation) -> No
     makes of the token: say so, with a link that attaches the subject (issue 18)."""
     if generation.subject_id:
         return
-    for subject in usable_subjects(request.user):
+    tagged = {entry.get("id") for entry in generation.loras or () if entry.get("kind") == "subject"}  # <lora:token:w>
+    for subject in usable_subjects(request.user).exclude(pk__in=tagged):
         if mentions_token(generation.prompt, subject.token):
             url = f"{reverse('generation-new')}?again={generation.pk}&subject={subject.pk}"
             messages.info(request, format_html(

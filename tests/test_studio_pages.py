@@ -208,5 +208,8 @@ def test_subjects_are_offered_as_lora_tags_and_old_subject_links_still_work(owne
     TrainingRun.objects.create(subject=subject, status=JobStatus.SUCCEEDED, checkpoint="x.safetensors")
     html = owner_client.get(PAGE).content.decode()
     assert 'data-tag="&lt;lora:sks:1&gt;"' in html and 'data-words="sks shape"' in html
+    # what the helper writes is taken (the subject's LoRA, by its token), with no "no subject was chosen" hint
+    page = owner_client.post(PAGE, form_data(prompt="a photo of sks shape <lora:sks:1>"), follow=True)
+    assert Generation.objects.get().loras[0]["id"] == subject.pk and "no subject was chosen" not in page.content.decode()
     linked = owner_client.get(PAGE, {"subject": subject.pk})  # a subject page's "Generate with" link
     assert linked.context["form"]["subject"].value() in (subject, subject.pk) and 'id="attached-subject"' in linked.content.decode()
