@@ -72,6 +72,21 @@ def test_paint_a_mask_on_the_input_and_generate(live_server, browser_page, djang
         mask = Image.open(io.BytesIO(f.read())).convert("L")
     assert mask.size == INPUT_SIZE
     assert mask.getpixel((32, 24)) == 255 and mask.getpixel((2, 2)) == 0 and mask.getpixel((61, 45)) == 0
+    # Outpainting: the page carries the job's input and mask; "→" extends the picture to the right,
+    # and the next job gets the wider input with the new strip white in its mask.
+    page.wait_for_function("() => { const c = document.querySelector('#mask-canvas'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;"
+                           " return d.some((v, i) => i % 4 == 3 && v > 0); }")  # the last mask, painted back
+    page.locator("button[data-extend='0,0,1,0']").click()
+    page.locator("#id_prompt").press("Control+Enter")
+    page.wait_for_function("n => document.querySelectorAll('#recent a.recent').length == n", arg=2)
+    wider = Generation.objects.exclude(pk=job.pk).get()
+    with wider.init_image.open("rb") as f, wider.mask.open("rb") as g:
+        picture, strip = Image.open(io.BytesIO(f.read())), Image.open(io.BytesIO(g.read())).convert("L")
+    assert picture.size == strip.size == (INPUT_SIZE[0] + 16, INPUT_SIZE[1])  # a quarter of 64, a multiple of 8
+    assert strip.getpixel((75, 2)) == 255 and strip.getpixel((32, 24)) == 255 and strip.getpixel((2, 2)) == 0
+    edge = picture.convert("RGB").getpixel((75, 24))  # the input's edge stretched into the strip (canvas rounding aside)
+    assert all(abs(a - b) <= 3 for a, b in zip(edge, (220, 30, 30))), edge
+
     # A phone still gets the whole page, the job included.
     page.set_viewport_size({"width": 390, "height": 844})
     page.reload()
