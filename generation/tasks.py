@@ -4,7 +4,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.files.storage import default_storage
 
-from imagesite.jobs import ProgressReporter, run_job
+from imagesite.jobs import ProgressReporter
+from imagesite.runner import run_job
 
 from .errors import GenerationError
 from .input_files import load_job_inputs, studio_settings

@@ -35,7 +35,8 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from . import quotas
-from .jobs import FINISHED_STATUSES, JobCanceled, JobStatus, ProgressReporter, run_job
+from .jobs import FINISHED_STATUSES, JobCanceled, JobStatus, ProgressReporter
+from .runner import run_job
 from .models import DataExport
 
 log = logging.getLogger(__name__)

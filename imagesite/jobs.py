@@ -12,7 +12,7 @@ import threading
 import time
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Callable, Iterator
+from typing import Iterator
 
 from django.apps import apps
 from django.conf import settings
@@ -21,7 +21,6 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from . import stopping
-from .stopping import JobInterrupted
 
 log = logging.getLogger("imagesite.jobs")
 
@@ -72,6 +71,8 @@ class Job(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     # When the first step was reported: the ETA's pace leaves out model loading and warm-up.
     first_step_at = models.DateTimeField(null=True, blank=True)
+    # Accelerator time the job used: its run, or its share of a batched run (imagesite.queue).
+    gpu_seconds = models.FloatField(default=0)
 
     objects = JobQuerySet.as_manager()
 
@@ -264,66 +265,6 @@ def without_paths(message: str) -> str:
     """`message` with every server path cut to its last part ("/srv/media/runs/7/x.bin" → "x.bin"),
     so a failure never shows where the server keeps its files."""
     return _PATH_RE.sub(lambda m: m.group(1) or "(a folder)", message)
-
-
-def run_job(
-    job: Job | None,
-    work: Callable[[Job], None],
-    *,
-    label: str,
-    readable: tuple[type[BaseException], ...] = (),
-    canceled: tuple[type[BaseException], ...] = (),
-    cleanup: Callable[[Job], None] | None = None,
-) -> str:
-    """The life of one job on a worker, the same for every kind: claim the row (or explain why not),
-    beat the heartbeat while `work(job)` runs, and end every way out in a state a person can read.
-
-    `work` ends the job itself with `job.succeed()` in the transaction that stores its results (and
-    raises JobCanceled if that says the job moved on). Exceptions in `readable` carry a message meant
-    for the person; `canceled` are the ML code's own cancel signals; anything else fails as
-    "<label> failed: <type>: <message>". Messages never show server paths. `cleanup(job)` removes
-    partial outputs of a job that did not succeed. Returns a short outcome for django-q2's task log."""
-    if job is None:
-        return "deleted before it ran"
-    if not job.claim():
-        job.refresh_from_db()
-        if job.status == JobStatus.QUEUED:  # attempts used up by earlier, killed workers
-            job.fail(f"Gave up after {job.attempts} attempts: the worker kept stopping during this job.")
-        return f"not run: {job.status}"
-    return run_claimed(job, work, label=label, readable=readable, canceled=canceled, cleanup=cleanup)
-
-
-def run_claimed(
-    job: Job,
-    work: Callable[[Job], None],
-    *,
-    label: str,
-    readable: tuple[type[BaseException], ...] = (),
-    canceled: tuple[type[BaseException], ...] = (),
-    cleanup: Callable[[Job], None] | None = None,
-) -> str:
-    """run_job's part after the claim: the job is this worker's (running, attempt counted). A worker
-    asked to stop (imagesite.stopping) gives the job back to the queue, its attempt not counted."""
-    try:
-        if stopping.is_stopping():
-            raise JobInterrupted()
-        with heartbeat(job), stopping.interruptible():
-            work(job)
-        return "succeeded"
-    except JobInterrupted:
-        outcome = "back in the queue: the worker is stopping" if job.give_back() else "interrupted"
-    except (JobCanceled, *canceled):
-        outcome = "canceled"
-    except readable as exc:
-        job.fail(str(exc))
-        outcome = "failed"
-    except Exception as exc:  # noqa: BLE001 - any failure must end the job, readably
-        log.exception("%s %s failed", label, job.pk)
-        job.fail(f"{label} failed: {type(exc).__name__}: {str(exc)[:300]}")
-        outcome = "failed"
-    if cleanup is not None:
-        cleanup(job)
-    return outcome
 
 
 JOB_MODELS = ("generation.Generation", "training.TrainingRun")

@@ -23,6 +23,7 @@ class UserLimits(models.Model):
     uploads_per_hour = models.PositiveIntegerField(null=True, blank=True, help_text="Photos uploaded per hour.")
     trainings_per_day = models.PositiveIntegerField(null=True, blank=True)
     max_queued_jobs = models.PositiveIntegerField(null=True, blank=True, help_text="Queued or running jobs at once.")
+    priority = models.SmallIntegerField(default=0, help_text="Queue priority: higher goes first; users of equal priority take turns.")
 
     class Meta:
         # Moved here from the api app; the table keeps its name (no data migration).
@@ -119,3 +120,22 @@ class Invite(models.Model):
 
     def __str__(self) -> str:
         return self.note or f"invite {self.code[:6]}…"
+
+
+class QueueControl(models.Model):
+    """The operator's switch for the job queue (one row, made on first use): while paused, workers
+    claim nothing and queued jobs wait; running jobs finish (imagesite.queue)."""
+
+    paused = models.BooleanField(default=False)
+    reason = models.CharField(max_length=200, blank=True, help_text="Shown to users while the queue is paused.")
+    changed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = verbose_name_plural = "queue"
+
+    def __str__(self) -> str:
+        return "paused" if self.paused else "running"
+
+    @classmethod
+    def current(cls) -> "QueueControl":
+        return cls.objects.get_or_create(pk=1)[0]

@@ -22,7 +22,8 @@ from django.db import connection, models, transaction
 from django.db.models import Avg, F, Max
 from django.utils import timezone
 
-from .jobs import Job, JobStatus, eta_words, job_models, reap_stale_jobs, run_claimed
+from .jobs import Job, JobStatus, eta_words, job_models, reap_stale_jobs
+from .runner import run_claimed
 
 log = logging.getLogger("imagesite.queue")
 
@@ -40,8 +41,9 @@ def owner_path(model: type[Job]) -> str:
 
 def fair_order(model: type[Job]) -> list[int]:
     """The pks of the model's queued jobs, in the order workers will take them if nothing else
-    arrives: round r holds each owner's r-th queued job, owners ordered by when they were last served
-    (never served first), ties by their oldest queued job."""
+    arrives: owners with a higher priority (staff set it) first; among equals, round r holds each
+    owner's r-th queued job, owners ordered by when they were last served (never served first), ties
+    by their oldest queued job."""
     owner_field = owner_path(model)
     queued = model.objects.filter(status=JobStatus.QUEUED).order_by("created_at", "pk").values_list("pk", owner_field)
     per_owner: OrderedDict[int, list[int]] = OrderedDict()
@@ -53,17 +55,40 @@ def fair_order(model: type[Job]) -> list[int]:
         model.objects.filter(**{f"{owner_field}__in": list(per_owner)}, started_at__isnull=False)
         .order_by().values(owner_field).annotate(last=Max("started_at")).values_list(owner_field, "last")
     )
+    priority = _priorities(per_owner)
     # per_owner is in order of each owner's oldest queued job: a stable tie-break.
     owners = sorted(per_owner, key=lambda owner: served.get(owner) or EPOCH)
     order: list[int] = []
-    for round_ in range(max(len(jobs) for jobs in per_owner.values())):
-        order.extend(per_owner[owner][round_] for owner in owners if round_ < len(per_owner[owner]))
+    for level in sorted({priority.get(owner, 0) for owner in owners}, reverse=True):  # higher priority first
+        peers = [owner for owner in owners if priority.get(owner, 0) == level]
+        for round_ in range(max(len(per_owner[owner]) for owner in peers)):
+            order.extend(per_owner[owner][round_] for owner in peers if round_ < len(per_owner[owner]))
     return order
+
+
+def _priorities(owner_ids) -> dict[int, int]:
+    """Owners' queue priority set by staff (imagesite.UserLimits.priority; 0 when unset)."""
+    from .models import UserLimits
+
+    return dict(UserLimits.objects.filter(user_id__in=list(owner_ids)).exclude(priority=0).values_list("user_id", "priority"))
+
+
+def queue_paused() -> str | None:
+    """The operator's reason when the queue is paused (imagesite.QueueControl), else None."""
+    from .models import QueueControl
+
+    row = QueueControl.objects.filter(pk=1).values_list("paused", "reason").first()
+    if row is None or not row[0]:
+        return None
+    return row[1] or "The operator paused the queue."
 
 
 def claim_next(model: type[Job]) -> Job | None:
     """Take the next job in fair order for this worker: queued → running, attempt counted. None when
-    nothing is queued (or everything queued is being taken by other workers right now)."""
+    nothing is queued, everything queued is being taken by other workers right now, or the operator
+    paused the queue."""
+    if queue_paused() is not None:
+        return None
     while True:
         order = fair_order(model)
         if not order:

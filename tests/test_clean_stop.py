@@ -16,7 +16,8 @@ import pytest
 from generation.models import Generation
 from generation.services import create_generation
 from imagesite import stopping
-from imagesite.jobs import JobStatus, run_job
+from imagesite.jobs import JobStatus
+from imagesite.runner import run_job
 
 from .conftest import ROOT, wait_for, wait_for_status
 from .services import stop_process

@@ -197,3 +197,35 @@ def test_a_batch_takes_each_users_next_job_and_keeps_to_its_limits():
     assert [job.pk for job in batch] == [heavy_jobs[0].pk, light_job.pk, heavy_jobs[1].pk]
     batch = claim_batch(Generation, _same_settings, max_jobs=8, size=lambda job: job.num_images, max_size=2)
     assert [job.pk for job in batch] == [heavy_jobs[2].pk, heavy_jobs[3].pk]
+
+
+def test_staff_priority_goes_first_and_a_paused_queue_hands_out_nothing():
+    from imagesite.models import QueueControl
+    from imagesite.queue import queue_paused
+
+    from .concurrency_support import set_limits
+
+    alice, bob = _users("alice", "bob")
+    now = timezone.now()
+    a = _queue(alice, 2, now)
+    b = _queue(bob, 2, now + timedelta(seconds=5))
+    set_limits(bob, priority=5)
+    assert fair_order(Generation) == [b[0].pk, b[1].pk, a[0].pk, a[1].pk]  # bob's whole queue first
+    QueueControl.objects.update_or_create(pk=1, defaults={"paused": True, "reason": "Driver update, back at noon."})
+    assert queue_paused() == "Driver update, back at noon."
+    assert claim_next(Generation) is None
+    QueueControl.objects.filter(pk=1).update(paused=False)
+    assert claim_next(Generation).pk == b[0].pk
+
+
+def test_a_job_records_the_seconds_it_ran_and_a_batch_shares_them():
+    from imagesite.runner import counting_gpu_seconds
+
+    (alice,) = _users("alice")
+    jobs = _queue(alice, 2, timezone.now())
+    with counting_gpu_seconds(jobs):
+        import time
+
+        time.sleep(0.2)
+    shares = sorted(Generation.objects.values_list("gpu_seconds", flat=True))
+    assert shares[0] == pytest.approx(shares[1]) and 0.09 <= shares[0] < 0.5  # 0.2 s shared by two jobs

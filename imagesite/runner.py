@@ -1,0 +1,91 @@
+"""A job's life on a worker, the same for every kind: claimed, run with a heartbeat, ended readably.
+
+imagesite.queue claims jobs in fair order and hands them here (`run_claimed`); `run_job` claims the
+one job a message names (data exports)."""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from django.db import models
+
+from . import stopping
+from .jobs import Job, JobCanceled, JobStatus, heartbeat
+from .stopping import JobInterrupted
+
+log = logging.getLogger("imagesite.jobs")
+
+
+def run_job(
+    job: Job | None,
+    work: Callable[[Job], None],
+    *,
+    label: str,
+    readable: tuple[type[BaseException], ...] = (),
+    canceled: tuple[type[BaseException], ...] = (),
+    cleanup: Callable[[Job], None] | None = None,
+) -> str:
+    """The life of one job on a worker, the same for every kind: claim the row (or explain why not),
+    beat the heartbeat while `work(job)` runs, and end every way out in a state a person can read.
+
+    `work` ends the job itself with `job.succeed()` in the transaction that stores its results (and
+    raises JobCanceled if that says the job moved on). Exceptions in `readable` carry a message meant
+    for the person; `canceled` are the ML code's own cancel signals; anything else fails as
+    "<label> failed: <type>: <message>". Messages never show server paths. `cleanup(job)` removes
+    partial outputs of a job that did not succeed. Returns a short outcome for django-q2's task log."""
+    if job is None:
+        return "deleted before it ran"
+    if not job.claim():
+        job.refresh_from_db()
+        if job.status == JobStatus.QUEUED:  # attempts used up by earlier, killed workers
+            job.fail(f"Gave up after {job.attempts} attempts: the worker kept stopping during this job.")
+        return f"not run: {job.status}"
+    return run_claimed(job, work, label=label, readable=readable, canceled=canceled, cleanup=cleanup)
+
+
+def run_claimed(
+    job: Job,
+    work: Callable[[Job], None],
+    *,
+    label: str,
+    readable: tuple[type[BaseException], ...] = (),
+    canceled: tuple[type[BaseException], ...] = (),
+    cleanup: Callable[[Job], None] | None = None,
+) -> str:
+    """run_job's part after the claim: the job is this worker's (running, attempt counted). A worker
+    asked to stop (imagesite.stopping) gives the job back to the queue, its attempt not counted."""
+    try:
+        if stopping.is_stopping():
+            raise JobInterrupted()
+        with heartbeat(job), stopping.interruptible(), counting_gpu_seconds([job]):
+            work(job)
+        return "succeeded"
+    except JobInterrupted:
+        outcome = "back in the queue: the worker is stopping" if job.give_back() else "interrupted"
+    except (JobCanceled, *canceled):
+        outcome = "canceled"
+    except readable as exc:
+        job.fail(str(exc))
+        outcome = "failed"
+    except Exception as exc:  # noqa: BLE001 - any failure must end the job, readably
+        log.exception("%s %s failed", label, job.pk)
+        job.fail(f"{label} failed: {type(exc).__name__}: {str(exc)[:300]}")
+        outcome = "failed"
+    if cleanup is not None:
+        cleanup(job)
+    return outcome
+
+
+@contextmanager
+def counting_gpu_seconds(jobs: list[Job]) -> Iterator[None]:
+    """Add the seconds the block ran to each job's gpu_seconds, shared equally by a batch's jobs,
+    however the block ends (a failed or canceled job used the device too)."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        share = (time.monotonic() - started) / max(1, len(jobs))
+        for job in jobs:
+            type(job).objects.filter(pk=job.pk).update(gpu_seconds=models.F("gpu_seconds") + share)
