@@ -192,7 +192,10 @@ def generation_detail(request: HttpRequest, pk: int) -> HttpResponse:
     generation = _get_generation_for_user(request, pk)
     template = "generation/_job_status.html" if request.htmx else "generation/detail.html"
     # ?studio=1: the panel polled from the Generate page, whose Cancel leads back there
-    return render(request, template, {"generation": generation, "images": generation.images.order_by("index"), "studio": request.GET.get("studio") == "1"})
+    response = render(request, template, {"generation": generation, "images": generation.images.order_by("index"), "studio": request.GET.get("studio") == "1"})
+    if request.htmx and not generation.is_active:
+        response["HX-Trigger"] = "job-ended"  # the page's Recent list refreshes at once
+    return response
 
 
 @login_required

@@ -78,11 +78,13 @@ def test_recent_updates_itself_and_shows_thumbnails(owner, other_user, owner_cli
     image = make_image(owner, prompt="a finished one")
     make_image(other_user, prompt="not mine")
     idle = owner_client.get(reverse("generation-recent")).content.decode()
-    assert 'hx-trigger="every 10s"' in idle and reverse("image-thumbnail", args=[image.pk]) in idle
+    assert 'hx-trigger="every 10s, job-ended from:body"' in idle and reverse("image-thumbnail", args=[image.pk]) in idle
     assert "<html" not in idle and "not mine" not in idle
     make_generation(owner, status=JobStatus.RUNNING, progress_step=2, progress_total=4)
     busy = owner_client.get(PAGE).content.decode()
-    assert 'hx-get="/recent/"' in busy and 'hx-trigger="every 2s"' in busy and "50%" in busy
+    assert 'hx-get="/recent/"' in busy and 'hx-trigger="every 2s, job-ended from:body"' in busy and "50%" in busy
+    ended = owner_client.get(image.generation.get_absolute_url(), HTTP_HX_REQUEST="true")  # the job panel's last poll
+    assert ended["HX-Trigger"] == "job-ended"
     assert owner_client.post(reverse("generation-recent")).status_code == 405
 
 
