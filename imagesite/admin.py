@@ -10,14 +10,14 @@ from django.utils.html import format_html
 from .accounts import delete_account
 from .export import request_export
 from .files import private_file_response
-from .models import DataExport, UserLimits
+from .models import DataExport, QueueControl, UserLimits
 
 
 @admin.register(UserLimits)
 class UserLimitsAdmin(admin.ModelAdmin):
     """Staff raise or lower a user's limits here; blank fields keep the site default."""
 
-    list_display = ("user", "generations_per_hour", "uploads_per_hour", "trainings_per_day", "max_queued_jobs")
+    list_display = ("user", "generations_per_hour", "uploads_per_hour", "trainings_per_day", "max_queued_jobs", "priority")
     search_fields = ("user__username",)
     autocomplete_fields = ("user",)
 
@@ -34,6 +34,58 @@ class JobAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj=None) -> tuple[str, ...]:
         fields = [field.name for field in self.model._meta.concrete_fields if field.editable and not field.primary_key]
         return (*self.readonly_fields, *(name for name in fields if name not in self.readonly_fields))
+
+    actions = ["cancel_jobs", "requeue_jobs", "retry_jobs"]
+
+    @admin.action(description="Cancel (queued ones at once, running ones at their next step)", permissions=["change"])
+    def cancel_jobs(self, request: HttpRequest, queryset) -> None:
+        done = sum(job.cancel() for job in queryset)
+        self.message_user(request, f"Canceled {done} of {queryset.count()} job(s); the others had ended.", messages.INFO)
+
+    @admin.action(description="Requeue running jobs (their worker stops; another takes them)", permissions=["change"])
+    def requeue_jobs(self, request: HttpRequest, queryset) -> None:
+        done = sum(job.requeue() for job in queryset)
+        self.message_user(request, f"Requeued {done} running job(s) of {queryset.count()}.", messages.INFO)
+
+    @admin.action(description="Retry failed or canceled jobs (afresh, past the owner's queue cap)", permissions=["change"])
+    def retry_jobs(self, request: HttpRequest, queryset) -> None:
+        from django.core.exceptions import ValidationError
+
+        from .queue import retry_job
+
+        done = 0
+        for job in queryset:
+            try:
+                done += retry_job(job, check_quota=False)
+            except ValidationError as exc:
+                self.message_user(request, f"{job}: {' '.join(exc.messages)}", messages.WARNING)
+        self.message_user(request, f"Queued {done} job(s) again of {queryset.count()}.", messages.INFO)
+
+
+@admin.register(QueueControl)
+class QueueControlAdmin(admin.ModelAdmin):
+    """Pause and resume the job queue: while paused, workers take no new job and users see the reason."""
+
+    list_display = ("__str__", "reason", "changed_at")
+    fields = ("paused", "reason")
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context=None):
+        QueueControl.current()  # one row, made on first visit
+        return super().changelist_view(request, extra_context)
+
+    def save_model(self, request: HttpRequest, obj, form, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not obj.paused:
+            from .jobs import job_models
+            from .queue import wake_queued
+
+            wake_queued(job_models())
 
 
 User = get_user_model()

@@ -179,22 +179,35 @@ def wake_idle_queues(job_models: list[type[Job]]) -> dict[str, int]:
     """Send wake-up messages for queued jobs nobody is working on: jobs queued over a minute ago while
     none of their kind runs (their broker message was lost, or is held by a killed cluster until
     django-q2's retry, 35 minutes on). A spare wake-up finds nothing queued and ends at once.
-    Called by the reaper every minute. Returns the wake-ups sent per kind."""
-    from django_q.tasks import async_task
-
+    Called by the reaper every minute (not while the operator paused the queue). Returns the
+    wake-ups sent per kind."""
+    if queue_paused() is not None:
+        return {}
     cutoff = timezone.now() - timedelta(seconds=WAKE_AFTER_S)
     sent: dict[str, int] = {}
     for model in job_models:
         if model.objects.filter(status=JobStatus.RUNNING).exists():
             continue  # its worker takes the next job when this one ends
-        waiting = model.objects.filter(status=JobStatus.QUEUED, created_at__lt=cutoff).count()
-        count = min(waiting, MAX_WAKES)
-        for _ in range(count):
-            kwargs = {"task_name": f"{model._meta.model_name}-wake"} | ({"cluster": model.cluster} if model.cluster else {})
-            async_task(model.task_path, 0, **kwargs)
-        if count:
+        if count := _wake(model, model.objects.filter(status=JobStatus.QUEUED, created_at__lt=cutoff).count()):
             sent[model._meta.label] = count
     return sent
+
+
+def wake_queued(job_models: list[type[Job]]) -> dict[str, int]:
+    """Wake workers for every kind with queued jobs (the operator resumed the queue: the messages
+    that came while it was paused found nothing to claim)."""
+    sent = {model._meta.label: _wake(model, model.objects.filter(status=JobStatus.QUEUED).count()) for model in job_models}
+    return {label: count for label, count in sent.items() if count}
+
+
+def _wake(model: type[Job], waiting: int) -> int:
+    from django_q.tasks import async_task
+
+    count = min(waiting, MAX_WAKES)
+    for _ in range(count):
+        kwargs = {"task_name": f"{model._meta.model_name}-wake"} | ({"cluster": model.cluster} if model.cluster else {})
+        async_task(model.task_path, 0, **kwargs)
+    return count
 
 
 def keep_queues_moving() -> dict[str, int]:

@@ -84,3 +84,28 @@ def test_inlines_add_no_images_or_photos(staff_client, owner, run):
 
 def test_the_index_names_webhook_settings_once(staff_client):
     assert "settingss" not in staff_client.get(reverse("admin:index")).content.decode()
+
+
+def test_staff_cancel_requeue_and_retry_jobs_and_pause_the_queue(staff_client, owner):
+    """The job admins' actions call the jobs' own state changes; resuming the queue wakes workers."""
+    from django_q.models import OrmQ
+
+    from imagesite.models import QueueControl
+
+    client = staff_client
+    queued = make_generation(owner)
+    running = make_generation(owner, status=JobStatus.RUNNING)
+    failed = make_generation(owner, status=JobStatus.FAILED, error="boom", attempts=2)
+    url = reverse("admin:generation_generation_changelist")
+    for action, pk in (("cancel_jobs", queued.pk), ("requeue_jobs", running.pk), ("retry_jobs", failed.pk)):
+        assert client.post(url, {"action": action, "_selected_action": [pk]}).status_code == 302
+    statuses = dict(Generation.objects.values_list("pk", "status"))
+    assert statuses == {queued.pk: JobStatus.CANCELED, running.pk: JobStatus.QUEUED, failed.pk: JobStatus.QUEUED}
+    assert Generation.objects.get(pk=failed.pk).error == ""
+    assert client.get(reverse("admin:imagesite_queuecontrol_changelist")).status_code == 200
+    change = reverse("admin:imagesite_queuecontrol_change", args=[1])
+    client.post(change, {"paused": "on", "reason": "Driver update"})
+    assert QueueControl.current().paused
+    before = OrmQ.objects.count()
+    client.post(change, {"reason": ""})
+    assert not QueueControl.current().paused and OrmQ.objects.count() == before + 2  # one wake per queued job
