@@ -41,6 +41,7 @@ def usage_for(user) -> dict[str, int]:
         "generations_last_hour": used["generations_per_hour"],
         "photos_uploaded_last_hour": used["uploads_per_hour"],
         "trainings_last_day": used["trainings_per_day"],
+        "gpu_seconds_last_day": used["gpu_seconds_per_day"],
         # By label: the api app sits below the apps whose rows it counts.
         "generations_total": _count("generation.Generation", owner=user),
         "images_total": _count("generation.GeneratedImage", generation__owner=user),

@@ -10,6 +10,9 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_http_methods, require_POST
 
+from imagesite import quotas
+
+from .account_views import usage_for
 from .forms import TokenForm, WebhookSettingsForm
 from .models import ApiToken, WebhookDelivery, WebhookSettings, hash_token
 
@@ -49,6 +52,8 @@ def api_account(request: HttpRequest) -> HttpResponse:
         "hooks": hooks,
         "hooks_form": hooks_form,
         "deliveries": WebhookDelivery.objects.for_user(request.user)[:20],
+        "usage": usage_for(request.user),
+        "limits": quotas.limits_for(request.user),
     })
     if NEW_KEY_COOKIE in request.COOKIES:  # shown once: this view is its only one
         response.delete_cookie(NEW_KEY_COOKIE, path=reverse("api-account"), samesite="Strict")

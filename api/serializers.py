@@ -122,6 +122,7 @@ class LimitsSerializer(serializers.Serializer):
     uploads_per_hour = serializers.IntegerField()
     trainings_per_day = serializers.IntegerField()
     max_queued_jobs = serializers.IntegerField()
+    gpu_seconds_per_day = serializers.IntegerField(help_text="GPU time a day, in seconds; 0: no cap.")
 
 
 class UsageSerializer(serializers.Serializer):
@@ -129,6 +130,7 @@ class UsageSerializer(serializers.Serializer):
     generations_last_hour = serializers.IntegerField()
     photos_uploaded_last_hour = serializers.IntegerField()
     trainings_last_day = serializers.IntegerField()
+    gpu_seconds_last_day = serializers.IntegerField(help_text="GPU time your jobs of the last 24 hours used (a batch's shared).")
     generations_total = serializers.IntegerField()
     images_total = serializers.IntegerField()
     subjects_total = serializers.IntegerField()

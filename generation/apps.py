@@ -20,6 +20,7 @@ class GenerationConfig(AppConfig):
         # Validation images a training run draws are generations too, but the user did not ask for them.
         quotas.register("generations_per_hour", lambda user: Generation.objects.for_user(user).filter(training_run__isnull=True),
                         window=timedelta(hours=1))
+        quotas.register("gpu_seconds_per_day", lambda user: Generation.objects.for_user(user), window=timedelta(days=1))
         register_job_serializer(Generation, GenerationSerializer)
         from imagesite.export import register_part
 

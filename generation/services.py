@@ -89,7 +89,7 @@ def create_generation(*, owner, prompt: str, seed: int | None = None, subject=No
     written: list = []
     try:
         with transaction.atomic():
-            quotas.admit(owner, "max_queued_jobs", "generations_per_hour")
+            quotas.admit(owner, "max_queued_jobs", "generations_per_hour", "gpu_seconds_per_day")
             generation = Generation(
                 owner=owner,
                 prompt=prompt,

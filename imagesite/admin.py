@@ -7,6 +7,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from . import quotas
 from .accounts import delete_account
 from .export import request_export
 from .files import private_file_response
@@ -99,6 +100,15 @@ class AccountAdmin(UserAdmin):
     here with the stock "change password" form."""
 
     actions = ["export_data"]
+    list_display = (*UserAdmin.list_display, "gpu_seconds_last_day", "active_jobs")
+
+    @admin.display(description="GPU-seconds, 24 h")
+    def gpu_seconds_last_day(self, obj) -> int:
+        return quotas.usage(obj)["gpu_seconds_per_day"]
+
+    @admin.display(description="queued or running")
+    def active_jobs(self, obj) -> int:
+        return quotas.usage(obj)["max_queued_jobs"]
 
     def get_actions(self, request: HttpRequest) -> dict:
         """Django's bulk delete, named for what it does here (delete_queryset below); it keeps its

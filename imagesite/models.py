@@ -23,6 +23,7 @@ class UserLimits(models.Model):
     uploads_per_hour = models.PositiveIntegerField(null=True, blank=True, help_text="Photos uploaded per hour.")
     trainings_per_day = models.PositiveIntegerField(null=True, blank=True)
     max_queued_jobs = models.PositiveIntegerField(null=True, blank=True, help_text="Queued or running jobs at once.")
+    gpu_seconds_per_day = models.PositiveIntegerField(null=True, blank=True, help_text="GPU time a day (0: no cap).")
     priority = models.SmallIntegerField(default=0, help_text="Queue priority: higher goes first; users of equal priority take turns.")
 
     class Meta:

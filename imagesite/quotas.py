@@ -21,10 +21,12 @@ from typing import Callable
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
-LIMIT_NAMES = ("generations_per_hour", "uploads_per_hour", "trainings_per_day", "max_queued_jobs")
+LIMIT_NAMES = ("generations_per_hour", "uploads_per_hour", "trainings_per_day", "max_queued_jobs", "gpu_seconds_per_day")
+# Limits that sum a field of the rows rather than count them; for these 0 means no cap.
+SUMMED = {"gpu_seconds_per_day": "gpu_seconds"}
 # No row says when a queued job will end, so a refusal by the queue cap suggests a short wait.
 QUEUE_RETRY_AFTER_S = 15
 
@@ -35,6 +37,7 @@ class Counter:
 
     rows: Callable[[object], QuerySet]
     window: timedelta | None = None
+    measure: str | None = None  # a field to sum instead of counting rows
 
 
 _COUNTERS: dict[str, list[Counter]] = {name: [] for name in LIMIT_NAMES}
@@ -47,6 +50,7 @@ _REFUSALS = {
     "uploads_per_hour": "You may upload {limit} photos per hour and have uploaded {used}; {adding} more would pass it. "
                         "Try again in {wait}.",
     "trainings_per_day": "You reached your limit of {limit} training runs per day. Try again in {wait}.",
+    "gpu_seconds_per_day": "You used {used} GPU-seconds of your {limit} per day. Try again in {wait}.",
 }
 
 
@@ -62,7 +66,7 @@ def register(limit_name: str, rows: Callable[[object], QuerySet], *, window: tim
     """Count `rows(user)` against `limit_name`. Called once per app and process, from its `ready()`."""
     if limit_name not in _COUNTERS:
         raise ValueError(f"unknown limit {limit_name!r}")
-    _COUNTERS[limit_name].append(Counter(rows=rows, window=window))
+    _COUNTERS[limit_name].append(Counter(rows=rows, window=window, measure=SUMMED.get(limit_name)))
 
 
 def limits_for(user) -> dict[str, int]:
@@ -83,10 +87,17 @@ def _counted(counter: Counter, user, now) -> QuerySet:
     return rows.filter(created_at__gte=now - counter.window) if counter.window else rows
 
 
+def _used(counter: Counter, user, now) -> int:
+    rows = _counted(counter, user, now)
+    if counter.measure is None:
+        return rows.count()
+    return round(rows.aggregate(total=Sum(counter.measure))["total"] or 0)
+
+
 def usage(user) -> dict[str, int]:
     """How much of each limit the user uses now."""
     now = timezone.now()
-    return {name: sum(_counted(c, user, now).count() for c in counters) for name, counters in _COUNTERS.items()}
+    return {name: sum(_used(c, user, now) for c in counters) for name, counters in _COUNTERS.items()}
 
 
 def lock_user(user) -> None:
@@ -125,8 +136,9 @@ def admit(owner, *limit_names: str, adding: int = 1) -> None:
     now = timezone.now()
     for name in limit_names:
         limit = limits[name]
-        used = sum(_counted(c, owner, now).count() for c in _COUNTERS[name])
-        if used + adding > limit:
+        used = sum(_used(c, owner, now) for c in _COUNTERS[name])
+        over = (limit and used >= limit) if name in SUMMED else used + adding > limit  # time: once spent
+        if over:
             wait = _wait_s(name, owner, limit, used, adding, now)
             message = _REFUSALS[name].format(limit=limit, used=used, adding=adding, wait=_readable(wait))
             raise QuotaExceeded(name, message, wait)

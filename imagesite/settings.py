@@ -285,6 +285,7 @@ IMAGESITE_API_LIMITS = {
     "uploads_per_hour": env_int("IMAGESITE_LIMIT_UPLOADS_PER_HOUR", 200),
     "trainings_per_day": env_int("IMAGESITE_LIMIT_TRAININGS_PER_DAY", 10),
     "max_queued_jobs": env_int("IMAGESITE_LIMIT_MAX_QUEUED_JOBS", 10),
+    "gpu_seconds_per_day": env_int("IMAGESITE_LIMIT_GPU_SECONDS_PER_DAY", 0),  # 0: no cap
 }
 # Webhooks never go to loopback, private or link-local addresses unless this is on (tests turn it on
 # for a receiver on 127.0.0.1): otherwise a user could make the server call into its own network.

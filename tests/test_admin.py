@@ -109,3 +109,11 @@ def test_staff_cancel_requeue_and_retry_jobs_and_pause_the_queue(staff_client, o
     before = OrmQ.objects.count()
     client.post(change, {"reason": ""})
     assert not QueueControl.current().paused and OrmQ.objects.count() == before + 2  # one wake per queued job
+
+
+def test_the_user_list_shows_each_users_gpu_time_and_active_jobs(staff_client, owner):
+    make_generation(owner, status=JobStatus.SUCCEEDED, gpu_seconds=12.2)
+    make_generation(owner)
+    page = staff_client.get(reverse("admin:auth_user_changelist")).content.decode()
+    assert "GPU-seconds, 24 h" in page and '<td class="field-gpu_seconds_last_day">12</td>' in page
+    assert '<td class="field-active_jobs">1</td>' in page

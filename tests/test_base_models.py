@@ -309,7 +309,7 @@ def test_picking_a_model_in_the_browser_follows_its_defaults_and_family(live_ser
         context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": live_server.url}])
         page = context.new_page()
         page.goto(live_server.url + reverse("generation-new"))
-        subject_option = page.locator("#id_subject option[data-family='sd1']")
+        subject_option = page.locator("#subject-helper option[data-family='sd1']")
         default_guidance = catalog.default_model().info().guidance_scale
         assert float(page.locator("#id_guidance_scale").input_value()) == default_guidance != 6.0
         assert not subject_option.is_disabled()

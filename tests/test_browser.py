@@ -78,8 +78,8 @@ def test_sign_up_generate_watch_progress_and_find_the_image_in_the_gallery(live_
     expect(page.locator("#id_prompt")).to_have_value(prompt)
     page.fill("#id_steps", "40")
     page.click("button.primary")
-    expect(page).to_have_url(re.compile(r"/generations/\d+/$"))
-    expect(page.locator("h1.prompt")).to_have_text(prompt)
+    expect(page).to_have_url(re.compile(r"/\?job=\d+#job$"))
+    expect(page.locator("#job h2.prompt")).to_have_text(prompt)
 
     # The job page updates itself (htmx polling) until the images appear, with no reload.
     page.evaluate(RECORD_UPDATES)

@@ -56,7 +56,7 @@ def test_valid_post_creates_and_queues_after_commit(owner, owner_client, django_
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = owner_client.post(reverse("generation-new"), valid_data(seed="42", num_images=2))
     generation = Generation.objects.get()
-    assert response["Location"] == generation.get_absolute_url()
+    assert response["Location"] == f"/?job={generation.pk}#job"  # back to the Generate page, with the job
     assert generation.owner == owner and generation.seed == 42 and generation.status == "queued"
     assert len(callbacks) == 1 and OrmQ.objects.count() == 1
 

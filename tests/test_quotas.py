@@ -94,3 +94,20 @@ def test_usage_in_the_api_counts_what_the_quotas_count(owner, owner_api):
     usage = owner_api.get("/api/v1/me/").json()["usage"]
     assert usage["active_jobs"] == 1
     assert usage["generations_last_hour"] == 2
+
+
+def test_gpu_seconds_per_day_caps_new_work_once_spent(owner, owner_api, owner_client):
+    """GPU time is summed (a batch's shared), not counted; 0 is no cap; spent, pages and API refuse alike."""
+    make_generation(owner, status=JobStatus.SUCCEEDED, gpu_seconds=40.4)
+    make_generation(owner, status=JobStatus.SUCCEEDED, gpu_seconds=900, created_at=timezone.now() - timedelta(days=2))
+    subject = Subject.objects.create(owner=owner, name="Checkers", token="sks", class_noun="shape")
+    TrainingRun.objects.create(subject=subject, status=JobStatus.FAILED, gpu_seconds=20)
+    create_generation(owner=owner, prompt="no cap by default")
+    UserLimits.objects.create(user=owner, gpu_seconds_per_day=60)
+    assert owner_api.get("/api/v1/me/").json()["usage"]["gpu_seconds_last_day"] == 60  # 40.4 + 20: the old one is out
+    assert owner_api.get("/api/v1/me/").json()["limits"]["gpu_seconds_per_day"] == 60
+    with pytest.raises(quotas.QuotaExceeded, match="You used 60 GPU-seconds of your 60 per day"):
+        create_generation(owner=owner, prompt="over")
+    assert "60 GPU-seconds of 60" in owner_client.get("/accounts/api/").content.decode()
+    UserLimits.objects.filter(user=owner).update(gpu_seconds_per_day=61)
+    create_generation(owner=owner, prompt="one second left")

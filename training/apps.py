@@ -27,6 +27,7 @@ class TrainingConfig(AppConfig):
 
         quotas.register("max_queued_jobs", lambda user: TrainingRun.objects.for_user(user).active())
         quotas.register("trainings_per_day", lambda user: TrainingRun.objects.for_user(user), window=timedelta(days=1))
+        quotas.register("gpu_seconds_per_day", lambda user: TrainingRun.objects.for_user(user), window=timedelta(days=1))
         quotas.register("uploads_per_hour", lambda user: SubjectPhoto.objects.for_user(user), window=timedelta(hours=1))
         register_job_serializer(TrainingRun, TrainingRunSerializer)
         from imagesite.export import register_part

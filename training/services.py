@@ -156,7 +156,7 @@ def start_training(*, subject: Subject, method: str = TrainingMethod.LORA, optio
     base_model = _training_base(base_model)
     with transaction.atomic():
         # The owner's lock also keeps a concurrent second start for the same subject out.
-        quotas.admit(subject.owner, "max_queued_jobs", "trainings_per_day")
+        quotas.admit(subject.owner, "max_queued_jobs", "trainings_per_day", "gpu_seconds_per_day")
         if subject.is_training():
             raise conflict("This subject is already training.")
         pending = subject.photos.pending().count()
