@@ -10,6 +10,7 @@ urlpatterns = [
     path("generations/<int:pk>/input.png", views.generation_input, name="generation-input"),
     path("generations/<int:pk>/mask.png", views.generation_mask, name="generation-mask"),
     path("generations/<int:pk>/cancel/", views.generation_cancel, name="generation-cancel"),
+    path("generations/<int:pk>/retry/", views.generation_retry, name="generation-retry"),
     path("generations/<int:pk>/delete/", views.generation_delete, name="generation-delete"),
     path("gallery/", views.gallery, name="gallery"),
     path("loras/", prompt_file_views.prompt_file_list, name="prompt-files"),

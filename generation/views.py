@@ -12,6 +12,7 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from imagesite.files import private_file_response
+from imagesite.job_pages import retry_from_page
 from imagesite.quotas import QuotaExceeded
 
 from .forms import UPSCALE_STRENGTH, GalleryFilterForm, GenerateForm, initial_from_job, upscaled_size
@@ -232,6 +233,14 @@ def generation_mask(request: HttpRequest, pk: int) -> HttpResponse:
     if not generation.mask:
         raise Http404("This job had no mask.")
     return private_file_response(generation.mask)
+
+
+@login_required
+@require_POST
+def generation_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    generation = _get_generation_for_user(request, pk)
+    retry_from_page(request, generation)
+    return redirect(studio_url(generation) if request.POST.get("next") == "studio" else generation.get_absolute_url())
 
 
 @login_required

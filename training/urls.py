@@ -13,6 +13,7 @@ urlpatterns = [
     path("subjects/<int:pk>/delete/", views.subject_delete, name="subject-delete"),
     path("training/<int:pk>/", views.run_detail, name="training-run-detail"),
     path("training/<int:pk>/cancel/", views.run_cancel, name="training-run-cancel"),
+    path("training/<int:pk>/retry/", views.run_retry, name="training-run-retry"),
     path("training/<int:pk>/checkpoint/", views.run_checkpoint, name="training-run-checkpoint"),
     path("training/<int:pk>/token-embedding/", views.run_token_embedding, name="training-run-token-embedding"),
 ]

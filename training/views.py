@@ -12,6 +12,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from generation.modelinfo import describe_model
 from imagesite.files import private_download, private_file_response
+from imagesite.job_pages import retry_from_page
 from imagesite.quotas import QuotaExceeded
 
 from . import services
@@ -185,6 +186,14 @@ def run_detail(request: HttpRequest, pk: int) -> HttpResponse:
     template = "training/_run_status.html" if request.htmx else "training/run_detail.html"
     validation = run.validation_generations.prefetch_related("images").order_by("created_at")
     return render(request, template, {"run": run, "subject": run.subject, "validation": validation})
+
+
+@login_required
+@require_POST
+def run_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    run = _get_run_for_user(request, pk)
+    retry_from_page(request, run)
+    return redirect(run)
 
 
 @login_required
