@@ -62,7 +62,7 @@ def start_site() -> tuple[str, list[subprocess.Popen]]:
     subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=ROOT, env=env, check=True)
     port = _free_port()
     procs = []
-    for name, cmd in (("web", ["runserver", f"127.0.0.1:{port}", "--noreload"]), ("worker", ["qcluster"])):
+    for name, cmd in (("web", ["runserver", f"127.0.0.1:{port}", "--noreload"]), ("worker", ["workers"])):
         log = open(WORK / f"{name}.log", "wb")
         procs.append(subprocess.Popen([sys.executable, "manage.py", *cmd], cwd=ROOT, env=env,
                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True))

@@ -85,7 +85,7 @@ class Worker:
         self.log_path = log_path
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "manage.py", "qcluster"],
+            [sys.executable, "manage.py", "workers"],
             cwd=ROOT,
             env=env,
             stdout=self.log,

@@ -47,7 +47,7 @@ def test_two_workers_on_postgres_and_redis_share_the_queue(services, tmp_path):
     env = {**os.environ, **services, "IMAGESITE_MEDIA_ROOT": str(media), "PYTHONUNBUFFERED": "1", "DJANGO_SETTINGS_MODULE": "imagesite.settings"}
     manage(env, "migrate", "--noinput")
     logs = [tmp_path / "machine-a.log", tmp_path / "machine-b.log"]
-    clusters = [subprocess.Popen([sys.executable, "manage.py", "qcluster"], cwd=ROOT, env=env, stdout=open(log, "wb"),
+    clusters = [subprocess.Popen([sys.executable, "manage.py", "workers"], cwd=ROOT, env=env, stdout=open(log, "wb"),
                                  stderr=subprocess.STDOUT, start_new_session=True) for log in logs]
     try:
         create = textwrap.dedent("""
