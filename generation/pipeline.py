@@ -262,3 +262,15 @@ def get_renderer(source: str, requested_profile: str = "auto", single_file_confi
             _renderer = None  # drop the old weights before loading new ones
             _renderer = Renderer(source, requested_profile, single_file_config, cpu_threads)
         return _renderer
+
+
+def drop_renderer() -> None:
+    """Free the warm pipeline (the GPU is another cluster's turn: generation.gpu_lease); the next
+    job loads it again."""
+    global _renderer
+    with _renderer_lock:
+        _renderer = None
+    import gc
+
+    gc.collect()
+    _empty_cuda_cache()

@@ -4,8 +4,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.core.files.storage import default_storage
 
-from imagesite.jobs import ProgressReporter
-from imagesite.runner import run_job
+from imagesite.jobs import JobCanceled, ProgressReporter
+from imagesite.queue import claim_batch
+from imagesite.runner import run_claimed, run_claimed_batch
 
 from .errors import GenerationError
 from .input_files import load_job_inputs, studio_settings
@@ -15,33 +16,133 @@ from .services import store_images
 
 
 def run_generation(generation_id: int) -> str:
-    job = Generation.objects.select_related("base_model").filter(pk=generation_id).first()
-    return run_job(job, _render, label="Generation", readable=(GenerationError,))
+    """generation_id only wakes this worker: it claims the next job in fair order (imagesite.queue),
+    with the queued jobs it can render in the same pipeline call (generation.batching)."""
+    from .batching import batch_key
+
+    batch = settings.IMAGESITE_MAX_BATCH
+    jobs = claim_batch(Generation, batch_key, max_jobs=batch, size=lambda job: job.num_images, max_size=batch)
+    if not jobs:
+        return "nothing queued"
+    if len(jobs) == 1:
+        return run_claimed(jobs[0], _render, label="Generation", readable=(GenerationError,))
+    return run_claimed_batch(jobs, _render_batch, label="Generation", readable=(GenerationError,))
 
 
 def _render(job: Generation) -> None:
-    from . import pipeline
-
     source = _base_source(job)
     adapters = worker_adapters(job, _subject_adapter(job))  # the subject, the prompt's LoRAs and embeddings
-    if not pipeline.is_warm(source):
-        # A (re)load takes seconds to minutes: the job page says "Loading model…" meanwhile.
-        job.report_progress(0, job.steps, pace_starts=False, phase=LOADING)
     inputs = load_job_inputs(job)  # decoded and cleaned before any model load: a bad file fails fast
-    renderer = pipeline.get_renderer(source, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
-    render_settings = studio_settings(job, job.render_settings())
-    report = ProgressReporter(job)
-    try:
-        images = renderer.render(render_settings, on_step=lambda step, total: report(step, total, phase=RENDERING),
-                                 adapter=adapters, preview=_preview_tap(job, renderer), inputs=inputs)
-    finally:
-        GenerationPreview.discard(job.pk)  # previews are temporary: gone however the render ends
-    pngs = pipeline.encode_for_gallery(images, render_settings, renderer.info.name, subject_name=job.subject_name,
-                                       lora_hashes=lora_hashes(adapters))
+    with gpu_turn([job]):
+        renderer = _warm_renderer([job], source)
+        render_settings = studio_settings(job, job.render_settings())
+        report = ProgressReporter(job)
+        try:
+            images = renderer.render(render_settings, on_step=lambda step, total: report(step, total, phase=RENDERING),
+                                     adapter=adapters, preview=_preview_tap(job, renderer), inputs=inputs)
+        finally:
+            GenerationPreview.discard(job.pk)  # previews are temporary: gone however the render ends
+    pngs = pipeline_encode(images, render_settings, renderer.info.name, job, adapters)
     store_images(job, pngs, render_settings.seeds, finish=job.succeed, size=images[0].size)
 
 
 LOADING, RENDERING = "loading", "rendering"
+
+
+def _warm_renderer(jobs: list[Generation], source: str):
+    """The worker's pipeline for `source`; a (re)load takes seconds to minutes, so the jobs' pages say
+    "Loading model…" meanwhile."""
+    from . import pipeline
+
+    if not pipeline.is_warm(source):
+        for job in jobs:
+            job.report_progress(0, job.steps, pace_starts=False, phase=LOADING)
+    return pipeline.get_renderer(source, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
+
+
+def _render_batch(jobs: list[Generation]) -> list[BaseException | None]:
+    """Several compatible jobs (equal generation.batching.batch_key) in one pipeline call; each job
+    stores its images and succeeds on its own. Returns, per job, None or what ended it. Out of GPU
+    memory for the batch: each job renders alone (with the renderer's own lower-profile retry)."""
+    import torch
+
+    from .batching import BatchItem, render_batch
+
+    first = jobs[0]
+    adapters = worker_adapters(first, _subject_adapter(first))  # equal keys: the same subject and LoRAs
+    with gpu_turn(jobs):
+        renderer = _warm_renderer(jobs, _base_source(first))
+        items = []
+        for job in jobs:
+            report = ProgressReporter(job)
+            items.append(BatchItem(studio_settings(job, job.render_settings()), preview=_preview_tap(job, renderer),
+                                   on_step=lambda step, total, report=report: report(step, total, phase=RENDERING)))
+        try:
+            results = render_batch(renderer, items, adapters)
+        except torch.cuda.OutOfMemoryError:
+            results = None
+        finally:
+            for job in jobs:
+                GenerationPreview.discard(job.pk)
+    if results is None:
+        return [_alone(job) for job in jobs]
+    ended: list[BaseException | None] = []
+    for job, item, images in zip(jobs, items, results):
+        if isinstance(images, BaseException):
+            ended.append(images)
+            continue
+        pngs = pipeline_encode(images, item.settings, renderer.info.name, job, adapters)
+        try:
+            store_images(job, pngs, item.settings.seeds, finish=job.succeed, size=images[0].size)
+            ended.append(None)
+        except Exception as exc:  # noqa: BLE001 - this job fails; the others are stored
+            ended.append(exc)
+    return ended
+
+
+def _alone(job: Generation) -> BaseException | None:
+    try:
+        _render(job)
+    except Exception as exc:  # noqa: BLE001 - ended per job by the runner
+        return exc
+    return None
+
+
+def pipeline_encode(images, render_settings, model_name: str, job: Generation, adapters) -> list[tuple[bytes, bytes]]:
+    from . import pipeline
+
+    return pipeline.encode_for_gallery(images, render_settings, model_name, subject_name=job.subject_name, lora_hashes=lora_hashes(adapters))
+
+
+WAITING_FOR_GPU = "waiting_gpu"
+_turns = None  # this worker's generation.gpu_lease.WarmTurns, when it shares its GPU with training
+
+
+def gpu_turn(jobs: list[Generation]):
+    """Hold this worker's GPU lease for the jobs (generation.gpu_lease): while a training run has the
+    GPU they wait, and their pages say so; between jobs the warm pipeline keeps it unless a run asks."""
+    import contextlib
+
+    from . import pipeline
+    from .gpu_lease import DeviceLease, WarmTurns, lease_enabled
+    from .gpus import current_settings
+
+    global _turns
+    device = pipeline.worker_device()
+    if not lease_enabled(device):
+        return contextlib.nullcontext()
+    if _turns is None:
+        _turns = WarmTurns(DeviceLease(device, "generation", current_settings().lock_dir), drop_model=pipeline.drop_renderer)
+
+    def waiting(holder: str) -> None:
+        for job in jobs:
+            job.report_progress(0, job.steps, pace_starts=False, phase=WAITING_FOR_GPU)
+
+    def stop_if_all_canceled() -> None:
+        if all(job.is_canceled() for job in jobs):
+            raise JobCanceled()
+
+    return _turns.job(on_wait=waiting, should_stop=stop_if_all_canceled)
 
 
 def _preview_tap(job: Generation, renderer):

@@ -4,6 +4,7 @@ imagesite.queue claims jobs in fair order and hands them here (`run_claimed`); `
 one job a message names (data exports)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from contextlib import contextmanager
@@ -62,15 +63,45 @@ def run_claimed(
         with heartbeat(job), stopping.interruptible(), counting_gpu_seconds([job]):
             work(job)
         return "succeeded"
-    except JobInterrupted:
+    except (JobInterrupted, Exception) as exc:  # noqa: BLE001 - any failure must end the job, readably
+        return end_job(job, exc, label=label, readable=readable, canceled=canceled, cleanup=cleanup)
+
+
+def run_claimed_batch(jobs: list[Job], work: Callable[[list[Job]], list[BaseException | None]], *, label: str,
+                      readable: tuple[type[BaseException], ...] = (), canceled: tuple[type[BaseException], ...] = (),
+                      cleanup: Callable[[Job], None] | None = None) -> str:
+    """run_claimed for jobs a worker runs together (imagesite.queue.claim_batch): one heartbeat each,
+    the time shared, and each job ended on its own: `work(jobs)` finishes the jobs that succeed and
+    returns, per job, None or the exception that ended it (canceled mid-batch, failed); an exception
+    out of `work` itself ends every job of the batch that way."""
+    try:
+        if stopping.is_stopping():
+            raise JobInterrupted()
+        with contextlib.ExitStack() as stack:
+            for job in jobs:
+                stack.enter_context(heartbeat(job))
+            stack.enter_context(stopping.interruptible())
+            stack.enter_context(counting_gpu_seconds(jobs))
+            ended = work(jobs)
+    except (JobInterrupted, Exception) as exc:  # noqa: BLE001 - any failure must end the jobs, readably
+        ended = [exc] * len(jobs)
+    outcomes = ["succeeded" if exc is None else end_job(job, exc, label=label, readable=readable, canceled=canceled, cleanup=cleanup)
+                for job, exc in zip(jobs, ended)]
+    return ", ".join(f"{type(job)._meta.model_name} {job.pk} {outcome}" for job, outcome in zip(jobs, outcomes))
+
+
+def end_job(job: Job, exc: BaseException, *, label: str, readable: tuple[type[BaseException], ...] = (),
+            canceled: tuple[type[BaseException], ...] = (), cleanup: Callable[[Job], None] | None = None) -> str:
+    """End a job its work could not finish, in a state a person can read; returns the outcome."""
+    if isinstance(exc, JobInterrupted):
         outcome = "back in the queue: the worker is stopping" if job.give_back() else "interrupted"
-    except (JobCanceled, *canceled):
+    elif isinstance(exc, (JobCanceled, *canceled)):
         outcome = "canceled"
-    except readable as exc:
+    elif isinstance(exc, readable):
         job.fail(str(exc))
         outcome = "failed"
-    except Exception as exc:  # noqa: BLE001 - any failure must end the job, readably
-        log.exception("%s %s failed", label, job.pk)
+    else:
+        log.error("%s %s failed", label, job.pk, exc_info=exc)
         job.fail(f"{label} failed: {type(exc).__name__}: {str(exc)[:300]}")
         outcome = "failed"
     if cleanup is not None:

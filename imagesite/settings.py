@@ -149,6 +149,8 @@ IMAGESITE_MODEL_CACHE = env_str("IMAGESITE_MODEL_CACHE", str(BASE_DIR / "build" 
 # and the training worker (on 2 cores, 1 thread rendered 20 demo steps in 1.2 s, 2 threads in 30 s
 # when anything else wanted a core).
 IMAGESITE_CPU_THREADS = env_int("IMAGESITE_CPU_THREADS", max(1, (os.cpu_count() or 2) // 2))
+# Images one pipeline call may render for several compatible queued jobs (1: no batching); bench/batching.py.
+IMAGESITE_MAX_BATCH = env_int("IMAGESITE_MAX_BATCH", 4)
 # A running job whose heartbeat is older than this is presumed dead (worker killed) and reaped.
 IMAGESITE_STALE_AFTER_S = env_int("IMAGESITE_STALE_AFTER_S", 90)
 # /metrics (Prometheus): staff sessions, or a scraper sending "Authorization: Bearer <this>".
