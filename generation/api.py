@@ -16,6 +16,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from api.job_fields import retry
 from api.pagination import NewestFirstCursorPagination
 from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_by_id, filter_status, id_param, parse_id
 from imagesite.files import private_file_response
@@ -155,6 +156,13 @@ class GenerationViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.Retriev
         generation.cancel()  # no-op once it has ended; the response shows the status either way
         generation.refresh_from_db()
         return Response(self.get_serializer(generation).data)
+
+    @extend_schema(summary="Queue a failed or canceled generation again", description="Afresh (error, progress and attempts reset), "
+                   "within your queue cap (429 past it); 409 when the job is not failed or canceled.",
+                   request=None, responses={200: s.GenerationSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str | None = None) -> Response:
+        return Response(self.get_serializer(retry(self.get_object())).data)
 
     @extend_schema(summary="The job's input image (img2img/inpainting)", description="404 when the job has none.", responses=INPUT_RESPONSE)
     @action(detail=True, methods=["get"], url_path="input", url_name="input", content_negotiation_class=FileNegotiation)

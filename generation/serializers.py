@@ -9,6 +9,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from api.serializers import DescribedCharField, LinkField, NON_SPACE, ProgressSerializer, StrictSerializer, WEBHOOK_URL_SCHEMA, absolute
+from api.job_fields import QueuePlaceField
 from api.webhooks import check_webhook_url
 
 from . import catalog, rules
@@ -80,6 +81,8 @@ class GenerationSerializer(serializers.ModelSerializer):
     webhook_url = serializers.CharField(read_only=True, help_text="Blank when none was given.")
     init_image_url = serializers.SerializerMethodField()
     mask_url = serializers.SerializerMethodField()
+    queue = QueuePlaceField()
+    retry_url = LinkField("api-generation-retry")
 
     class Meta:
         model = Generation
@@ -89,6 +92,7 @@ class GenerationSerializer(serializers.ModelSerializer):
             "num_images", "model_name", "base_model", "phase", "subject", "subject_name", "webhook_url", "created_at", "started_at",
             "finished_at", "images", "preview_url",
             "source_image", "init_image_url", "strength", "mask_url", "mask_blur", "hires_scale", "hires_upscaler", "hires_strength", "hires_steps",
+            "loras", "embeddings", "queue", "gpu_seconds", "retry_url",
         ]
         read_only_fields = fields
         extra_kwargs = {
@@ -99,6 +103,9 @@ class GenerationSerializer(serializers.ModelSerializer):
             "mask_blur": {"help_text": "Inpainting mask edge blur in pixels."},
             "hires_scale": {"help_text": "Hires fix: 1 = off; the images are width×height times this (rounded to a multiple of 8)."},
             "hires_steps": {"help_text": "Steps of the hires pass; 0 = as many as steps."},
+            "loras": {"help_text": "The prompt's <lora:name:weight> tags as resolved when the job was made (your LoRAs, shared ones, subjects)."},
+            "embeddings": {"help_text": "Textual-inversion embeddings the prompts name, as resolved when the job was made."},
+            "gpu_seconds": {"help_text": "GPU time the job used (its share when it ran in a batch with others)."},
         }
 
     @extend_schema_field(ImageSummarySerializer(many=True))

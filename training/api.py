@@ -14,6 +14,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from api.job_fields import retry
 from api.serializers import form_errors
 from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_by_id, filter_status, id_param, parse_id
 from imagesite.conflicts import is_conflict
@@ -187,6 +188,13 @@ class TrainingRunViewSet(OwnedViewSetMixin, viewsets.ReadOnlyModelViewSet):
         run.cancel()
         run.refresh_from_db()
         return Response(self.get_serializer(run).data)
+
+    @extend_schema(summary="Queue a failed or canceled training run again", description="Afresh, within your queue cap (429 past "
+                   "it); 409 when the run is not failed or canceled, or its subject is training.",
+                   request=None, responses={200: ts.TrainingRunSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str | None = None) -> Response:
+        return Response(self.get_serializer(retry(self.get_object())).data)
 
     @extend_schema(
         summary="Download the checkpoint: the LoRA in kohya layout (<token>.safetensors, the token's embedding bundled; "

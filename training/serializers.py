@@ -11,6 +11,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from api.job_fields import QueuePlaceField
 from api.serializers import TEXT_SCHEMA, WEBHOOK_URL_SCHEMA, DescribedCharField, LinkField, ProgressSerializer, StrictSerializer, absolute
 from api.webhooks import check_webhook_url
 
@@ -32,6 +33,8 @@ class TrainingRunSerializer(serializers.ModelSerializer):
     checkpoint_url = serializers.SerializerMethodField()
     token_embedding_url = serializers.SerializerMethodField()
     webhook_url = serializers.CharField(read_only=True, help_text="Blank when none was given.")
+    queue = QueuePlaceField()
+    retry_url = LinkField("api-training-run-retry")
 
     class Meta:
         model = TrainingRun
@@ -39,7 +42,7 @@ class TrainingRunSerializer(serializers.ModelSerializer):
             "id", "url", "cancel_url", "page_url", "subject", "subject_url", "base_model", "base_model_name", "base_family",
             "status", "phase", "progress", "loss",
             "seconds_per_step", "error", "attempts", "method", "options", "checkpoint_size", "checkpoint_url",
-            "token_embedding_url", "webhook_url", "created_at", "started_at", "finished_at",
+            "token_embedding_url", "webhook_url", "created_at", "started_at", "finished_at", "queue", "gpu_seconds", "retry_url",
         ]
         read_only_fields = fields
         extra_kwargs = {

@@ -1,0 +1,44 @@
+"""What every job's API shares: where a queued job stands in the queue, and a retry."""
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from imagesite.conflicts import conflict
+from imagesite.jobs import Job, JobStatus
+from imagesite.queue import place_in_queue, queue_paused, retry_job
+
+
+class QueuePlaceSerializer(serializers.Serializer):
+    ahead = serializers.IntegerField(help_text="Queued jobs that run before this one (round-robin across users).")
+    eta_s = serializers.FloatField(allow_null=True, help_text="About how many seconds until it starts; null until a job has finished to estimate from.")
+    paused = serializers.CharField(allow_null=True, help_text="Why nothing starts: the operator paused the queue (null when running).")
+    text = serializers.CharField(help_text='As the pages say it, e.g. "3 ahead of you, about 40 s".')
+
+
+class QueuePlaceField(serializers.SerializerMethodField):
+    """`queue` on a job: its place while queued, null otherwise."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(method_name="_queue_place", **kwargs)
+
+    def to_representation(self, job: Job) -> dict | None:
+        if job.status != JobStatus.QUEUED:
+            return None
+        paused = queue_paused()
+        place = place_in_queue(job)
+        ahead, eta = (place.ahead, place.eta_s) if place else (0, None)
+        text = f"the queue is paused: {paused}" if paused else (place.words() if place else "waiting for the worker")
+        return {"ahead": ahead, "eta_s": None if eta is None else round(eta, 1), "paused": paused, "text": text}
+
+
+extend_schema_field(QueuePlaceSerializer(allow_null=True))(QueuePlaceField)
+
+
+def retry(job: Job) -> Job:
+    """Queue the owner's failed or canceled job again (imagesite.queue.retry_job: their queue cap, a
+    429 past it); 409 for a job that is not failed or canceled."""
+    if not retry_job(job):
+        raise conflict("Only a failed or canceled job can be retried.")
+    job.refresh_from_db()
+    return job
