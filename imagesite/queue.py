@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Callable
 
+from django.conf import settings
 from django.db import connection, models, transaction
-from django.db.models import Avg, F, Max
+from django.db.models import Avg, F, Max, Q
 from django.utils import timezone
 
 from .jobs import Job, JobStatus, eta_words, job_models, reap_stale_jobs
@@ -173,21 +174,28 @@ def run_next(model: type[Job], work: Callable[[Job], None], **kwargs) -> str:
 
 WAKE_AFTER_S = 60
 MAX_WAKES = 8
+# A running job counts as worked on while its heartbeat is younger than this many beats
+# (IMAGESITE_HEARTBEAT_S); an older one's worker is presumably dead, though not yet reaped.
+LIVE_BEATS = 3
 
 
-def wake_idle_queues(job_models: list[type[Job]]) -> dict[str, int]:
-    """Send wake-up messages for queued jobs nobody is working on: jobs queued over a minute ago while
-    none of their kind runs (their broker message was lost, or is held by a killed cluster until
-    django-q2's retry, 35 minutes on). A spare wake-up finds nothing queued and ends at once.
-    Called by the reaper every minute (not while the operator paused the queue). Returns the
-    wake-ups sent per kind."""
+def wake_idle_queues(job_models: list[type[Job]], wake_after_s: float | None = None) -> dict[str, int]:
+    """Send wake-up messages for queued jobs nobody is working on: jobs queued over `wake_after_s`
+    (WAKE_AFTER_S, a minute) while none of their kind runs (their broker message was lost, or is
+    held by a killed cluster until django-q2's retry, 35 minutes on). A job whose heartbeat stopped
+    a few beats ago does not count as running: after a SIGKILL of the whole stack its row says
+    "running" until the reaper's IMAGESITE_STALE_AFTER_S, and the queued jobs must not wait for
+    that. A spare wake-up finds nothing queued and ends at once. Called by the reaper every minute
+    (not while the operator paused the queue). Returns the wake-ups sent per kind."""
     if queue_paused() is not None:
         return {}
-    cutoff = timezone.now() - timedelta(seconds=WAKE_AFTER_S)
+    now = timezone.now()
+    cutoff = now - timedelta(seconds=WAKE_AFTER_S if wake_after_s is None else wake_after_s)
+    live = Q(heartbeat_at__isnull=True) | Q(heartbeat_at__gte=now - timedelta(seconds=LIVE_BEATS * settings.IMAGESITE_HEARTBEAT_S))
     sent: dict[str, int] = {}
     for model in job_models:
-        if model.objects.filter(status=JobStatus.RUNNING).exists():
-            continue  # its worker takes the next job when this one ends
+        if model.objects.filter(live, status=JobStatus.RUNNING).exists():
+            continue  # its worker is alive; the queued jobs' own messages follow
         if count := _wake(model, model.objects.filter(status=JobStatus.QUEUED, created_at__lt=cutoff).count()):
             sent[model._meta.label] = count
     return sent
@@ -210,11 +218,12 @@ def _wake(model: type[Job], waiting: int) -> int:
     return count
 
 
-def keep_queues_moving() -> dict[str, int]:
+def keep_queues_moving(stale_after_s: float | None = None, wake_after_s: float | None = None) -> dict[str, int]:
     """The every-minute sweep: requeue or fail jobs whose worker died (imagesite.jobs.reap_stale_jobs),
-    then wake workers for jobs queued with nobody working on them."""
-    counts = reap_stale_jobs()
-    for label, count in wake_idle_queues(job_models()).items():
+    then wake workers for jobs queued with nobody working on them. The thresholds default to
+    IMAGESITE_STALE_AFTER_S and WAKE_AFTER_S (tests pass small ones)."""
+    counts = reap_stale_jobs(stale_after_s)
+    for label, count in wake_idle_queues(job_models(), wake_after_s).items():
         log.warning("sent %s wake-up(s) for %s jobs queued with no worker on them", count, label)
         counts["woken"] = counts.get("woken", 0) + count
     return counts
