@@ -223,3 +223,35 @@ def test_sigkill_of_workers_and_redis_on_postgres_loses_and_repeats_nothing(tmp_
             for worker in started:
                 worker.stop()
             redis.kill()
+
+
+@pytest.mark.django_db
+def test_a_dead_workers_running_job_does_not_hold_back_the_wake_ups(django_user_model, settings):
+    """Right after a SIGKILL of the whole stack, with the real thresholds: the job that was rendering
+    still says "running" (its heartbeat is 40 s old, the reaper waits for 90 s), yet the first sweep
+    after the restart (the schedule's, within a minute) wakes workers for the queued jobs; a job whose
+    worker still beats holds them back (its worker's own messages follow)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+    from django_q.models import OrmQ
+
+    from imagesite.jobs import JobStatus
+    from imagesite.queue import keep_queues_moving
+
+    from .factories import make_generation
+
+    settings.IMAGESITE_HEARTBEAT_S, settings.IMAGESITE_STALE_AFTER_S = 10, 90
+    owner = django_user_model.objects.create_user("kira", password="pw-long-enough-1")
+    now = timezone.now()
+    running = make_generation(owner, status=JobStatus.RUNNING, attempts=1, started_at=now - timedelta(seconds=50),
+                              heartbeat_at=now - timedelta(seconds=40))
+    for _ in range(3):
+        make_generation(owner, created_at=now - timedelta(minutes=2))
+    before = OrmQ.objects.count()
+    assert keep_queues_moving() == {"requeued": 0, "failed": 0, "woken": 3}
+    assert OrmQ.objects.count() == before + 3
+    running.refresh_from_db()
+    assert running.status == JobStatus.RUNNING  # the reaper's turn comes at 90 s
+    type(running).objects.filter(pk=running.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=5))
+    assert keep_queues_moving() == {"requeued": 0, "failed": 0}
