@@ -195,7 +195,7 @@ def wake_idle_queues(job_models: list[type[Job]], wake_after_s: float | None = N
     sent: dict[str, int] = {}
     for model in job_models:
         if model.objects.filter(live, status=JobStatus.RUNNING).exists():
-            continue  # its worker is alive; the queued jobs' own messages follow
+            continue  # a live worker: jobs short of a message wait for a sweep that finds it idle
         if count := _wake(model, model.objects.filter(status=JobStatus.QUEUED, created_at__lt=cutoff).count()):
             sent[model._meta.label] = count
     return sent
