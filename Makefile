@@ -25,13 +25,18 @@ run: migrate
 	@echo ""
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/honcho start -f Procfile
 
+# Two test processes (pytest-xdist), a file each at a time: the suite's torch work uses one thread,
+# so a 2-core box runs it in about half the time. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: install
-	$(PY) -m pytest
+	$(PY) -m pytest $(XDIST)
 
 # The inner loop: everything but the slow lanes (real qcluster workers, the browser, PostgreSQL and
 # Redis). `make test` stays the complete run CI does.
 test-fast: install
-	$(PY) -m pytest -m "not worker and not browser and not scale_out"
+	$(PY) -m pytest $(XDIST) -m "not worker and not browser and not scale_out"
 
 bench: install
 	$(PY) bench/worker_overhead.py

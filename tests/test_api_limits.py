@@ -63,7 +63,7 @@ def test_staff_set_limits_in_the_admin(owner, django_user_model, client):
     staff = django_user_model.objects.create_superuser("boss", password="x" * 12)
     client.force_login(staff)
     assert client.get("/admin/imagesite/userlimits/add/").status_code == 200
-    response = client.post("/admin/imagesite/userlimits/add/", {"user": owner.pk, "generations_per_hour": 3, "max_queued_jobs": 1})
+    response = client.post("/admin/imagesite/userlimits/add/", {"user": owner.pk, "generations_per_hour": 3, "max_queued_jobs": 1, "priority": 0})
     assert response.status_code == 302
     limits = UserLimits.objects.get(user=owner)
     assert limits.generations_per_hour == 3 and limits.uploads_per_hour is None
