@@ -55,7 +55,7 @@ PROBE = textwrap.dedent(f"""
     from imagesite.models import UserLimits
     from imagesite.queue import keep_queues_moving
 
-    JOB = dict(negative_prompt="", steps=40, guidance_scale=7.5, width=64, height=64, scheduler="euler_a", num_images={IMAGES})
+    JOB = dict(negative_prompt="", steps=30, guidance_scale=7.5, width=64, height=64, scheduler="euler_a", num_images={IMAGES})
 
     def create_jobs(n):
         users = [get_user_model().objects.create_user(name, password="pw-long-enough-1") for name in ("kira", "lev")]
@@ -173,9 +173,12 @@ def _mid_way(rows) -> bool:
 
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
-def test_sigkill_of_the_cluster_on_sqlite_loses_and_repeats_nothing(spawn_worker, settings):
+def test_sigkill_of_the_cluster_on_sqlite_loses_and_repeats_nothing(spawn_worker, settings, tmp_path):
     settings.IMAGESITE_HEARTBEAT_S = HEARTBEAT_S  # the sweep runs here: the workers' heartbeat
-    kill_mid_way_and_restart(InProcess(), lambda: spawn_worker(**WORKER_ENV), lambda worker: worker.kill(), lambda: None)
+    # The GPU lease on the CPU too: the killed worker held it (a flock, dropped with the process).
+    env = {**WORKER_ENV, "IMAGESITE_GPU_LEASE": "on", "IMAGESITE_GPU_LOCK_DIR": str(tmp_path / "gpu-locks")}
+    kill_mid_way_and_restart(InProcess(), lambda: spawn_worker(**env), lambda worker: worker.kill(), lambda: None)
+    assert list((tmp_path / "gpu-locks").rglob("*.lease"))  # the lease was in play
 
 
 class Redis:
