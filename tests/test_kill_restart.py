@@ -127,7 +127,8 @@ def kill_mid_way_and_restart(site, start_cluster, kill_stack, restart_stack) -> 
     done_before = [row for row in at_kill.values() if row["status"] == "succeeded"]
     running = [pk for pk, row in at_kill.items() if row["status"] == "running"]
     queued = [pk for pk, row in at_kill.items() if row["status"] == "queued"]
-    assert running and queued and done_before, at_kill
+    # Usually one job was rendering (or just claimed); in the rare gap between two jobs none was.
+    assert queued and done_before, at_kill
     render_s = min(row["finished_at"] - row["started_at"] for row in done_before)  # the first also loaded the model
 
     restart_stack()
