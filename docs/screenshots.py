@@ -2,7 +2,7 @@
 
     .venv/bin/python docs/screenshots.py [--images 8] [--out docs/screenshots] [--url URL] [--width 1280]
 
-writes gallery.png, generate.png, subject.png and job-running.png (a job while it renders, with its
+writes gallery.png, generate.png, subject.png, mask-editor.png and job-running.png (a job while it renders, with its
 live preview) into docs/screenshots/, at desktop width, with Debian's chromium (Playwright, headless).
 
 Without --url it starts its own site on a throwaway SQLite database and media folder under
@@ -207,19 +207,33 @@ def take(url: str, images: int, out: Path, username: str, width: int) -> None:
         page.goto(f"{url}/?again={jobs[0]['id']}")
         site.shoot(f"/?again={jobs[0]['id']}", out / "generate.png")
 
-        # A running job with its live preview: its page is loaded once the worker has written a
-        # preview a third of the way through, and shot at once (the page polls; the job goes on).
+        # The mask painter over a gallery image ("Inpaint" on the image page), a stroke painted across it.
+        image_id = site.get(f"/api/v1/generations/{jobs[0]['id']}/")["images"][0]["id"]
+        page.goto(f"{url}/?source_image={image_id}&inpaint=1")
+        canvas = page.locator("#mask-canvas")
+        canvas.wait_for(state="visible")
+        canvas.scroll_into_view_if_needed()
+        box = canvas.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.35)
+        page.mouse.down()
+        for step in range(1, 11):
+            page.mouse.move(box["x"] + box["width"] * (0.3 + 0.04 * step), box["y"] + box["height"] * (0.35 + 0.03 * step))
+        page.mouse.up()
+        site.shoot(f"/?source_image={image_id}&inpaint=1", out / "mask-editor.png")
+
+        # A running job with its live preview, on the Generate page beside the form: loaded once the
+        # worker has written a preview a third of the way through, and shot at once (the panel polls).
         for attempt in range(3):
             job = site.post("/api/v1/generations/", data={"prompt": example_prompts(1)[0], **RUNNING_JOB})
             job = site.wait_job(job, lambda j: j["status"] == "succeeded" or (j["status"] == "running" and j.get("preview_url") and _progress(j) >= 0.3))
             if job["status"] != "running":
                 print(f"the running job finished before its page loaded; trying again ({attempt + 1}/3)", flush=True)
                 continue
-            page.goto(job["page_url"] if job["page_url"].startswith("http") else url + job["page_url"])
+            page.goto(f"{url}/?job={job['id']}")
             page.locator("img[src*='preview']").first.wait_for(state="visible", timeout=5_000)
             out.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(out / "job-running.png"), full_page=True)
-            print(f"wrote {out / 'job-running.png'}  ({job['page_url']}, {job['status']} at {_progress(job):.0%})", flush=True)
+            print(f"wrote {out / 'job-running.png'}  (/?job={job['id']}, {job['status']} at {_progress(job):.0%})", flush=True)
             break
         else:
             print("no screenshot of a running job: the worker was too fast three times", file=sys.stderr)
