@@ -123,7 +123,8 @@ def main() -> None:
     print(f"model {info.name}: {job['width']}x{job['height']}, {job['steps']} steps, {job['scheduler']}, 1 image; "
           f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
 
-    renderer = Renderer(settings.IMAGESITE_MODEL, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG)
+    # the thread count the worker renders with (IMAGESITE_CPU_THREADS, or --threads): a fair bare baseline
+    renderer = Renderer(settings.IMAGESITE_MODEL, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
     worker, web = Worker(), WebServer()
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {key}"
