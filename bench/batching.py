@@ -1,0 +1,163 @@
+"""The serving engine on the demo model, in one run: batching throughput and fairness (issue 17).
+
+    .venv/bin/python bench/batching.py [--jobs 8] [--rounds 3] [--threads 1] [--heavy 40]
+
+Sets itself up: a throwaway SQLite file and media folder under build/bench-batching/, migrated here.
+Every job is the real worker task (`generation.tasks.run_generation`) run in this process on one warm
+renderer: the fair claim, the batch claim, heartbeats, progress writes, PNG encoding, files, the end
+state. Measured:
+
+1. Throughput: `--jobs` compatible queued jobs (one image each, the model's defaults, other prompts
+   and seeds) drained with IMAGESITE_MAX_BATCH = 1 (one job per call), 2, 4 and 8; time ÷ the one-by-one
+   time, rounds alternating so a busy machine slows them alike, plus the largest pixel difference
+   of any image from its one-by-one twin (goal ≤ 0.5 at 8; identity within one level).
+2. Fairness: a heavy user queues `--heavy` jobs, then a light user queues one; the light job's wait
+   (queued → started) under the fair order, against what FIFO would have made it wait (the heavy
+   jobs' run time ahead of it), with the default batch size. Goal: ≤ one batch's time.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.worker_overhead import _environment, _fresh_database  # noqa: E402  (a throwaway DB and media folder)
+
+WORK = ROOT / "build" / "bench-batching"
+BATCHES = (1, 2, 4, 8)
+THROUGHPUT_GOAL = 0.5
+
+
+def _queue(owner, job: dict, count: int, seed: int, prompt: str | None = None) -> list:
+    from generation.models import Generation
+
+    return [Generation.objects.create(owner=owner, seed=seed + i, model_name="bench", **{**job, "prompt": prompt or f"{job['prompt']} {i}"})
+            for i in range(count)]
+
+
+def _drain(batch: int) -> int:
+    """Run the worker task until nothing is queued; returns the pipeline calls it made."""
+    from django.conf import settings
+
+    from generation.tasks import run_generation
+
+    settings.IMAGESITE_MAX_BATCH = batch
+    calls = 0
+    while (outcome := run_generation(0)) != "nothing queued":
+        calls += 1
+        if "failed" in outcome:
+            sys.exit(f"a job failed: {outcome}")
+    return calls
+
+
+def _pixels(rows) -> list[np.ndarray]:
+    out = []
+    for row in rows:
+        row.refresh_from_db()
+        with row.images.get().file.open("rb") as f:
+            from PIL import Image
+
+            out.append(np.asarray(Image.open(f).convert("RGB"), dtype=np.int16))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--heavy", type=int, default=40)
+    args = parser.parse_args()
+
+    os.environ.pop("DATABASE_URL", None)
+    os.environ.pop("REDIS_URL", None)
+    os.environ.update(_environment(args.threads, WORK))
+    os.environ["IMAGESITE_PREVIEW_S"] = "0"
+    import django
+
+    django.setup()
+    logging.getLogger("django-q").setLevel(logging.WARNING)
+    from diffusers.utils import logging as diffusers_logging
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+
+    from generation import pipeline
+    from generation.modelinfo import describe_model
+    from generation.models import Generation
+
+    diffusers_logging.disable_progress_bar()
+    _fresh_database(WORK)
+    owner = get_user_model().objects.create_user("bench")
+    info = describe_model(settings.IMAGESITE_MODEL)
+    job = {"prompt": "a red circle on a blue background", "negative_prompt": "", **info.defaults(), "num_images": 1}
+    pipeline.get_renderer(settings.IMAGESITE_MODEL, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
+    _queue(owner, job, 2, 1)
+    _drain(2)  # warm-up
+    print(f"model {info.name}: {job['width']}x{job['height']}, {job['steps']} steps, {job['scheduler']}; {args.threads} torch thread(s); "
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
+
+    times: dict[int, list[float]] = {b: [] for b in BATCHES}
+    worst: dict[int, int] = {b: 0 for b in BATCHES}
+    for round_ in range(args.rounds):
+        reference = None
+        for batch in BATCHES:
+            rows = _queue(owner, job, args.jobs, 100)
+            started = time.perf_counter()
+            calls = _drain(batch)
+            times[batch].append(time.perf_counter() - started)
+            pixels = _pixels(rows)
+            if batch == 1:
+                reference = pixels
+            else:
+                worst[batch] = max(worst[batch], max(int(np.abs(a - b).max()) for a, b in zip(pixels, reference)))
+            print(f"  round {round_ + 1} batch {batch}: {times[batch][-1]:.2f} s in {calls} call(s)", flush=True)
+
+    one = statistics.median(times[1])
+    print(f"\n{args.jobs} compatible jobs, {args.rounds} rounds; load average {os.getloadavg()[0]:.2f}")
+    rows = [("IMAGESITE_MAX_BATCH", "median time", "÷ one by one", "max pixel difference", "goal")]
+    for batch in BATCHES:
+        ratio = statistics.median(times[batch]) / one
+        goal = f"≤ {THROUGHPUT_GOAL} {'ok' if ratio <= THROUGHPUT_GOAL else 'MISSED'}" if batch == 8 else ""
+        rows.append((str(batch), f"{statistics.median(times[batch]):.2f} s", f"{ratio:.2f}", str(worst[batch]) if batch > 1 else "–", goal))
+    _table(rows)
+
+    # Fairness: the light user's wait behind a heavy backlog, arriving once the backlog has started.
+    from generation.tasks import run_generation
+
+    settings.IMAGESITE_MAX_BATCH = 4
+    light_user = get_user_model().objects.create_user("light")
+    _queue(owner, job, args.heavy, 500)
+    started = time.perf_counter()
+    run_generation(0)  # the first call of the backlog
+    call_s = time.perf_counter() - started
+    light = _queue(light_user, job, 1, 900, prompt="a yellow star on a green background")[0]
+    waiting = Generation.objects.filter(owner=owner, status="queued").count()
+    _drain(4)
+    light.refresh_from_db()
+    waited = (light.started_at - light.created_at).total_seconds()
+    fifo = waiting / 4 * call_s  # the heavy jobs still queued when it came, four to a call
+    print(f"\nfairness: {args.heavy} heavy jobs queued, one light job arriving after the first call (IMAGESITE_MAX_BATCH 4)")
+    _table([("light job's wait", "FIFO would be", "one batch's time", "goal"),
+            (f"{waited:.2f} s", f"{fifo:.2f} s ({waiting} jobs ahead)", f"{call_s:.2f} s",
+             f"≤ one batch {'ok' if waited <= call_s * 1.2 else 'MISSED'}")])
+
+
+def _table(rows) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("| " + " | ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) + " |")
+        if i == 0:
+            print("| " + " | ".join("-" * w for w in widths) + " |")
+
+
+if __name__ == "__main__":
+    main()
