@@ -196,9 +196,25 @@ def wake_idle_queues(job_models: list[type[Job]], wake_after_s: float | None = N
     for model in job_models:
         if model.objects.filter(live, status=JobStatus.RUNNING).exists():
             continue  # a live worker: jobs short of a message wait for a sweep that finds it idle
-        if count := _wake(model, model.objects.filter(status=JobStatus.QUEUED, created_at__lt=cutoff).count()):
+        waiting = model.objects.filter(status=JobStatus.QUEUED, created_at__lt=cutoff).count()
+        if waiting and (count := _wake(model, min(waiting, _short_of_messages(model)))):
             sent[model._meta.label] = count
     return sent
+
+
+def _short_of_messages(model: type[Job]) -> int:
+    """How many of the kind's queued jobs have no message a cluster can take now (ORM broker: not
+    locked by a cluster; Redis: in the list). Wake-ups are sent for those only, so they never pile
+    up while the kind's cluster is down (a site without a training cluster: one a minute, forever)."""
+    from django_q.brokers import get_broker
+
+    queued = model.objects.filter(status=JobStatus.QUEUED).count()
+    try:
+        deliverable = get_broker(model.cluster).queue_size()
+    except Exception:  # noqa: BLE001 - the broker cannot say: wake as if no message were there
+        log.warning("could not count the %s broker's messages", model.cluster or "default", exc_info=True)
+        deliverable = 0
+    return max(0, queued - deliverable)
 
 
 def wake_queued(job_models: list[type[Job]]) -> dict[str, int]:
