@@ -18,7 +18,6 @@ state. Measured:
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
 import sys
@@ -30,7 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.worker_overhead import _environment, _fresh_database  # noqa: E402  (a throwaway DB and media folder)
+from bench.worker_overhead import in_process_site  # noqa: E402  (a throwaway DB and media folder)
 
 WORK = ROOT / "build" / "bench-batching"
 BATCHES = (1, 2, 4, 8)
@@ -78,28 +77,15 @@ def main() -> None:
     parser.add_argument("--heavy", type=int, default=40)
     args = parser.parse_args()
 
-    os.environ.pop("DATABASE_URL", None)
-    os.environ.pop("REDIS_URL", None)
-    os.environ.update(_environment(args.threads, WORK))
-    os.environ["IMAGESITE_PREVIEW_S"] = "0"
-    import django
-
-    django.setup()
-    logging.getLogger("django-q").setLevel(logging.WARNING)
-    from diffusers.utils import logging as diffusers_logging
+    owner, job, _renderer = in_process_site(args.threads, WORK, IMAGESITE_PREVIEW_S="0")
+    job["prompt"] = "a red circle on a blue background"
     from django.conf import settings
     from django.contrib.auth import get_user_model
 
-    from generation import pipeline
     from generation.modelinfo import describe_model
     from generation.models import Generation
 
-    diffusers_logging.disable_progress_bar()
-    _fresh_database(WORK)
-    owner = get_user_model().objects.create_user("bench")
     info = describe_model(settings.IMAGESITE_MODEL)
-    job = {"prompt": "a red circle on a blue background", "negative_prompt": "", **info.defaults(), "num_images": 1}
-    pipeline.get_renderer(settings.IMAGESITE_MODEL, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
     _queue(owner, job, 2, 1)
     _drain(2)  # warm-up
     print(f"model {info.name}: {job['width']}x{job['height']}, {job['steps']} steps, {job['scheduler']}; {args.threads} torch thread(s); "

@@ -18,7 +18,6 @@ Goal (issue 16): default / off median ≤ 1.05. Jobs render the demo model's def
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import statistics
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.worker_overhead import _environment, _fresh_database  # noqa: E402  (a throwaway DB and media folder)
+from bench.worker_overhead import in_process_site  # noqa: E402  (a throwaway DB and media folder)
 
 WORK = ROOT / "build" / "bench-previews"
 RATIO_GOAL = 1.05
@@ -63,29 +62,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1, help="images per job")
     args = parser.parse_args()
 
-    os.environ.pop("DATABASE_URL", None)
-    os.environ.pop("REDIS_URL", None)
-    os.environ.update(_environment(args.threads, WORK))
-    import django
-
-    django.setup()
-    logging.getLogger("django-q").setLevel(logging.WARNING)
-    from diffusers.utils import logging as diffusers_logging
+    owner, job, _renderer = in_process_site(args.threads, WORK, images=args.images, steps=args.steps)
     from django.conf import settings
-    from django.contrib.auth import get_user_model
 
-    from generation import pipeline
     from generation.models import GenerationPreview
     from generation.modelinfo import describe_model
 
-    diffusers_logging.disable_progress_bar()
-    _fresh_database(WORK)
-    owner = get_user_model().objects.create_user("bench")
     info = describe_model(settings.IMAGESITE_MODEL)
-    job = {"prompt": info.example_prompts[0] if info.example_prompts else "a red circle on a blue background",
-           "negative_prompt": "", **info.defaults(), "num_images": args.images}
-    if args.steps:
-        job["steps"] = args.steps
 
     stored: list[int] = []  # one entry per preview written
     store = GenerationPreview.store.__func__
@@ -95,7 +78,6 @@ def main() -> None:
         return store(cls, generation_id, image, step)
 
     GenerationPreview.store = classmethod(counting_store)
-    pipeline.get_renderer(settings.IMAGESITE_MODEL, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
     print(f"model {info.name}: {job['width']}x{job['height']}, {job['steps']} steps, {job['scheduler']}, {job['num_images']} image(s); "
           f"{args.threads} torch thread(s); load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs", flush=True)
 

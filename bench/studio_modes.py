@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import logging
 import os
 import statistics
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.worker_overhead import _environment, _fresh_database  # noqa: E402  (a throwaway DB and media folder)
+from bench.worker_overhead import in_process_site  # noqa: E402  (a throwaway DB and media folder)
 
 WORK = ROOT / "build" / "bench-studio"
 RATIO_GOAL = 1.10
@@ -138,29 +137,13 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of: {', '.join(MODES)}")
     args = parser.parse_args()
 
-    os.environ.pop("DATABASE_URL", None)
-    os.environ.pop("REDIS_URL", None)
-    os.environ.update(_environment(args.threads, WORK))
-    import django
-
-    django.setup()
-    logging.getLogger("django-q").setLevel(logging.WARNING)
-    from diffusers.utils import logging as diffusers_logging
+    owner, job, renderer = in_process_site(args.threads, WORK, images=args.images, steps=args.steps)
     from django.conf import settings
-    from django.contrib.auth import get_user_model
 
-    from generation import pipeline
     from generation.modelinfo import describe_model
 
-    diffusers_logging.disable_progress_bar()
-    _fresh_database(WORK)
-    owner = get_user_model().objects.create_user("bench")
     info = describe_model(settings.IMAGESITE_MODEL)
-    job = {"prompt": info.example_prompts[0] if info.example_prompts else "a red circle on a blue background",
-           "negative_prompt": "", **info.defaults(), "num_images": args.images}
-    if args.steps:
-        job["steps"] = args.steps
-    renderer = pipeline.get_renderer(settings.IMAGESITE_MODEL, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
+
     bare = Bare(renderer.pipe, job["scheduler"])
     image, mask = _pictures(job["width"])
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]

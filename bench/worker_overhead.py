@@ -246,3 +246,34 @@ def _verdict(ok: bool, goal: str) -> str:
 
 if __name__ == "__main__":
     main()
+
+
+def in_process_site(threads: int | None, work: Path, images: int = 1, steps: int | None = None, **env: str):
+    """For benches that run the real worker task in their own process: a throwaway, migrated SQLite
+    site under `work`, Django set up, a user, and the demo model's default job. Returns (owner, job,
+    renderer): the renderer warm, with the worker's thread count."""
+    os.environ.pop("DATABASE_URL", None)
+    os.environ.pop("REDIS_URL", None)
+    os.environ.update(_environment(threads, work))
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    logging.getLogger("django-q").setLevel(logging.WARNING)
+    from diffusers.utils import logging as diffusers_logging
+    from django.conf import settings
+    from django.contrib.auth import get_user_model
+
+    from generation import pipeline
+    from generation.modelinfo import describe_model
+
+    diffusers_logging.disable_progress_bar()
+    _fresh_database(work)
+    owner = get_user_model().objects.create_user("bench")
+    info = describe_model(settings.IMAGESITE_MODEL)
+    job = {"prompt": info.example_prompts[0] if info.example_prompts else "a red circle on a blue background",
+           "negative_prompt": "", **info.defaults(), "num_images": images}
+    if steps:
+        job["steps"] = steps
+    renderer = pipeline.get_renderer(settings.IMAGESITE_MODEL, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
+    return owner, job, renderer
