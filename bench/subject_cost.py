@@ -95,7 +95,7 @@ def _sd15(args, folder: Path):
     adapters = LoadedAdapters(pipe)
     adapter = Adapter(kind="lora", path=str(path), key="run-1", name="sks")
     side = (args.size or 256) // 8
-    steps = args.steps or 4
+    steps = 0 if args.steps < 0 else args.steps or 4
     generator = torch.Generator().manual_seed(3)
     latents = torch.randn(2, 4, side, side, generator=generator)
     states = torch.randn(2, 77, 768, generator=generator)
@@ -121,7 +121,7 @@ def main() -> None:
     parser.add_argument("--model", choices=("demo", "sd15"), default="demo")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=0, help="demo: sampler steps (20); sd15: UNet calls per job (4)")
+    parser.add_argument("--steps", type=int, default=0, help="demo: sampler steps (20); sd15: UNet calls per job (4; -1: none, the attach + fuse + restore alone)")
     parser.add_argument("--size", type=int, default=0, help="px (demo 64, sd15 256)")
     args = parser.parse_args()
 
