@@ -153,7 +153,8 @@ def main() -> None:
     print(f"| bare (no adapters)   | {bare:8.3f} | {min(times['bare']):6.3f} |            1.000 |         1.000 |              |")
     for kind, label in (("fused", "subject, fused"), ("peft", "subject, peft layers")):
         ratio, low = statistics.median(times[kind]) / bare, min(times[kind]) / min(times["bare"])
-        goal = f"≤ {GOAL:.2f} {'ok' if low <= GOAL else 'MISSED'}" if kind == "fused" else ""
+        judged = kind == "fused" and not (args.model == "sd15" and args.steps < 0)  # -1: the fixed cost alone
+        goal = f"≤ {GOAL:.2f} {'ok' if low <= GOAL else 'MISSED'}" if judged else ""
         print(f"| {label:<20} | {statistics.median(times[kind]):8.3f} | {min(times[kind]):6.3f} | {ratio:16.3f} "
               f"| {low:13.3f} | {goal:<12} |")
     print(f"\nevery bare job bit-identical to the first (after fused and peft jobs): {'yes' if identical else 'NO'}")
