@@ -172,7 +172,10 @@ def run_next(model: type[Job], work: Callable[[Job], None], **kwargs) -> str:
     return run_claimed(job, work, **kwargs)
 
 
-WAKE_AFTER_S = 60
+# Half a minute: wake-ups only go to jobs short of a message (_short_of_messages), so the wait only
+# has to outlast an enqueue in flight; the sweep's first run after a cluster's start (django-q2's
+# scheduler looks every 30 s) then finds every job of a killed stack old enough.
+WAKE_AFTER_S = 30
 MAX_WAKES = 8
 # A running job counts as worked on while its heartbeat is younger than this many beats
 # (IMAGESITE_HEARTBEAT_S); an older one's worker is presumably dead, though not yet reaped.
@@ -181,7 +184,7 @@ LIVE_BEATS = 3
 
 def wake_idle_queues(job_models: list[type[Job]], wake_after_s: float | None = None) -> dict[str, int]:
     """Send wake-up messages for queued jobs nobody is working on: jobs queued over `wake_after_s`
-    (WAKE_AFTER_S, a minute) while none of their kind runs (their broker message was lost, or is
+    (WAKE_AFTER_S) while none of their kind runs (their broker message was lost, or is
     held by a killed cluster until django-q2's retry, 35 minutes on). A job whose heartbeat stopped
     a few beats ago does not count as running: after a SIGKILL of the whole stack its row says
     "running" until the reaper's IMAGESITE_STALE_AFTER_S, and the queued jobs must not wait for
