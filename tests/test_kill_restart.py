@@ -10,7 +10,7 @@ running, and its wake-ups cover the jobs left without a message. One of the jobs
 message at all (a web server killed between its commit and the enqueue).
 
 The sweep (imagesite.queue.keep_queues_moving) runs here every couple of seconds with small
-thresholds, where the cluster's schedule runs it every minute with WAKE_AFTER_S = 60 s and
+thresholds, where the cluster's schedule runs it every minute with WAKE_AFTER_S = 30 s and
 IMAGESITE_STALE_AFTER_S = 90 s: the mechanics are the same, the test just doesn't wait minutes.
 The demo model renders; no web server runs (jobs are made by the service pages and API call).
 """
