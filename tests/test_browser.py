@@ -71,12 +71,12 @@ def test_sign_up_generate_watch_progress_and_find_the_image_in_the_gallery(live_
     expect(page.locator(".account")).to_contain_text("painter")
 
     # Generate: the model's first example-prompt chip fills the prompt (the demo model ships some);
-    # 40 steps keep the job running for a few of the page's 1 s polls even on a fast machine.
+    # 150 steps keep the job running for a few of the page's 1 s polls even on a fast machine.
     chip = page.locator(".chip[data-prompt]").first
     prompt = chip.get_attribute("data-prompt")
     chip.click()
     expect(page.locator("#id_prompt")).to_have_value(prompt)
-    page.fill("#id_steps", "40")
+    page.fill("#id_steps", "150")
     page.click("button.primary")
     expect(page).to_have_url(re.compile(r"/\?job=\d+#job$"))
     expect(page.locator("#job h2.prompt")).to_have_text(prompt)
@@ -91,11 +91,11 @@ def test_sign_up_generate_watch_progress_and_find_the_image_in_the_gallery(live_
     seen = page.evaluate("window.__seen")
     assert seen[0] in ("queued", "running"), seen
     assert seen[-1].startswith("succeeded"), seen
-    # 40 steps take seconds on a CPU, so at least one 1 s poll lands mid-render.
+    # 150 steps take a few seconds on a CPU (40 could end between two polls on a quiet machine), so at least one 1 s poll lands mid-render.
     assert any(s.startswith("running") for s in seen), seen
     swapped_running = [s for s in seen[1:] if s.startswith("running")]
     # A running job shows its step, or (a worker's first job) that the model is loading.
-    assert all(re.search(r"step \d+ of 40|Loading model", s) for s in swapped_running), seen
+    assert all(re.search(r"step \d+ of 150|Loading model", s) for s in swapped_running), seen
     assert _image_loaded(page, "#job-status img.result")
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / "job.png"), full_page=True)
