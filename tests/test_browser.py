@@ -301,3 +301,25 @@ def test_gallery_search_finds_every_word_and_tiles_show_whole_images(live_server
     # The whole 96×48 thumbnail is drawn in its square tile: letterboxed, not cropped to the middle.
     assert page.eval_on_selector(".gallery a.tile img", "img => getComputedStyle(img).objectFit") == "contain"
     page.screenshot(path=str(SCREENSHOTS / "gallery-search.png"), full_page=True)
+
+
+def test_reuse_seed_on_the_fourth_image_fills_its_own_seed_and_one_image(live_server, browser_page, django_user_model):
+    """AUTOMATIC1111's reuse-seed: the 4th image of a 4-image job made with seed 740 is seed 743, alone."""
+    from playwright.sync_api import expect
+
+    from imagesite.jobs import JobStatus
+
+    from .factories import make_generation, make_image
+
+    page = browser_page
+    owner = django_user_model.objects.create_user("owner", password="a-long-enough-passphrase-42")
+    job = make_generation(owner, status=JobStatus.SUCCEEDED, seed=740, num_images=4, prompt="a yellow star on a purple background")
+    images = [make_image(owner, generation=job) for _ in range(4)]
+    for index, image in enumerate(images):
+        type(image).objects.filter(pk=image.pk).update(seed=740 + index)
+    _log_in(page, live_server, owner)
+    page.goto(f"{live_server.url}/images/{images[3].pk}/")
+    page.get_by_role("link", name="Reuse seed").first.click()
+    expect(page.locator("#id_seed")).to_have_value("743")
+    expect(page.locator("#id_num_images")).to_have_value("1")
+    expect(page.locator("#id_prompt")).to_have_value("a yellow star on a purple background")
