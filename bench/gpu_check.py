@@ -17,6 +17,9 @@ out-of-memory costs that row only, and the table still prints):
           preservation, fp16 mixed precision) plain, with gradient checkpointing, and with gradient
           checkpointing + bitsandbytes' 8-bit AdamW (skipped, and said so, when bitsandbytes is missing):
           peak VRAM over load + training
+- serve   8 compatible jobs in one pipeline call ÷ one by one (generation.batching; largest pixel
+          difference), and a job with a subject's random LoRA fused ÷ bare against peft's unmerged layers,
+          the base image exact afterwards (generation.adapters)
 
 Goals printed beside the figures (judged on reserved memory; the CUDA context, ~0.5 GB, comes on top):
 SD 1.5 512² in the low profile < 2.4 GB, SD 1.5 LoRA training < 6 GB, SDXL LoRA training < 12 GB.
@@ -132,6 +135,56 @@ def row_train(family: str, dry: bool, variant: str, **_) -> dict:
             "s_per_it": round(result.seconds_per_step, 3), "lora_mb": round(result.size_bytes / 1e6, 1), **_peak(torch)}
 
 
+def row_serve(family: str, dry: bool, **_) -> dict:
+    """The serving engine on the GPU (issue 17): 8 compatible jobs in one call (generation.batching) ÷
+    8 renders one by one, with the largest pixel difference; and a subject's random LoRA fused for the
+    job ÷ the bare render, against peft's unmerged layers, the base exact afterwards."""
+    import numpy as np
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from bench.subject_cost import _add_random_lora
+    from generation.adapters import Adapter
+    from generation.batching import BatchItem, render_batch
+    from generation.lora_files import write_lora_file
+    from generation.pipeline import Renderer, RenderSettings
+
+    renderer = Renderer(str(_folder(family, dry)), "full", cpu_threads=1 if dry else None)
+    size, steps = (64, 3) if dry else (SIZE[family], 8)
+    jobs = [RenderSettings(prompt=f"a photo of an astronaut riding a horse, take {i}", negative_prompt="blurry", seed=100 + i, steps=steps,
+                           guidance_scale=7.0, width=size, height=size, scheduler=renderer.info.scheduler) for i in range(8)]
+
+    def timed(fn):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        out = fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter() - started, out
+
+    renderer.render(jobs[0])  # warm-up
+    solo_s, solo = timed(lambda: [renderer.render(s)[0] for s in jobs])
+    batch_s, batched = timed(lambda: render_batch(renderer, [BatchItem(s) for s in jobs]))
+    difference = max(int(np.abs(np.asarray(a, np.int16) - np.asarray(b[0], np.int16)).max()) for a, b in zip(solo, batched))
+    unet = UNet2DConditionModel.from_config(renderer.pipe.unet.config)
+    _add_random_lora(unet, 16, seed=1)
+    path = write_lora_file(_work(dry) / f"subject-{family}.safetensors", unet, {}, is_xl=family == "sdxl")
+    del unet
+    adapter = Adapter(kind="lora", path=str(path), key="gpu-check", name="sks")
+    base = renderer.render(jobs[0])[0]
+    times: dict[str, list[float]] = {"bare": [], "fused": [], "peft": []}
+    for _ in range(3):
+        for kind in times:
+            renderer.adapters.fuse = kind == "fused"
+            times[kind].append(timed(lambda: renderer.render(jobs[0], adapter=None if kind == "bare" else adapter))[0])
+    after = renderer.render(jobs[0])[0]
+    bare = statistics.median(times["bare"])
+    return {"size": size, "steps": steps, "batch8_ratio": round(batch_s / solo_s, 3), "batch_max_diff": difference,
+            "fused_ratio": round(statistics.median(times["fused"]) / bare, 3), "peft_ratio": round(statistics.median(times["peft"]) / bare, 3),
+            "base_exact_after": bool(np.array_equal(np.asarray(base), np.asarray(after))), **_peak(torch)}
+
+
 def _reset_peak() -> None:
     import torch
 
@@ -147,7 +200,7 @@ def _peak(torch) -> dict:
             "reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 2), "peak_rss_gb": round(rss_gb, 2)}
 
 
-ROWS = {"build": row_build, "render": row_render, "train": row_train}
+ROWS = {"build": row_build, "render": row_render, "train": row_train, "serve": row_serve}
 
 
 def child(spec: dict) -> None:
@@ -167,6 +220,7 @@ def plan(args) -> list[dict]:
             key = "profile" if kind == "render" else "variant"
             slow = family == "sdxl" and (what == "low" or kind == "train")
             rows.append({"row": kind, "family": family, key: what, "timeout": 240 if slow else 150})
+        rows.append({"row": "serve", "family": family, "timeout": 240 if family == "sdxl" else 150})
     for row in rows:
         row["dry"] = args.dry_run
         if args.dry_run:
@@ -208,6 +262,9 @@ def _line(spec: dict, result: dict) -> str:
         return f"{name} {'FAILED: ' + result['error'] if 'error' in result else 'skipped: ' + result['skipped']}"
     if spec["row"] == "build":
         return f"{name} {result['folder_gb']:>6.2f} GB on disk, {result['seconds']:.0f} s"
+    if spec["row"] == "serve":
+        return (f"{name} {result['size']:>4}px  8 jobs in one call ÷ one by one {result['batch8_ratio']:.2f} (max diff {result['batch_max_diff']}); "
+                f"subject LoRA fused ÷ bare {result['fused_ratio']:.2f}, peft {result['peft_ratio']:.2f}, base exact after: {result['base_exact_after']}")
     memory = (f"alloc {result['allocated_gb']:>6.2f} GB  reserved {result['reserved_gb']:>6.2f} GB"
               if "reserved_gb" in result else f"(CPU) peak RSS {result['peak_rss_gb']:>5.2f} GB")
     speed = f"{result['s_per_it']:.3f} s/it" if result.get("s_per_it") is not None else "- s/it"
@@ -261,7 +318,7 @@ def main() -> None:
             result = run_row(spec)
         done.append((spec, result))
         print(_line(spec, result), flush=True)
-    order = {"build": 0, "render": 1, "train": 2}
+    order = {"build": 0, "render": 1, "train": 2, "serve": 3}
     table = sorted(done, key=lambda d: (d[0]["family"], order[d[0]["row"]], str(d[0].get("profile") or d[0].get("variant"))))
     print(f"\n== imagesite on {'the CPU (dry run: tiny models, mechanics only)' if args.dry_run else 'the GPU'}, "
           f"{time.perf_counter() - started:.0f} s ==")
