@@ -2,6 +2,8 @@
 rules of described fields, and ids declared as the server reads them."""
 from __future__ import annotations
 
+import copy
+
 from drf_spectacular.extensions import OpenApiAuthenticationExtension, OpenApiSerializerFieldExtension
 
 from .views import ID_SCHEMA
@@ -56,15 +58,38 @@ FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 def json_bodies_only(result: dict) -> dict:
     """An operation that takes JSON is documented with JSON alone, and as refusing unknown fields. DRF also parses a form encoding
     of the same fields (a convenience kept for curl -d), but a form cannot say null, a number or
-    true, so the JSON schema is no contract for it. Uploads (multipart only) keep theirs."""
+    true, so the JSON schema is no contract for it. Uploads keep theirs: multipart only, or multipart
+    declared with a schema of its own beside the JSON one (a generation's input image and mask)."""
     for path_item in result.get("paths", {}).values():
         for operation in path_item.values():
             content = operation.get("requestBody", {}).get("content", {})
             if "application/json" in content:
+                json_schema = content["application/json"].get("schema", {})
                 for media_type in FORM_TYPES:
-                    content.pop(media_type, None)
-                _refuse_unknown_fields(result, content["application/json"].get("schema", {}))
+                    if media_type in content and content[media_type].get("schema") == json_schema:
+                        content.pop(media_type)
+                content.pop("application/x-www-form-urlencoded", None)
+                if "multipart/form-data" in content:  # the JSON fields' rules, plus the files; no nulls
+                    _form_like_json(result, content["multipart/form-data"].get("schema", {}), json_schema)
+                    _refuse_unknown_fields(result, content["multipart/form-data"].get("schema", {}))
+                _refuse_unknown_fields(result, json_schema)
     return result
+
+
+def _form_like_json(result: dict, form_schema: dict, json_schema: dict) -> None:
+    """The multipart body of an operation that also takes JSON: each field the JSON body has, with
+    its rules (patterns, ranges), the file fields besides; none nullable, since a form cannot say
+    null (a field is left out instead)."""
+    schemas = result.get("components", {}).get("schemas", {})
+    form = schemas.get(form_schema.get("$ref", "").rpartition("/")[2], {})
+    json_fields = schemas.get(json_schema.get("$ref", "").rpartition("/")[2], {}).get("properties", {})
+    for name, field in form.get("properties", {}).items():
+        if name in json_fields:
+            field.clear()
+            field.update(copy.deepcopy(json_fields[name]))
+        field.pop("nullable", None)
+        if "oneOf" in field:  # drf-spectacular's nullable enums: [enum, NullEnum]
+            field["oneOf"] = [choice for choice in field["oneOf"] if not choice.get("$ref", "").endswith("/NullEnum")]
 
 
 def _refuse_unknown_fields(result: dict, schema: dict) -> None:

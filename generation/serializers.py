@@ -8,7 +8,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from api.serializers import DescribedCharField, LinkField, NON_SPACE, ProgressSerializer, StrictSerializer, WEBHOOK_URL_SCHEMA, absolute
+from api.serializers import TEXT_SCHEMA, WEBHOOK_URL_SCHEMA, DescribedCharField, LinkField, ProgressSerializer, StrictSerializer, absolute
 from api.job_fields import QueuePlaceField
 from api.webhooks import check_webhook_url
 
@@ -134,7 +134,7 @@ class GenerationCreateSerializer(StrictSerializer):
     service (generation.services.create_generation) applies them and every cross-field rule."""
 
     # rules.validate_prompt refuses a prompt that is only whitespace.
-    prompt = DescribedCharField(schema={"pattern": NON_SPACE}, max_length=rules.MAX_PROMPT_CHARS, trim_whitespace=False)
+    prompt = DescribedCharField(schema=TEXT_SCHEMA, max_length=rules.MAX_PROMPT_CHARS, trim_whitespace=False)
     negative_prompt = serializers.CharField(max_length=rules.MAX_PROMPT_CHARS, required=False, allow_blank=True, default="")
     seed = serializers.IntegerField(min_value=0, max_value=MAX_SEED, required=False, allow_null=True, default=None, help_text="Omit or null for a random seed; the seed used is returned.")
     steps = serializers.IntegerField(min_value=rules.STEPS_RANGE[0], max_value=rules.STEPS_RANGE[1], required=False)
