@@ -17,6 +17,7 @@ from imagesite.quotas import QuotaExceeded
 
 from .forms import UPSCALE_STRENGTH, GalleryFilterForm, GenerateForm, initial_from_job, upscaled_size
 from .gallery_pages import gallery_page
+from .inputs import stored_content_type
 from .models import GeneratedImage, Generation, subjects_of, usable_subjects
 from .rules import mentions_token
 from .services import create_generation, filter_by_words, filter_images
@@ -223,7 +224,7 @@ def generation_input(request: HttpRequest, pk: int) -> HttpResponse:
     generation = _get_generation_for_user(request, pk)
     if not generation.init_image:
         raise Http404("This job had no input image.")
-    return private_file_response(generation.init_image)
+    return private_file_response(generation.init_image, content_type=stored_content_type(generation.init_image))
 
 
 @login_required
@@ -232,7 +233,7 @@ def generation_mask(request: HttpRequest, pk: int) -> HttpResponse:
     generation = _get_generation_for_user(request, pk)
     if not generation.mask:
         raise Http404("This job had no mask.")
-    return private_file_response(generation.mask)
+    return private_file_response(generation.mask, content_type=stored_content_type(generation.mask))
 
 
 @login_required
