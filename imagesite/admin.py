@@ -102,13 +102,20 @@ class AccountAdmin(UserAdmin):
     actions = ["export_data"]
     list_display = (*UserAdmin.list_display, "gpu_seconds_last_day", "active_jobs")
 
+    @staticmethod
+    def _usage(obj) -> dict[str, int]:
+        # Both columns read one count of the row's user: every counter runs once per row, not per column.
+        if not hasattr(obj, "_quota_usage"):
+            obj._quota_usage = quotas.usage(obj)
+        return obj._quota_usage
+
     @admin.display(description="GPU-seconds, 24 h")
     def gpu_seconds_last_day(self, obj) -> int:
-        return quotas.usage(obj)["gpu_seconds_per_day"]
+        return self._usage(obj)["gpu_seconds_per_day"]
 
     @admin.display(description="queued or running")
     def active_jobs(self, obj) -> int:
-        return quotas.usage(obj)["max_queued_jobs"]
+        return self._usage(obj)["max_queued_jobs"]
 
     def get_actions(self, request: HttpRequest) -> dict:
         """Django's bulk delete, named for what it does here (delete_queryset below); it keeps its
