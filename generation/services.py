@@ -10,11 +10,9 @@ from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile, File
 from django.db import transaction
 from django.db.models import Q, QuerySet
-from django.db.models.signals import post_delete
 from django.utils import timezone
 
 from imagesite import quotas
-from imagesite.files import delete_file_on_commit
 from imagesite.jobs import JobCanceled, JobStatus
 
 from .catalog import default_model
@@ -110,17 +108,6 @@ def create_generation(*, owner, prompt: str, seed: int | None = None, subject=No
             field_file.storage.delete(field_file.name)
         raise
     return generation
-
-
-def _delete_input_files(sender, instance: Generation, **kwargs) -> None:
-    """A job's input and mask go with it (and with its owner's account, by cascade), after commit."""
-    delete_file_on_commit(instance.init_image)
-    delete_file_on_commit(instance.mask)
-
-
-# Here rather than in signals.py (another engineer's file this session): services is imported by every
-# process that creates or runs generations (views, API, tasks). TODO: move to generation/signals.py.
-post_delete.connect(_delete_input_files, sender=Generation, dispatch_uid="generation-delete-input-files")
 
 
 def _check_inputs(owner, init_image, source_image: GeneratedImage | None, mask, errors: dict[str, list[str]]) -> tuple[int, int] | None:
