@@ -6,7 +6,6 @@ import re
 from datetime import date
 
 from django.db.models import QuerySet
-from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
@@ -25,10 +24,9 @@ from . import catalog, rules
 from . import serializers as s
 from .modelinfo import SCHEDULERS
 from .models import SCHEDULER_CHOICES, GeneratedImage, Generation, HiresUpscaler
-from .inputs import stored_content_type
 from .png_settings import PngSettingsError, settings_from_png
 from .services import create_generation, filter_by_words, filter_images
-from .views import preview_response
+from .views import input_response, preview_response
 
 SEARCH_PARAM = OpenApiParameter("search", str, description="Words the prompt contains: every word, in any order, ignoring case (\"quoted phrases\" stay whole).")
 
@@ -73,12 +71,6 @@ class ModelsView(APIView):
 
 INPUT_RESPONSE = {(200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY, description="A PNG once the worker has cleaned it "
                                                       "(metadata removed); before that, the upload as sent (PNG, JPEG or WebP).")}
-
-
-def _input_response(field_file, missing: str):
-    if not field_file:
-        raise Http404(missing)
-    return private_file_response(field_file, content_type=stored_content_type(field_file))
 
 
 # --- generations -----------------------------------------------------------------------------------
@@ -167,12 +159,12 @@ class GenerationViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.Retriev
     @extend_schema(summary="The job's input image (img2img/inpainting)", description="404 when the job has none.", responses=INPUT_RESPONSE)
     @action(detail=True, methods=["get"], url_path="input", url_name="input", content_negotiation_class=FileNegotiation)
     def input_image(self, request: Request, pk: str | None = None):
-        return _input_response(self.get_object().init_image, "This job has no input image.")
+        return input_response(self.get_object().init_image, "This job has no input image.")
 
     @extend_schema(summary="The job's inpainting mask", description="404 when the job has none.", responses=INPUT_RESPONSE)
     @action(detail=True, methods=["get"], content_negotiation_class=FileNegotiation)
     def mask(self, request: Request, pk: str | None = None):
-        return _input_response(self.get_object().mask, "This job has no mask.")
+        return input_response(self.get_object().mask, "This job has no mask.")
 
     @extend_schema(
         summary="The live preview of a running generation",

@@ -221,19 +221,20 @@ def preview_response(generation: Generation) -> HttpResponse:
 @require_GET
 def generation_input(request: HttpRequest, pk: int) -> HttpResponse:
     """The job's input image (img2img/inpainting), private to its owner; 404 when it had none."""
-    generation = _get_generation_for_user(request, pk)
-    if not generation.init_image:
-        raise Http404("This job had no input image.")
-    return private_file_response(generation.init_image, content_type=stored_content_type(generation.init_image))
+    return input_response(_get_generation_for_user(request, pk).init_image, "This job had no input image.")
 
 
 @login_required
 @require_GET
 def generation_mask(request: HttpRequest, pk: int) -> HttpResponse:
-    generation = _get_generation_for_user(request, pk)
-    if not generation.mask:
-        raise Http404("This job had no mask.")
-    return private_file_response(generation.mask, content_type=stored_content_type(generation.mask))
+    return input_response(_get_generation_for_user(request, pk).mask, "This job had no mask.")
+
+
+def input_response(field_file, missing: str) -> HttpResponse:
+    """A job's stored input or mask (the caller checked the owner), with the type of its bytes; 404 `missing` without one."""
+    if not field_file:
+        raise Http404(missing)
+    return private_file_response(field_file, content_type=stored_content_type(field_file))
 
 
 @login_required
