@@ -29,6 +29,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.tables import print_table  # noqa: E402
 from bench.worker_overhead import in_process_site  # noqa: E402  (a throwaway DB and media folder)
 
 WORK = ROOT / "build" / "bench-batching"
@@ -109,12 +110,12 @@ def main() -> None:
 
     one = statistics.median(times[1])
     print(f"\n{args.jobs} compatible jobs, {args.rounds} rounds; load average {os.getloadavg()[0]:.2f}")
-    rows = [("IMAGESITE_MAX_BATCH", "median time", "÷ one by one", "max pixel difference", "goal")]
+    rows = []
     for batch in BATCHES:
         ratio = statistics.median(times[batch]) / one
         goal = f"≤ {THROUGHPUT_GOAL} {'ok' if ratio <= THROUGHPUT_GOAL else 'MISSED'}" if batch == 8 else ""
         rows.append((str(batch), f"{statistics.median(times[batch]):.2f} s", f"{ratio:.2f}", str(worst[batch]) if batch > 1 else "–", goal))
-    _table(rows)
+    print_table(("IMAGESITE_MAX_BATCH", "median time", "÷ one by one", "max pixel difference", "goal"), rows)
 
     # Fairness: the light user's wait behind a heavy backlog, arriving once the backlog has started.
     from generation.tasks import run_generation
@@ -132,9 +133,9 @@ def main() -> None:
     waited = (light.started_at - light.created_at).total_seconds()
     fifo = waiting / 4 * call_s  # the heavy jobs still queued when it came, four to a call
     print(f"\nfairness: {args.heavy} heavy jobs queued, one light job arriving after the first call (IMAGESITE_MAX_BATCH 4)")
-    _table([("light job's wait", "FIFO would be", "one batch's time", "goal"),
-            (f"{waited:.2f} s", f"{fifo:.2f} s ({waiting} jobs ahead)", f"{call_s:.2f} s",
-             f"≤ one batch {'ok' if waited <= call_s * 1.2 else 'MISSED'}")])
+    print_table(("light job's wait", "FIFO would be", "one batch's time", "goal"),
+                [(f"{waited:.2f} s", f"{fifo:.2f} s ({waiting} jobs ahead)", f"{call_s:.2f} s",
+                  f"≤ one batch {'ok' if waited <= call_s * 1.2 else 'MISSED'}")])
     _mixed_load(owner, job, call_s)
 
 
@@ -162,16 +163,8 @@ def _mixed_load(heavy_user, job: dict, call_s: float) -> None:
     for row in Generation.objects.filter(pk__in=[m.pk for m in made]).select_related("owner"):
         waits[row.owner.username] = max(waits.get(row.owner.username, 0.0), (row.started_at - row.created_at).total_seconds())
     print(f"\nmixed load: 5 users (one queues 20 at once, four queue one every ~{call_s:.1f} s, four times), IMAGESITE_MAX_BATCH 4")
-    _table([("user", "longest wait"), *[(name, f"{wait:.2f} s") for name, wait in waits.items()],
-            ("one batch's time", f"{call_s:.2f} s")])
-
-
-def _table(rows) -> None:
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print("| " + " | ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) + " |")
-        if i == 0:
-            print("| " + " | ".join("-" * w for w in widths) + " |")
+    print_table(("user", "longest wait"), [*((name, f"{wait:.2f} s") for name, wait in waits.items()),
+                                            ("one batch's time", f"{call_s:.2f} s")])
 
 
 if __name__ == "__main__":

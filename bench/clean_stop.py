@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.tables import print_table  # noqa: E402
 WORK = ROOT / "build" / "bench-stop"
 JOB = dict(negative_prompt="", steps=60, guidance_scale=7.5, width=64, height=64, scheduler="euler_a", num_images=2)
 
@@ -126,12 +127,7 @@ def main() -> None:
                 rows.append((command, "mid-job" if mid_job else "idle", "group" if group else "main",
                              " ".join(done), "; ".join(jobs)))
     print(f"{args.tries} tries each; 'hung': still running {args.grace:g} s after SIGTERM (then SIGKILLed)")
-    header = ("command", "state", "SIGTERM to", "seconds to exit", "job after")
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    for i, row in enumerate([header, *rows]):
-        print("| " + " | ".join(str(c).ljust(w) for c, w in zip(row, widths)) + " |")
-        if i == 0:
-            print("| " + " | ".join("-" * w for w in widths) + " |")
+    print_table(("command", "state", "SIGTERM to", "seconds to exit", "job after"), rows)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.tables import print_table  # noqa: E402
 from bench.worker_overhead import in_process_site  # noqa: E402  (a throwaway DB and media folder)
 
 WORK = ROOT / "build" / "bench-previews"
@@ -104,10 +105,7 @@ def main() -> None:
     if stored:
         rows.append(("preview JPEG size, median", f"{statistics.median(stored)} B", "", "", ""))
     print(f"\n{args.runs} runs per mode after {args.warmup} warm-up; load average {os.getloadavg()[0]:.2f}")
-    header = ("measure", "median time", "previews/job", "÷ off", "goal")
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("| " + " | ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) + " |")
+    print_table(("measure", "median time", "previews/job", "÷ off", "goal"), rows)
 
 
 if __name__ == "__main__":

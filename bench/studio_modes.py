@@ -30,6 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.tables import print_table  # noqa: E402
 from bench.worker_overhead import in_process_site  # noqa: E402  (a throwaway DB and media folder)
 
 WORK = ROOT / "build" / "bench-studio"
@@ -173,10 +174,7 @@ def main() -> None:
         rows.append((mode, f"{job_median:.3f} s", f"{bare_median:.3f} s", f"{ratio:.3f}", f"{statistics.median(pair_ratios):.3f}",
                      f"≤ {RATIO_GOAL:.2f} {'ok' if ratio <= RATIO_GOAL else 'MISSED'}"))
     print(f"\n{args.runs} pairs per mode after {args.warmup} warm-up; load average {os.getloadavg()[0]:.2f}")
-    header = ("mode", "job median", "bare median", "job ÷ bare", "median of pair ratios", "goal")
-    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
-    for row in [header, tuple("-" * w for w in widths), *rows]:
-        print("| " + " | ".join(str(cell).ljust(w) for cell, w in zip(row, widths)) + " |")
+    print_table(("mode", "job median", "bare median", "job ÷ bare", "median of pair ratios", "goal"), rows)
 
 
 if __name__ == "__main__":
