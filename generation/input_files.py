@@ -6,8 +6,6 @@ clean PNG once (no EXIF, GPS or other metadata kept at rest; a retry finds it do
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 
@@ -17,10 +15,9 @@ from .models import Generation
 
 
 def studio_settings(job: Generation, base):
-    """`base` (the job's pipeline.RenderSettings) with its img2img, inpainting and hires settings."""
-    mode = "inpaint" if job.mask else "img2img" if job.init_image else "txt2img"
-    return replace(base, mode=mode, strength=job.strength, mask_blur=job.mask_blur, hires_scale=job.hires_scale,
-                   hires_upscaler=job.hires_upscaler, hires_strength=job.hires_strength, hires_steps=job.hires_steps)
+    """`base`, which job.render_settings() already makes whole (studio settings included).
+    TODO: generation/tasks.py (another's file this session) can call job.render_settings() alone."""
+    return base
 
 
 def load_job_inputs(job: Generation):

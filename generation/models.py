@@ -147,7 +147,13 @@ class Generation(Job):
     def get_absolute_url(self) -> str:
         return reverse("generation-detail", args=[self.pk])
 
+    @property
+    def mode(self) -> str:
+        """"txt2img", "img2img" (an input image) or "inpaint" (an input and its mask)."""
+        return "inpaint" if self.mask else "img2img" if self.init_image else "txt2img"
+
     def render_settings(self):
+        """Everything the worker's pipeline.RenderSettings needs, img2img, inpainting and hires fix included."""
         from .pipeline import RenderSettings  # worker side only: pipeline imports torch
 
         return RenderSettings(
@@ -160,6 +166,13 @@ class Generation(Job):
             height=self.height,
             scheduler=self.scheduler,
             num_images=self.num_images,
+            mode=self.mode,
+            strength=self.strength,
+            mask_blur=self.mask_blur,
+            hires_scale=self.hires_scale,
+            hires_upscaler=self.hires_upscaler,
+            hires_strength=self.hires_strength,
+            hires_steps=self.hires_steps,
         )
 
     @cached_property
