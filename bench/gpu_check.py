@@ -143,7 +143,7 @@ def row_serve(family: str, dry: bool, **_) -> dict:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from bench.subject_cost import _add_random_lora
+    from bench.subject_cost import add_random_lora
     from generation.adapters import Adapter
     from generation.batching import BatchItem, render_batch
     from generation.lora_files import write_lora_file
@@ -168,7 +168,7 @@ def row_serve(family: str, dry: bool, **_) -> dict:
     batch_s, batched = timed(lambda: render_batch(renderer, [BatchItem(s) for s in jobs]))
     difference = max(int(np.abs(np.asarray(a, np.int16) - np.asarray(b[0], np.int16)).max()) for a, b in zip(solo, batched))
     unet = UNet2DConditionModel.from_config(renderer.pipe.unet.config)
-    _add_random_lora(unet, 16, seed=1)
+    add_random_lora(unet, 16, seed=1)
     path = write_lora_file(_work(dry) / f"subject-{family}.safetensors", unet, {}, is_xl=family == "sdxl")
     del unet
     adapter = Adapter(kind="lora", path=str(path), key="gpu-check", name="sks")

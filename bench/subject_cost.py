@@ -34,7 +34,8 @@ GOAL = 1.10
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-def _add_random_lora(unet, rank: int, seed: int, scale: float = 0.02) -> None:
+def add_random_lora(unet, rank: int, seed: int, scale: float = 0.02) -> None:
+    """A seeded random peft LoRA on the UNet's attention projections (bench/gpu_check.py uses it too)."""
     import torch
     from peft import LoraConfig
 
@@ -59,7 +60,7 @@ def _demo(args, folder: Path):
 
     renderer = Renderer(settings.IMAGESITE_MODEL, "cpu", cpu_threads=args.threads)
     unet = UNet2DConditionModel.from_pretrained(Path(settings.IMAGESITE_MODEL) / "unet")
-    _add_random_lora(unet, 8, seed=1, scale=0.1)
+    add_random_lora(unet, 8, seed=1, scale=0.1)
     ids = torch.tensor(renderer.pipe.tokenizer("sks", add_special_tokens=False).input_ids)
     width = renderer.pipe.text_encoder.get_input_embeddings().weight.shape[1]
     rows = {"token_ids": ids, "embeddings": torch.randn(len(ids), width, generator=torch.Generator().manual_seed(2))}
@@ -86,7 +87,7 @@ def _sd15(args, folder: Path):
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(ROOT / "generation" / "sd15_config" / "unet")).eval()
-    _add_random_lora(unet, 8, seed=1)
+    add_random_lora(unet, 8, seed=1)
     path = write_lora_file(folder / "sks.safetensors", unet, {}, is_xl=False)
     unet.unload_lora()
     demo = StableDiffusionPipeline.from_pretrained(settings.IMAGESITE_MODEL, safety_checker=None, requires_safety_checker=False)
