@@ -14,28 +14,40 @@ class SignUpForm(UserCreationForm):
         fields = ("username", "email")
 
 
-class AccountEmailForm(forms.Form):
-    """The address password-reset mails go to; changed only with the current password (else a stolen
-    session could point resets at its own inbox and take the account)."""
+class _PasswordConfirmedForm(forms.Form):
+    """A change the signed-in user confirms with their password. It is checked through authenticate(),
+    so wrong guesses count towards the login lock-out (django-axes) as they do on the login page: a
+    stolen session cannot guess its way through."""
 
-    email = forms.EmailField(required=False, label="Email for password resets")
+    wrong_password = "That is not your password."
+
     password = forms.CharField(label="Your password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
 
     def __init__(self, *args, request, **kwargs):
         super().__init__(*args, **kwargs)
         self.request = request
+        self.user = request.user
 
     def clean_password(self) -> str:
         password = self.cleaned_data["password"]
-        user = self.request.user
-        found = authenticate(self.request, username=user.get_username(), password=password)
-        if found is None or found.pk != user.pk:
-            raise forms.ValidationError("That is not your password; the address was not changed.", code="password_incorrect")
+        found = authenticate(self.request, username=self.user.get_username(), password=password)
+        if found is None or found.pk != self.user.pk:
+            raise forms.ValidationError(self.wrong_password, code="password_incorrect")
         return password
 
+
+class AccountEmailForm(_PasswordConfirmedForm):
+    """The address password-reset mails go to; changed only with the current password (else a stolen
+    session could point resets at its own inbox and take the account)."""
+
+    wrong_password = "That is not your password; the address was not changed."
+
+    email = forms.EmailField(required=False, label="Email for password resets")
+    field_order = ["email", "password"]
+
     def save(self) -> None:
-        self.request.user.email = self.cleaned_data["email"]
-        self.request.user.save(update_fields=["email"])
+        self.user.email = self.cleaned_data["email"]
+        self.user.save(update_fields=["email"])
 
 
 class ThrottledPasswordResetForm(PasswordResetForm):
@@ -56,21 +68,7 @@ class ThrottledPasswordResetForm(PasswordResetForm):
         return email
 
 
-class DeleteAccountForm(forms.Form):
-    """The signed-in user confirms with their password that their account and every file go. The
-    password is checked through authenticate(), so wrong guesses count towards the login lock-out
-    (django-axes) as they do on the login page: a stolen session cannot guess its way through."""
+class DeleteAccountForm(_PasswordConfirmedForm):
+    """The signed-in user confirms with their password that their account and every file go."""
 
-    password = forms.CharField(label="Your password", strip=False, widget=forms.PasswordInput(attrs={"autocomplete": "current-password"}))
-
-    def __init__(self, *args, request, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.request = request
-        self.user = request.user
-
-    def clean_password(self) -> str:
-        password = self.cleaned_data["password"]
-        found = authenticate(self.request, username=self.user.get_username(), password=password)
-        if found is None or found.pk != self.user.pk:
-            raise forms.ValidationError("That is not your password; nothing was deleted.", code="password_incorrect")
-        return password
+    wrong_password = "That is not your password; nothing was deleted."
