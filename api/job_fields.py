@@ -1,12 +1,14 @@
 """What every job's API shares: where a queued job stands in the queue, and a retry."""
 from __future__ import annotations
 
+from functools import cached_property
+
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from imagesite.conflicts import conflict
 from imagesite.jobs import Job, JobStatus
-from imagesite.queue import place_in_queue, queue_paused, retry_job
+from imagesite.queue import QueueSnapshot, queue_paused, retry_job
 
 
 class QueuePlaceSerializer(serializers.Serializer):
@@ -17,19 +19,27 @@ class QueuePlaceSerializer(serializers.Serializer):
 
 
 class QueuePlaceField(serializers.SerializerMethodField):
-    """`queue` on a job: its place while queued, null otherwise."""
+    """`queue` on a job: its place while queued, null otherwise. The field lives as long as one
+    response, so a list reads the pause and each kind's fair order once, not once per row."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(method_name="_queue_place", **kwargs)
+        self._queues: dict[type[Job], QueueSnapshot] = {}
 
     def to_representation(self, job: Job) -> dict | None:
         if job.status != JobStatus.QUEUED:
             return None
-        paused = queue_paused()
-        place = place_in_queue(job)
+        paused = self._paused
+        if type(job) not in self._queues:
+            self._queues[type(job)] = QueueSnapshot(type(job))
+        place = self._queues[type(job)].place(job)
         ahead, eta = (place.ahead, place.eta_s) if place else (0, None)
         text = f"the queue is paused: {paused}" if paused else (place.words() if place else "waiting for the worker")
         return {"ahead": ahead, "eta_s": None if eta is None else round(eta, 1), "paused": paused, "text": text}
+
+    @cached_property
+    def _paused(self) -> str | None:
+        return queue_paused()
 
 
 extend_schema_field(QueuePlaceSerializer(allow_null=True))(QueuePlaceField)

@@ -16,6 +16,7 @@ import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Callable
 
 from django.conf import settings
@@ -136,28 +137,42 @@ class QueuePlace:
 
 def place_in_queue(job: Job) -> QueuePlace | None:
     """The job's place in the fair order and an estimate of its start; None when it is not queued."""
-    model = type(job)
-    order = fair_order(model)
-    if job.pk not in order:
-        return None
-    ahead = order.index(job.pk)
-    return QueuePlace(ahead=ahead, eta_s=_eta_to_start(model, ahead))
+    return QueueSnapshot(type(job)).place(job)
 
 
-def _eta_to_start(model: type[Job], ahead: int) -> float | None:
-    """Seconds until a job with `ahead` queued jobs before it starts: the running jobs' remaining
-    time, then the queued ones at the recent average duration, shared by as many workers as run now."""
-    recent = (model.objects.filter(status=JobStatus.SUCCEEDED, started_at__isnull=False, finished_at__isnull=False)
-              .order_by("-finished_at")[:RECENT_FOR_ETA])
-    average = recent.aggregate(avg=Avg(F("finished_at") - F("started_at"), output_field=models.DurationField()))["avg"]
-    if average is None:
-        return None
-    mean_s = average.total_seconds() if isinstance(average, timedelta) else float(average) / 1e6
-    running = list(model.objects.filter(status=JobStatus.RUNNING))
-    workers = max(1, len(running))
-    remaining = [job.eta_seconds if job.eta_seconds is not None else mean_s for job in running]
-    first_free = min(remaining) if remaining else 0.0
-    return first_free + ahead * mean_s / workers
+class QueueSnapshot:
+    """One read of a kind's queue (its fair order, then lazily the ETA's inputs), so the places of
+    many jobs (an API list) cost what one does."""
+
+    def __init__(self, model: type[Job]) -> None:
+        self.model = model
+        self._ahead = {pk: index for index, pk in enumerate(fair_order(model))}
+
+    def place(self, job: Job) -> QueuePlace | None:
+        ahead = self._ahead.get(job.pk)
+        if ahead is None:
+            return None
+        if self._pace is None:
+            return QueuePlace(ahead=ahead, eta_s=None)
+        first_free, mean_s, workers = self._pace
+        return QueuePlace(ahead=ahead, eta_s=first_free + ahead * mean_s / workers)
+
+    @cached_property
+    def _pace(self) -> tuple[float, float, int] | None:
+        """(seconds until the first worker is free, the recent average duration, workers): a job
+        starts after the running jobs' remaining time, then the queued ones ahead at the average,
+        shared by as many workers as run now. None until a job of this kind has finished."""
+        model = self.model
+        recent = (model.objects.filter(status=JobStatus.SUCCEEDED, started_at__isnull=False, finished_at__isnull=False)
+                  .order_by("-finished_at")[:RECENT_FOR_ETA])
+        average = recent.aggregate(avg=Avg(F("finished_at") - F("started_at"), output_field=models.DurationField()))["avg"]
+        if average is None:
+            return None
+        mean_s = average.total_seconds() if isinstance(average, timedelta) else float(average) / 1e6
+        running = list(model.objects.filter(status=JobStatus.RUNNING))
+        remaining = [job.eta_seconds if job.eta_seconds is not None else mean_s for job in running]
+        return (min(remaining) if remaining else 0.0), mean_s, max(1, len(running))
+
 
 
 
