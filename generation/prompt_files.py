@@ -18,6 +18,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
+from django.db.models.functions import Lower
 
 from .models import BaseModel, Embedding, Lora, PromptFile, subjects_of
 from .prompt_file_checks import (
@@ -132,12 +133,13 @@ def resolve_prompt_files(owner, prompt: str, negative_prompt: str, base_model: B
     errors: dict[str, list[str]] = {}
     loras: dict[str, dict] = {}
     embeddings: dict[int, dict] = {}
-    for field, text in (("prompt", prompt), ("negative_prompt", negative_prompt or "")):
+    parsed = [(field, *extract_lora_tags(text)) for field, text in (("prompt", prompt), ("negative_prompt", negative_prompt or ""))]
+    named = _loras_named(owner, {tag.name for _, _, tags in parsed for tag in tags})  # one query for every tag
+    for field, remaining, tags in parsed:
         problems: list[str] = []
-        remaining, tags = extract_lora_tags(text)
         for tag in tags:
             try:
-                entry = _resolve_lora(owner, tag.name, family)
+                entry = _resolve_lora(owner, tag.name, family, named)
             except ValidationError as exc:
                 problems.extend(exc.messages)
                 continue
@@ -162,10 +164,26 @@ def resolve_prompt_files(owner, prompt: str, negative_prompt: str, base_model: B
     return list(loras.values()), list(embeddings.values())
 
 
-def _resolve_lora(owner, name: str, family: str) -> dict:
-    row = owned(Lora, owner).filter(name=name).first() or Lora.objects.filter(shared=True, name=name).order_by("pk").first()
-    if row is None:
-        row = owned(Lora, owner).filter(name__iexact=name).first() or Lora.objects.filter(shared=True, name__iexact=name).order_by("pk").first()
+def _loras_named(owner, names: set[str]) -> list[Lora]:
+    """The LoRAs the owner may use whose name is one of `names` in any case (names are ASCII)."""
+    if not names:
+        return []
+    return list(Lora.objects.filter(Q(owner=owner) | Q(shared=True)).annotate(lowered=Lower("name"))
+                .filter(lowered__in={name.lower() for name in names}))
+
+
+def _pick_lora(rows: list[Lora], owner, name: str) -> Lora | None:
+    """The LoRA `name` means: as written before any case, the owner's own before the oldest shared one."""
+    for matches in (lambda row: row.name == name, lambda row: row.name.lower() == name.lower()):
+        own = sorted((row for row in rows if matches(row) and row.owner_id == owner.pk), key=lambda row: row.name)
+        shared = sorted((row for row in rows if matches(row) and row.shared), key=lambda row: row.pk)
+        if own or shared:
+            return (own or shared)[0]
+    return None
+
+
+def _resolve_lora(owner, name: str, family: str, named: list[Lora]) -> dict:
+    row = _pick_lora(named, owner, name)
     if row is not None:
         if not fits(row.family, family):
             raise ValidationError(f"The LoRA “{row.name}” is for {FAMILY_LABELS.get(row.family, row.family)}; this base model "
@@ -203,7 +221,7 @@ def _named_embeddings(owner, text: str) -> list[Embedding]:
     if not words:
         return []
     found: dict[str, Embedding] = {}
-    for row in usable(Embedding, owner).order_by("-owner_id", "pk"):
+    for row in usable(Embedding, owner).annotate(lowered=Lower("name")).filter(lowered__in=words).order_by("-owner_id", "pk"):
         key = row.name.lower()
         if key in words and (key not in found or row.owner_id == owner.pk):
             found[key] = row
