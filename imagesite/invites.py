@@ -76,17 +76,23 @@ def check_invite(code: str | None):
     return invite
 
 
+def check_signup(invite_code: str | None) -> None:
+    """SignUpRefused unless the mode lets someone with `invite_code` sign up now (the page asks before
+    showing its form; sign_up() asks again)."""
+    if signup_mode() == CLOSED:
+        raise SignUpRefused("This site does not take sign-ups: its staff create accounts.")
+    if signup_mode() == INVITE:
+        check_invite(invite_code)
+
+
 def sign_up(*, create_user, invite_code: str | None = None):
     """Create an account with `create_user()` (e.g. a valid sign-up form's save) if the mode allows:
     open always, invite with a usable invite (taken here, in the user's transaction), closed never."""
     from .models import Invite
 
-    mode = signup_mode()
-    if mode == CLOSED:
-        raise SignUpRefused("This site does not take sign-ups: its staff create accounts.")
-    if mode == OPEN:
+    check_signup(invite_code)  # a clear message for the common cases, before any write
+    if signup_mode() == OPEN:
         return create_user()
-    check_invite(invite_code)  # a clear message for the common cases, before any write
     try:
         with transaction.atomic():
             user = create_user()

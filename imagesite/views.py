@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from .accounts import delete_account
 from .forms import AccountEmailForm, DeleteAccountForm, SignUpForm, ThrottledPasswordResetForm
-from .invites import CLOSED, INVITE, SignUpRefused, check_invite, sign_up, signup_mode
+from .invites import INVITE, SignUpRefused, check_signup, sign_up, signup_mode
 
 
 @require_http_methods(["GET", "POST"])
@@ -22,10 +22,7 @@ def signup(request: HttpRequest) -> HttpResponse:
         return redirect("generation-new")
     code = request.GET.get("invite", "").strip()
     try:
-        if signup_mode() == CLOSED:
-            raise SignUpRefused("This site does not take sign-ups: its staff create accounts.")
-        if signup_mode() == INVITE:
-            check_invite(code)
+        check_signup(code)
     except SignUpRefused as refusal:
         return _signup_refused(request, refusal)
     form = SignUpForm(request.POST or None)
