@@ -7,6 +7,7 @@ from typing import Iterator
 
 from imagesite.export import ArchiveFile, Records, plain_fields, safe_name
 
+from .inputs import sniff_format
 from .models import Embedding, GeneratedImage, Generation, Lora
 
 # Internal bookkeeping of the queue, not the user's settings or the job's story.
@@ -47,17 +48,14 @@ def _prompt_files(user, model, key: str) -> Iterator[ArchiveFile | Records]:
     yield Records(key, rows)
 
 
+_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
+
+
 def _image_suffix(stored) -> str:
     """The input's real type, read from its first bytes (stored names end in .upload)."""
     try:
         with stored.storage.open(stored.name, "rb") as f:
-            head = f.read(12)
+            found = sniff_format(f.read(16))
     except OSError:
         return ""
-    if head.startswith(b"\x89PNG"):
-        return ".png"
-    if head.startswith(b"\xff\xd8"):
-        return ".jpg"
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return ".webp"
-    return ""
+    return _SUFFIXES.get(found or "", "")
