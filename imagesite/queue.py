@@ -89,15 +89,20 @@ def claim_next(model: type[Job]) -> Job | None:
     """Take the next job in fair order for this worker: queued → running, attempt counted. None when
     nothing is queued, everything queued is being taken by other workers right now, or the operator
     paused the queue."""
+    return _claim_in_fair_order(model)[0]
+
+
+def _claim_in_fair_order(model: type[Job]) -> tuple[Job | None, list[int]]:
+    """claim_next, and the fair order the job was claimed from (claim_batch looks further along it)."""
     if queue_paused() is not None:
-        return None
+        return None, []
     while True:
         order = fair_order(model)
         if not order:
-            return None
+            return None, []
         job = _claim_first(model, order[:CANDIDATES])
         if job is not None:
-            return job
+            return job, order
         # Every candidate went to another worker meanwhile: look again at what is left.
 
 
@@ -296,21 +301,23 @@ def claim_batch(model: type[Job], batch_key: Callable[[Job], object], *, max_job
     a job joins only if it is next anyway (the unbroken run of compatible jobs after the first) or it
     is its owner's next job (each owner's first in the order), so a batch never puts one user's
     later jobs before another user's. Returns [] when nothing is queued."""
-    first = claim_next(model)
+    first, order = _claim_in_fair_order(model)
     if first is None:
         return []
     key = batch_key(first)
     if key is None or max_jobs <= 1:
         return [first]
+    # The order read before the claim, less the first job, is the order after it: the first's owner,
+    # served now, moves from the head of its round to the end, which is where its next job stood.
+    order = [pk for pk in order if pk != first.pk][: max_jobs * 8]  # enough to look past other users' jobs
+    queued = model.objects.filter(status=JobStatus.QUEUED).in_bulk(order)
     owner_field = owner_path(model)
-    order = fair_order(model)
-    queued = model.objects.in_bulk(order[: max_jobs * 8])  # enough to look past other users' jobs
     batch, total = [first], size(first)
     owners_seen, unbroken = {_owner_of(first, owner_field)}, True  # the first job was its owner's next
     for pk in order:
         job = queued.get(pk)
         if job is None:
-            break
+            continue  # taken by another worker since the order was read
         owner = _owner_of(job, owner_field)
         owners_next = owner not in owners_seen
         owners_seen.add(owner)
@@ -318,8 +325,8 @@ def claim_batch(model: type[Job], batch_key: Callable[[Job], object], *, max_job
         if not fits:
             unbroken = False
             continue
-        if (unbroken or owners_next) and _claim_first(model, [pk]) is not None:
-            batch.append(model.objects.get(pk=pk))
+        if (unbroken or owners_next) and (claimed := _claim_first(model, [pk])) is not None:
+            batch.append(claimed)
             total += size(job)
             if len(batch) >= max_jobs:
                 break
