@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageCms, ImageFile, ImageOps
 
 MAX_INPUT_BYTES = 15 * 1024 * 1024  # as subject photos
 MAX_INPUT_PIXELS = 40_000_000
@@ -80,7 +80,8 @@ def _open(file: BinaryIO, size: int, what: str) -> tuple[Image.Image, str]:
         raise InputRejected(f"The {what} is {width}×{height} pixels; at most {MAX_INPUT_PIXELS // 1_000_000} megapixels.")
     if min(width, height) < MIN_INPUT_SIDE:
         raise InputRejected(f"The {what} is only {width}×{height} pixels.")
-    if getattr(image, "is_animated", False):
+    # JPEGs from phones are often MPO (a second, depth or preview frame): that is not animation.
+    if fmt in ("PNG", "WEBP") and getattr(image, "is_animated", False):
         raise InputRejected(f"The {what} is animated; send a still image.")
     return image, fmt
 
@@ -139,25 +140,44 @@ def hires_size(width: int, height: int, scale: float) -> tuple[int, int]:
 
 # --- worker side: decoding -----------------------------------------------------------------------
 def decode_input(data: bytes) -> Image.Image:
-    """The stored upload checked again, decoded, turned upright (EXIF), composited on white if it has
-    transparency, as a fresh RGB image without metadata (no EXIF, GPS, ICC or text chunks follow)."""
-    image = _decode(data, "input image")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-    clean = Image.new("RGB", image.size)
-    clean.paste(image.convert("RGB"))
-    return clean
+    """The stored upload checked again, decoded, turned upright (EXIF) and made a clean RGB image
+    (`clean_rgb`: no EXIF, GPS, ICC or text chunks follow)."""
+    return clean_rgb(_decode(data, "input image"))
 
 
 def decode_mask(data: bytes) -> Image.Image:
     """The mask as a binary "L" image (255 = repaint, 0 = keep), as A1111's create_binary_mask makes it."""
     image = _decode(data, "mask")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+    if has_transparency(image):
         alpha = image.convert("RGBA").getchannel("A")
         if alpha.getextrema()[0] < 255:  # transparency present: what is painted is repainted
             return alpha.point(lambda v: 255 if v > 128 else 0)
     return image.convert("L").point(lambda v: 255 if v > 128 else 0)
+
+
+def has_transparency(image: Image.Image) -> bool:
+    return image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info)
+
+
+def clean_rgb(image: Image.Image) -> Image.Image:
+    """A decoded, upright picture as a fresh RGB image without metadata: transparent areas on white
+    (not the black a plain convert gives), colours through its embedded ICC profile to sRGB (an odd
+    profile is ignored), and no info dict (no EXIF, GPS, XMP, comments or profile follow it).
+    Torch-free and Django-free: subject photos (training.photos) are cleaned the same way."""
+    icc = image.info.get("icc_profile")
+    if has_transparency(image):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    rgb = None
+    if icc:
+        try:
+            base = image if image.mode in ("RGB", "CMYK") else image.convert("RGB")
+            rgb = ImageCms.profileToProfile(base, ImageCms.ImageCmsProfile(io.BytesIO(icc)), ImageCms.createProfile("sRGB"), outputMode="RGB")
+        except Exception:  # noqa: BLE001 - an odd profile is not worth refusing the picture for
+            rgb = None
+    clean = Image.new("RGB", image.size)
+    clean.paste(rgb or image.convert("RGB"))
+    return clean
 
 
 def _decode(data: bytes, what: str) -> Image.Image:
