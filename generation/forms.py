@@ -158,19 +158,19 @@ class GenerateForm(forms.Form):
                 data.pop(name, None)
         return data
 
-    def chosen_input_job(self) -> Generation | None:
-        """The earlier job whose uploaded input the form reuses (posted or initial), when it is the user's."""
-        value = self["input_job"].value()
+    def chosen(self, name: str):
+        """The row a hidden choice field names (posted or initial), when it is in the field's queryset (the user's)."""
+        value = self[name].value()
         value = getattr(value, "pk", value)
-        return self.fields["input_job"].queryset.filter(pk=value).first() if str(value or "").isdigit() else None
+        return self.fields[name].queryset.filter(pk=value).first() if str(value or "").isdigit() else None
+
+    def chosen_input_job(self) -> Generation | None:
+        """The earlier job whose uploaded input the form reuses."""
+        return self.chosen("input_job")
 
     def chosen_source(self) -> GeneratedImage | None:
-        """The gallery image the form starts from (posted or initial), when it is the user's."""
-        value = self["source_image"].value()
-        value = getattr(value, "pk", value)
-        if not str(value or "").isdigit():
-            return None
-        return self.fields["source_image"].queryset.filter(pk=value).first()
+        """The gallery image the form starts from."""
+        return self.chosen("source_image")
 
     def hires_open(self) -> bool:
         """Whether the page shows the hires section open: it is in use, or has an error."""

@@ -85,7 +85,7 @@ def _studio_context(request: HttpRequest, form: GenerateForm, job: Generation | 
     chosen = _chosen_input(form, job)
     return {
         "form": form, "model": form.model_info, "base_model": form.base_model, "presets": getattr(form.model_info, "aspect_presets", ()),
-        "subjects": form.subjects, "subject": _attached_subject(form), "input": chosen,
+        "subjects": form.subjects, "subject": form.chosen("subject"), "input": chosen,
         # open where there is something to paint or to see: asked for, a mask carried over, or a mask error
         "open_mask_editor": request.GET.get("inpaint") == "1" or bool(chosen and chosen.get("mask")) or bool(form["mask"].errors),
         "generation": job, "images": job.images.order_by("index") if job else (), "studio": True, **_recent(request),
@@ -107,12 +107,6 @@ def _chosen_input(form: GenerateForm, job: Generation | None) -> dict | None:
     if same_input and job.mask:
         chosen["mask"] = reverse("generation-mask", args=[job.pk])
     return chosen
-
-
-def _attached_subject(form: GenerateForm):
-    value = form["subject"].value()
-    value = getattr(value, "pk", value)
-    return form.subjects.filter(pk=value).first() if str(value or "").isdigit() else None
 
 
 def _add_service_errors(form: GenerateForm, exc: ValidationError) -> None:
