@@ -57,14 +57,11 @@ def run_claimed(
 ) -> str:
     """run_job's part after the claim: the job is this worker's (running, attempt counted). A worker
     asked to stop (imagesite.stopping) gives the job back to the queue, its attempt not counted."""
-    try:
-        if stopping.is_stopping():
-            raise JobInterrupted()
-        with heartbeat(job), stopping.interruptible(), counting_gpu_seconds([job]):
-            work(job)
-        return "succeeded"
-    except (JobInterrupted, Exception) as exc:  # noqa: BLE001 - any failure must end the job, readably
-        return end_job(job, exc, label=label, readable=readable, canceled=canceled, cleanup=cleanup)
+    def work_alone(jobs: list[Job]) -> list[BaseException | None]:
+        work(job)
+        return [None]
+
+    return _run_together([job], work_alone, label=label, readable=readable, canceled=canceled, cleanup=cleanup)[0]
 
 
 def run_claimed_batch(jobs: list[Job], work: Callable[[list[Job]], list[BaseException | None]], *, label: str,
@@ -74,6 +71,12 @@ def run_claimed_batch(jobs: list[Job], work: Callable[[list[Job]], list[BaseExce
     the time shared, and each job ended on its own: `work(jobs)` finishes the jobs that succeed and
     returns, per job, None or the exception that ended it (canceled mid-batch, failed); an exception
     out of `work` itself ends every job of the batch that way."""
+    outcomes = _run_together(jobs, work, label=label, readable=readable, canceled=canceled, cleanup=cleanup)
+    return ", ".join(f"{type(job)._meta.model_name} {job.pk} {outcome}" for job, outcome in zip(jobs, outcomes))
+
+
+def _run_together(jobs: list[Job], work: Callable[[list[Job]], list[BaseException | None]], **ending) -> list[str]:
+    """run_claimed_batch's outcome per job ("succeeded", or end_job's with `ending`'s arguments)."""
     try:
         if stopping.is_stopping():
             raise JobInterrupted()
@@ -85,9 +88,7 @@ def run_claimed_batch(jobs: list[Job], work: Callable[[list[Job]], list[BaseExce
             ended = work(jobs)
     except (JobInterrupted, Exception) as exc:  # noqa: BLE001 - any failure must end the jobs, readably
         ended = [exc] * len(jobs)
-    outcomes = ["succeeded" if exc is None else end_job(job, exc, label=label, readable=readable, canceled=canceled, cleanup=cleanup)
-                for job, exc in zip(jobs, ended)]
-    return ", ".join(f"{type(job)._meta.model_name} {job.pk} {outcome}" for job, outcome in zip(jobs, outcomes))
+    return ["succeeded" if exc is None else end_job(job, exc, **ending) for job, exc in zip(jobs, ended)]
 
 
 def end_job(job: Job, exc: BaseException, *, label: str, readable: tuple[type[BaseException], ...] = (),
