@@ -19,20 +19,20 @@
     const response = await fetch(input.dataset.url, { method: "POST", body, headers: { "X-CSRFToken": token } });
     const data = await response.json();
     if (!response.ok) return show([(data.errors && data.errors.image || [data.detail]).join(" ")]);
-    for (const name of fields) {
-      const field = document.getElementById("id_" + name);
-      if (field && data[name] !== undefined) field.value = data[name];
-    }
+    const fill = () => {
+      for (const name of fields) {
+        const field = document.getElementById("id_" + name);
+        if (field && data[name] !== undefined) field.value = data[name];
+      }
+    };
+    fill();
     const lines = ["Settings read from a " + data.generator + " PNG.", ...data.notes];
     const model = document.getElementById("id_base_model");
     if (data.model && model && model.tagName === "SELECT") {
       const match = [...model.options].find((o) => o.text.toLowerCase().includes(data.model.toLowerCase()));
       if (match) { model.value = match.value; model.dispatchEvent(new Event("change")); }
       else lines.push("Model " + data.model + " is not offered here; the current model is kept.");
-      if (match) for (const name of fields) {  // the model's defaults must not overwrite what was read
-        const field = document.getElementById("id_" + name);
-        if (field && data[name] !== undefined) field.value = data[name];
-      }
+      if (match) fill();  // the model's defaults must not overwrite what was read
     }
     const strength = document.getElementById("id_strength");
     if (strength) strength.dispatchEvent(new Event("input"));  // its readout
