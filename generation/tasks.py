@@ -9,7 +9,7 @@ from imagesite.queue import claim_batch
 from imagesite.runner import run_claimed, run_claimed_batch
 
 from .errors import GenerationError
-from .input_files import load_job_inputs, studio_settings
+from .input_files import load_job_inputs
 from .models import Generation, GenerationPreview
 from .prompt_files import lora_hashes, worker_adapters
 from .services import store_images
@@ -35,7 +35,7 @@ def _render(job: Generation) -> None:
     inputs = load_job_inputs(job)  # decoded and cleaned before any model load: a bad file fails fast
     with gpu_turn([job]):
         renderer = _warm_renderer([job], source)
-        render_settings = studio_settings(job, job.render_settings())
+        render_settings = job.render_settings()
         report = ProgressReporter(job)
         try:
             images = renderer.render(render_settings, on_step=lambda step, total: report(step, total, phase=RENDERING),
@@ -75,7 +75,7 @@ def _render_batch(jobs: list[Generation]) -> list[BaseException | None]:
         items = []
         for job in jobs:
             report = ProgressReporter(job)
-            items.append(BatchItem(studio_settings(job, job.render_settings()), preview=_preview_tap(job, renderer),
+            items.append(BatchItem(job.render_settings(), preview=_preview_tap(job, renderer),
                                    on_step=lambda step, total, report=report: report(step, total, phase=RENDERING)))
         try:
             results = render_batch(renderer, items, adapters)
