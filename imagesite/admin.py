@@ -7,6 +7,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from . import invite_admin  # noqa: F401  (registers the admin's Invites)
 from . import quotas
 from .accounts import delete_account
 from .export import request_export

@@ -1,6 +1,5 @@
 """The admin's Invites: staff make single-use sign-up links with an expiry and copy them from here.
-
-Registered from ImagesiteConfig.ready() (imagesite/admin.py belongs to the account admin)."""
+Imported by imagesite/admin.py, which the admin's autodiscovery loads."""
 from __future__ import annotations
 
 from django.contrib import admin, messages
@@ -33,6 +32,7 @@ def state(invite: Invite) -> str:
     return "open"
 
 
+@admin.register(Invite)
 class InviteAdmin(admin.ModelAdmin):
     """Add an invite (a note saying who it is for, an expiry), then copy its link to that person. It
     makes one account; used and expired ones stay listed for the record."""
@@ -65,8 +65,3 @@ class InviteAdmin(admin.ModelAdmin):
         if not change:
             note = "" if signup_mode() == "invite" else f" (IMAGESITE_SIGNUP is {signup_mode()!r}: invite links work only when it is 'invite')"
             self.message_user(request, format_html("Copy the invite link and send it: {}{}", invite_url(obj, request), note), messages.SUCCESS)
-
-
-def register(site: admin.AdminSite = admin.site) -> None:
-    if not site.is_registered(Invite):
-        site.register(Invite, InviteAdmin)
