@@ -35,7 +35,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from . import quotas
-from .jobs import FINISHED_STATUSES, JobCanceled, JobStatus, ProgressReporter
+from .jobs import FINISHED_STATUSES, JobCanceled, JobStatus, ProgressReporter, ensure_every_minute
 from .runner import run_job
 from .models import DataExport
 
@@ -126,6 +126,11 @@ def _delete(queryset) -> int:
         export.delete()
         count += 1
     return count
+
+
+def ensure_sweep_schedule(using: str = "default", **kwargs) -> None:
+    """post_migrate receiver (imagesite.apps): sweep_exports runs every minute."""
+    ensure_every_minute("imagesite.export.sweep_exports", "sweep data exports", using)
 
 
 def sweep_exports() -> dict[str, int]:

@@ -8,7 +8,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
-from django.db.models.signals import post_delete, post_migrate
+from django.db.models.signals import post_delete
 from django.utils import timezone
 
 from .jobs import Job, JobStatus
@@ -88,17 +88,7 @@ def _delete_export_files(sender, instance: DataExport, **kwargs) -> None:
     transaction.on_commit(lambda: default_storage.delete(partial))
 
 
-def _ensure_export_sweep(sender, using: str = "default", **kwargs) -> None:
-    """post_migrate: the sweep that deletes expired archives runs every minute (imagesite.export)."""
-    if getattr(sender, "name", None) == "imagesite":
-        from .jobs import ensure_every_minute
-
-        ensure_every_minute("imagesite.export.sweep_exports", "sweep data exports", using)
-
-
-# Connected here rather than in apps.py so that the export's wiring stays in the files it owns.
 post_delete.connect(_delete_export_files, sender=DataExport, dispatch_uid="imagesite-delete-export-files")
-post_migrate.connect(_ensure_export_sweep, dispatch_uid="imagesite-export-sweep-schedule")
 
 
 def new_invite_code() -> str:
