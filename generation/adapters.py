@@ -199,11 +199,14 @@ class LoadedAdapters:
             while len(loaded) >= max(LORA_CACHE_SIZE, len(keep)) and any(k not in keep for k in loaded):
                 self.pipe.delete_adapters(next(k for k in loaded if k not in keep))
                 loaded.remove(next(k for k in loaded if k not in keep))
+            from .lora_files import read_lora_file
+
             with warnings.catch_warnings():
                 # peft warns whenever a model gets a second adapter; keeping a few is the point here.
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
                 try:
-                    _lora_file(adapter.path).load_into(self.pipe, adapter.key)
+                    lora = _lora_file(adapter.path)  # its weights are read here only, for peft to keep
+                    (read_lora_file(adapter.path) if lora.bundled else lora).load_into(self.pipe, adapter.key)
                 except (ValueError, KeyError, RuntimeError) as exc:
                     _discard_partial(self.pipe, adapter.key)
                     raise GenerationError(f"The LoRA “{adapter.name or adapter.key}” does not fit this model: {_first_line(exc)}") from exc
@@ -338,13 +341,13 @@ def _token_embedding(path: str) -> dict:
     return load_token_embedding(path)
 
 
-@lru_cache(maxsize=LORA_CACHE_SIZE)
+@lru_cache(maxsize=16)
 def _lora_file(path: str):
-    """A subject's LoRA file read once (kohya layout with its bundled embedding, or an older run's
-    peft layout): a run's files never change."""
+    """A LoRA file's bundled embeddings and metadata, read once (a run's files and uploads never
+    change); not its weights, which peft holds once loaded (an SDXL LoRA's reach a GB)."""
     from .lora_files import read_lora_file
 
-    return read_lora_file(path)
+    return read_lora_file(path, weights=False)
 
 
 @lru_cache(maxsize=16)

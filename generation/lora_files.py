@@ -265,15 +265,18 @@ class LoraFile:
         return {"token_ids": torch.tensor(ids, dtype=torch.int64), "embeddings": rows.float()}
 
 
-def read_lora_file(path: str | Path) -> LoraFile:
+def read_lora_file(path: str | Path, *, weights: bool = True) -> LoraFile:
     """Read a LoRA .safetensors: a kohya file written by `write_lora_file` (or another tool), or an
     older run's diffusers/peft-layout file (no bundled embedding: its token rows are the separate
-    textual-inversion file that `generation.embeddings.load_token_embedding` reads)."""
+    textual-inversion file that `generation.embeddings.load_token_embedding` reads). `weights=False`
+    reads the bundled embeddings and metadata only (KBs; `tensors` stays empty): what a worker keeps
+    once peft holds the LoRA itself."""
     from safetensors import safe_open
 
     path = Path(path)
     tensors: dict[str, torch.Tensor] = {}
     bundled: dict[str, dict[str, torch.Tensor]] = {}
+    has_weights = False
     with safe_open(str(path), framework="pt") as f:
         metadata = dict(f.metadata() or {})
         for key in f.keys():
@@ -282,7 +285,9 @@ def read_lora_file(path: str | Path) -> LoraFile:
                 _, name, vector = key.split(".", 2)
                 bundled.setdefault(name, {})[vector] = f.get_tensor(key)
             else:
-                tensors[key] = f.get_tensor(key)
-    if not tensors:
+                has_weights = True
+                if weights:
+                    tensors[key] = f.get_tensor(key)
+    if not has_weights:
         raise ValueError(f"{path.name} holds no LoRA weights.")
     return LoraFile(path=path, tensors=tensors, bundled=bundled, metadata=metadata)
