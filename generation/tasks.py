@@ -1,6 +1,9 @@
 """django-q2 tasks: thin. Load the row and hand it to the job runner with the work to do."""
 from __future__ import annotations
 
+import contextlib
+from typing import Callable, Iterator
+
 from django.conf import settings
 from django.core.files.storage import default_storage
 
@@ -33,31 +36,11 @@ def _render(job: Generation) -> None:
     source = _base_source(job)
     adapters = worker_adapters(job, _subject_adapter(job))  # the subject, the prompt's LoRAs and embeddings
     inputs = load_job_inputs(job)  # decoded and cleaned before any model load: a bad file fails fast
-    with gpu_turn([job]):
-        renderer = _warm_renderer([job], source)
+    with _rendering([job], source) as renderer:
         render_settings = job.render_settings()
-        report = ProgressReporter(job)
-        try:
-            images = renderer.render(render_settings, on_step=lambda step, total: report(step, total, phase=RENDERING),
-                                     adapter=adapters, preview=_preview_tap(job, renderer), inputs=inputs)
-        finally:
-            GenerationPreview.discard(job.pk)  # previews are temporary: gone however the render ends
-    pngs = pipeline_encode(images, render_settings, renderer.info.name, job, adapters)
-    store_images(job, pngs, render_settings.seeds, finish=job.succeed, size=images[0].size)
-
-
-LOADING, RENDERING = "loading", "rendering"
-
-
-def _warm_renderer(jobs: list[Generation], source: str):
-    """The worker's pipeline for `source`; a (re)load takes seconds to minutes, so the jobs' pages say
-    "Loading model…" meanwhile."""
-    from . import pipeline
-
-    if not pipeline.is_warm(source):
-        for job in jobs:
-            job.report_progress(0, job.steps, pace_starts=False, phase=LOADING)
-    return pipeline.get_renderer(source, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
+        images = renderer.render(render_settings, on_step=_on_step(job), adapter=adapters,
+                                 preview=_preview_tap(job, renderer), inputs=inputs)
+    _store(job, images, render_settings, renderer, adapters)
 
 
 def _render_batch(jobs: list[Generation]) -> list[BaseException | None]:
@@ -70,20 +53,12 @@ def _render_batch(jobs: list[Generation]) -> list[BaseException | None]:
 
     first = jobs[0]
     adapters = worker_adapters(first, _subject_adapter(first))  # equal keys: the same subject and LoRAs
-    with gpu_turn(jobs):
-        renderer = _warm_renderer(jobs, _base_source(first))
-        items = []
-        for job in jobs:
-            report = ProgressReporter(job)
-            items.append(BatchItem(job.render_settings(), preview=_preview_tap(job, renderer),
-                                   on_step=lambda step, total, report=report: report(step, total, phase=RENDERING)))
+    with _rendering(jobs, _base_source(first)) as renderer:
+        items = [BatchItem(job.render_settings(), preview=_preview_tap(job, renderer), on_step=_on_step(job)) for job in jobs]
         try:
             results = render_batch(renderer, items, adapters)
         except torch.cuda.OutOfMemoryError:
             results = None
-        finally:
-            for job in jobs:
-                GenerationPreview.discard(job.pk)
     if results is None:
         return [_alone(job) for job in jobs]
     ended: list[BaseException | None] = []
@@ -91,9 +66,8 @@ def _render_batch(jobs: list[Generation]) -> list[BaseException | None]:
         if isinstance(images, BaseException):
             ended.append(images)
             continue
-        pngs = pipeline_encode(images, item.settings, renderer.info.name, job, adapters)
         try:
-            store_images(job, pngs, item.settings.seeds, finish=job.succeed, size=images[0].size)
+            _store(job, images, item.settings, renderer, adapters)
             ended.append(None)
         except Exception as exc:  # noqa: BLE001 - this job fails; the others are stored
             ended.append(exc)
@@ -108,10 +82,41 @@ def _alone(job: Generation) -> BaseException | None:
     return None
 
 
-def pipeline_encode(images, render_settings, model_name: str, job: Generation, adapters) -> list[tuple[bytes, bytes]]:
+LOADING, RENDERING = "loading", "rendering"
+
+
+@contextlib.contextmanager
+def _rendering(jobs: list[Generation], source: str) -> Iterator:
+    """The jobs' turn on the GPU (gpu_turn) with the worker's warm pipeline for `source`; a (re)load
+    takes seconds to minutes, so the jobs' pages say "Loading model…" meanwhile. Previews are
+    temporary: gone however the render ends."""
     from . import pipeline
 
-    return pipeline.encode_for_gallery(images, render_settings, model_name, subject_name=job.subject_name, lora_hashes=lora_hashes(adapters))
+    with gpu_turn(jobs):
+        if not pipeline.is_warm(source):
+            for job in jobs:
+                job.report_progress(0, job.steps, pace_starts=False, phase=LOADING)
+        try:
+            yield pipeline.get_renderer(source, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
+        finally:
+            for job in jobs:
+                GenerationPreview.discard(job.pk)
+
+
+def _on_step(job: Generation) -> Callable[[int, int], None]:
+    """The job's progress callback: throttled writes of its step (imagesite.jobs.ProgressReporter)."""
+    report = ProgressReporter(job)
+    return lambda step, total: report(step, total, phase=RENDERING)
+
+
+def _store(job: Generation, images, render_settings, renderer, adapters) -> None:
+    """Encode the job's images as the gallery keeps them (PNG parameters A1111 reads) and store them;
+    the job succeeds in the same transaction."""
+    from . import pipeline
+
+    pngs = pipeline.encode_for_gallery(images, render_settings, renderer.info.name, subject_name=job.subject_name,
+                                       lora_hashes=lora_hashes(adapters))
+    store_images(job, pngs, render_settings.seeds, finish=job.succeed, size=images[0].size)
 
 
 WAITING_FOR_GPU = "waiting_gpu"
@@ -121,8 +126,6 @@ _turns = None  # this worker's generation.gpu_lease.WarmTurns, when it shares it
 def gpu_turn(jobs: list[Generation]):
     """Hold this worker's GPU lease for the jobs (generation.gpu_lease): while a training run has the
     GPU they wait, and their pages say so; between jobs the warm pipeline keeps it unless a run asks."""
-    import contextlib
-
     from . import pipeline
     from .gpu_lease import DeviceLease, WarmTurns, lease_enabled
     from .gpus import current_settings
