@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 POLL_S = 0.2
+# The job's phase while it waits for the lease (the generation and training pages say so).
+WAITING_FOR_GPU = "waiting_gpu"
 
 
 def lease_enabled(device: str, mode: str | None = None) -> bool:

@@ -119,7 +119,6 @@ def _store(job: Generation, images, render_settings, renderer, adapters) -> None
     store_images(job, pngs, render_settings.seeds, finish=job.succeed, size=images[0].size)
 
 
-WAITING_FOR_GPU = "waiting_gpu"
 _turns = None  # this worker's generation.gpu_lease.WarmTurns, when it shares its GPU with training
 
 
@@ -127,7 +126,7 @@ def gpu_turn(jobs: list[Generation]):
     """Hold this worker's GPU lease for the jobs (generation.gpu_lease): while a training run has the
     GPU they wait, and their pages say so; between jobs the warm pipeline keeps it unless a run asks."""
     from . import pipeline
-    from .gpu_lease import DeviceLease, WarmTurns, lease_enabled
+    from .gpu_lease import WAITING_FOR_GPU, DeviceLease, WarmTurns, lease_enabled
     from .gpus import current_settings
 
     global _turns

@@ -118,7 +118,7 @@ def _train(run: TrainingRun) -> None:
 def _device_turn(run: TrainingRun) -> Iterator[None]:
     """Hold the training GPU's lease for the run (generation.gpu_lease): a generation worker on the
     same GPU finishes its job, drops its pipeline and waits. Meanwhile the run page says why it waits."""
-    from generation.gpu_lease import DeviceLease, lease_enabled
+    from generation.gpu_lease import WAITING_FOR_GPU, DeviceLease, lease_enabled
     from generation.gpus import current_settings, worker_device
 
     from .dreambooth.progress import TrainingCanceled
@@ -137,9 +137,6 @@ def _device_turn(run: TrainingRun) -> Iterator[None]:
 
     with DeviceLease(device, "training", current_settings().lock_dir).held(on_wait=waiting, should_stop=stop_if_canceled):
         yield
-
-
-WAITING_FOR_GPU = "waiting_gpu"
 
 
 def _training_image(photo, resolution: int) -> Image.Image:
