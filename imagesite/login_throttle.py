@@ -41,5 +41,10 @@ class LoginThrottleHandler(AxesDatabaseHandler):
     between guesses at other people's passwords."""
 
     def reset_user_attempts(self, request: HttpRequest, credentials: dict | None = None) -> int:
-        deleted, _ = AccessAttempt.objects.filter(username=get_client_username(request, credentials)).delete()
-        return deleted
+        return forget_failures(get_client_username(request, credentials))
+
+
+def forget_failures(username: str) -> int:
+    """End the account's lock-out: its failed logins are forgotten (the address's are kept)."""
+    deleted, _ = AccessAttempt.objects.filter(username=username).delete()
+    return deleted

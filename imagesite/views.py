@@ -13,6 +13,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from .accounts import delete_account
 from .forms import AccountEmailForm, DeleteAccountForm, SignUpForm, ThrottledPasswordResetForm
 from .invites import INVITE, SignUpRefused, check_signup, sign_up, signup_mode
+from .login_throttle import forget_failures
 
 
 @require_http_methods(["GET", "POST"])
@@ -95,9 +96,7 @@ class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
     ends with the reset: whoever holds the mailed link owns the account anyway."""
 
     def form_valid(self, form) -> HttpResponse:
-        from axes.models import AccessAttempt
-
         response = super().form_valid(form)
-        AccessAttempt.objects.filter(username=form.user.get_username()).delete()
+        forget_failures(form.user.get_username())
         return response
 
