@@ -112,10 +112,9 @@ def _sha256(file) -> str:
 
 
 def delete_prompt_file(row: PromptFile) -> None:
-    """Delete the row, then its file once the deletion is committed."""
-    storage, name = row.file.storage, row.file.name
+    """Delete the row; its file goes once the deletion is committed (generation.signals, which also
+    covers a deleted account's files)."""
     row.delete()
-    transaction.on_commit(lambda: storage.delete(name))
 
 
 def toggle_shared(row: PromptFile, shared: bool) -> None:
