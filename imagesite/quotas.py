@@ -108,16 +108,32 @@ def lock_user(user) -> None:
 
 
 def _wait_s(name: str, user, limit: int, used: int, adding: int, now) -> int:
-    """Seconds until `adding` more fit: when enough of the counted rows have left their window."""
+    """Seconds until `adding` more fit: when enough of the counted rows (of a summed limit: enough of
+    their GPU-seconds) have left their window."""
     windows = [c for c in _COUNTERS[name] if c.window]
     if not windows:
         return QUEUE_RETRY_AFTER_S
     window = windows[0].window
     if adding > limit:
         return math.ceil(window.total_seconds())
-    times = sorted(t for c in windows for t in _counted(c, user, now).values_list("created_at", flat=True))
-    leaving = times[min(len(times) - 1, used + adding - limit - 1)] if times else now
+    # What has to leave the window: enough rows for `adding` more, or (summed) more than the excess.
+    excess = used - limit if name in SUMMED else used + adding - limit - 1
+    rows = sorted(row for c in windows for row in _amounts(c, user, now))
+    leaving, gone = (rows[-1][0] if rows else now), 0.0
+    for created_at, amount in rows:
+        gone += amount
+        if gone > excess:
+            leaving = created_at
+            break
     return max(1, math.ceil((leaving + window - now).total_seconds()))
+
+
+def _amounts(counter: Counter, user, now) -> list[tuple]:
+    """(created_at, what the row adds to the limit's use) for each counted row."""
+    rows = _counted(counter, user, now)
+    if counter.measure is None:
+        return [(created_at, 1) for created_at in rows.values_list("created_at", flat=True)]
+    return list(rows.values_list("created_at", counter.measure))
 
 
 def _readable(seconds: int) -> str:
