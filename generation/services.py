@@ -45,9 +45,11 @@ def create_generation(*, owner, prompt: str, seed: int | None = None, subject=No
     here from their headers only; the worker decodes and cleans them. Hires fix: `hires_scale` > 1
     (text-to-image only) upscales by it with `hires_upscaler` and refines at `hires_strength` for
     `hires_steps` (0: steps). A refusal writes no file and queues nothing."""
-    studio = {"strength": 0.75 if strength is None else strength, "mask_blur": 4 if mask_blur is None else mask_blur,
-              "hires_scale": 1.0 if hires_scale is None else hires_scale, "hires_upscaler": hires_upscaler or "latent",
-              "hires_strength": 0.7 if hires_strength is None else hires_strength, "hires_steps": hires_steps or 0}
+    studio = {"strength": strength, "mask_blur": mask_blur, "hires_scale": hires_scale, "hires_upscaler": hires_upscaler,
+              "hires_strength": hires_strength, "hires_steps": hires_steps}
+    for name, value in studio.items():  # omitted: the model field's default (one place for them)
+        if value is None or value == "":
+            studio[name] = Generation._meta.get_field(name).get_default()
     base_model = _choose_base(base_model, subject)
     info = base_model.info()
     errors: dict[str, list[str]] = {}
