@@ -207,21 +207,28 @@ class Renderer:
             self._set_scheduler(s.scheduler)
             self.inputs = inputs or ImageInputs()  # this job's, read by _call_pipe like the preview
             try:
+                return self._attempt_or_retry(s, on_step, adapter)
+            finally:  # the warm renderer keeps no job's decoded inputs nor its preview's last x0 (GPU) alive
+                self.preview, self.inputs = None, ImageInputs()
+
+    def _attempt_or_retry(self, s: RenderSettings, on_step: ProgressCallback | None, adapter: Adapters) -> list[Image.Image]:
+        """`_attempt`, and on CUDA out-of-memory once more a profile lower (see `render`)."""
+        try:
+            return self._attempt(s, on_step, adapter)
+        except torch.cuda.OutOfMemoryError:
+            tried = self.profile
+            _empty_cuda_cache()
+            lower = lower_profile(tried)
+            if lower is None:
+                raise GenerationError(_oom_message(s, tried)) from None
+            log.warning("out of GPU memory at %sx%s with profile %s; retrying with %s", *s.output_size, tried, lower)
+            self._reload(lower)
+            self._set_scheduler(s.scheduler)
+            try:
                 return self._attempt(s, on_step, adapter)
             except torch.cuda.OutOfMemoryError:
-                tried = self.profile
                 _empty_cuda_cache()
-                lower = lower_profile(tried)
-                if lower is None:
-                    raise GenerationError(_oom_message(s, tried)) from None
-                log.warning("out of GPU memory at %sx%s with profile %s; retrying with %s", *s.output_size, tried, lower)
-                self._reload(lower)
-                self._set_scheduler(s.scheduler)
-                try:
-                    return self._attempt(s, on_step, adapter)
-                except torch.cuda.OutOfMemoryError:
-                    _empty_cuda_cache()
-                    raise GenerationError(_oom_message(s, lower)) from None
+                raise GenerationError(_oom_message(s, lower)) from None
 
     def _attempt(self, s: RenderSettings, on_step: ProgressCallback | None, adapter: Adapters) -> list[Image.Image]:
         """One pipeline call with the job's adapters (a subject, the prompt's LoRAs and embeddings:
