@@ -183,7 +183,7 @@ class QueueSnapshot:
 
 def run_next(model: type[Job], work: Callable[[Job], None], **kwargs) -> str:
     """A worker's task for any broker message of `model`'s kind: claim the next job in fair order and
-    run it (imagesite.jobs.run_claimed: heartbeat, readable failure, cleanup). The message's own job id
+    run it (imagesite.runner.run_claimed: heartbeat, readable failure, cleanup). The message's own job id
     is only a wake-up: a duplicated message finds nothing or the next job; a lost one is made up by the
     next message or by the reaper's wake-up."""
     job = claim_next(model)
