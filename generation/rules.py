@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 
 from .modelinfo import ModelInfo, describe_model
+from .models import HiresUpscaler
 from .prompt_syntax import check_prompt
 
 MAX_PROMPT_CHARS = 2000
@@ -74,7 +75,7 @@ STRENGTH_RANGE = (0.0, 1.0)
 MASK_BLUR_RANGE = (0, 64)
 HIRES_SCALE_RANGE = (1.0, 4.0)
 HIRES_STEPS_RANGE = (0, STEPS_RANGE[1])
-HIRES_UPSCALERS = ("latent", "lanczos")
+HIRES_UPSCALERS = tuple(HiresUpscaler.values)  # the model field's choices
 
 
 def validate_strength(value: float, steps: int, *, what: str = "strength") -> None:
