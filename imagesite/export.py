@@ -35,7 +35,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from . import quotas
-from .jobs import FINISHED_STATUSES, JobCanceled, JobStatus, ProgressReporter, ensure_every_minute
+from .jobs import FINISHED_STATUSES, JobCanceled, JobStatus, ProgressReporter, ensure_every_minute, reap_stale
 from .runner import run_job
 from .models import DataExport
 
@@ -141,16 +141,9 @@ def sweep_exports() -> dict[str, int]:
     expired = DataExport.objects.filter(status__in=FINISHED_STATUSES).filter(
         models.Q(expires_at__lte=now) | (~models.Q(status=JobStatus.SUCCEEDED) & models.Q(finished_at__lte=now - keep))
     )
-    counts = {"deleted": _delete(expired), "requeued": 0, "failed": 0}
     cutoff = now - timedelta(seconds=settings.IMAGESITE_STALE_AFTER_S)
-    for export in DataExport.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
-        if export.attempts < settings.IMAGESITE_MAX_ATTEMPTS and export.requeue():
-            log.warning("requeued data export %s after its worker stopped", export.pk)
-            counts["requeued"] += 1
-        elif export.fail("The worker stopped while making this archive; prepare a new one."):
-            log.warning("failed data export %s after %s attempts", export.pk, export.attempts)
-            counts["failed"] += 1
-    return counts
+    stale = reap_stale(DataExport, cutoff, "The worker stopped while making this archive; prepare a new one.")
+    return {"deleted": _delete(expired), **stale}
 
 
 # --- the worker's task -------------------------------------------------------------------------------

@@ -281,17 +281,24 @@ def reap_stale_jobs(stale_after_s: float | None = None) -> dict[str, int]:
     cutoff = timezone.now() - timedelta(seconds=stale_after_s)
     counts = {"requeued": 0, "failed": 0}
     for model in job_models():
-        label = model._meta.label
-        for job in model.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
-            if job.attempts < settings.IMAGESITE_MAX_ATTEMPTS and job.requeue():
-                log.warning("requeued %s %s after its worker stopped", label, job.pk)
-                counts["requeued"] += 1
-            elif job.fail(
-                f"The worker stopped while running this job ({job.attempts} attempt"
-                f"{'s' if job.attempts != 1 else ''}); it was not retried again."
-            ):
-                log.warning("failed %s %s after %s attempts", label, job.pk, job.attempts)
-                counts["failed"] += 1
+        for outcome, n in reap_stale(model, cutoff).items():
+            counts[outcome] += n
+    return counts
+
+
+def reap_stale(model: type[Job], cutoff, failure: str | None = None) -> dict[str, int]:
+    """`model`'s running jobs whose heartbeat is older than `cutoff`: requeued while attempts remain,
+    else failed with `failure` (default: the worker stopped N times). Counts by outcome."""
+    counts = {"requeued": 0, "failed": 0}
+    label = model._meta.label
+    for job in model.objects.filter(status=JobStatus.RUNNING, heartbeat_at__lt=cutoff):
+        if job.attempts < settings.IMAGESITE_MAX_ATTEMPTS and job.requeue():
+            log.warning("requeued %s %s after its worker stopped", label, job.pk)
+            counts["requeued"] += 1
+        elif job.fail(failure or (f"The worker stopped while running this job ({job.attempts} attempt"
+                                  f"{'s' if job.attempts != 1 else ''}); it was not retried again.")):
+            log.warning("failed %s %s after %s attempts", label, job.pk, job.attempts)
+            counts["failed"] += 1
     return counts
 
 
