@@ -105,9 +105,9 @@ class AccountAdmin(UserAdmin):
 
     @staticmethod
     def _usage(obj) -> dict[str, int]:
-        # Both columns read one count of the row's user: every counter runs once per row, not per column.
+        # Both columns read one count of the row's user: the two limits they show, once per row.
         if not hasattr(obj, "_quota_usage"):
-            obj._quota_usage = quotas.usage(obj)
+            obj._quota_usage = quotas.usage(obj, "gpu_seconds_per_day", "max_queued_jobs")
         return obj._quota_usage
 
     @admin.display(description="GPU-seconds, 24 h")

@@ -94,10 +94,10 @@ def _used(counter: Counter, user, now) -> int:
     return round(rows.aggregate(total=Sum(counter.measure))["total"] or 0)
 
 
-def usage(user) -> dict[str, int]:
-    """How much of each limit the user uses now."""
+def usage(user, *names: str) -> dict[str, int]:
+    """How much of each limit (or of the `names` given) the user uses now."""
     now = timezone.now()
-    return {name: sum(_used(c, user, now) for c in counters) for name, counters in _COUNTERS.items()}
+    return {name: sum(_used(c, user, now) for c in _COUNTERS[name]) for name in names or _COUNTERS}
 
 
 def lock_user(user) -> None:
