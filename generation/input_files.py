@@ -14,12 +14,6 @@ from .inputs import InputRejected, decode_input, decode_mask, encode_clean_png
 from .models import Generation
 
 
-def studio_settings(job: Generation, base):
-    """`base`, which job.render_settings() already makes whole (studio settings included).
-    TODO: generation/tasks.py (another's file this session) can call job.render_settings() alone."""
-    return base
-
-
 def load_job_inputs(job: Generation):
     """The job's decoded input and mask as pipeline_modes.ImageInputs (both None for text-to-image).
     A file that fails the checks is a GenerationError with the reason."""
