@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, BinaryIO
 
-from PIL import Image, ImageCms, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps
+
+from generation.inputs import clean_rgb, sniff_format
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +35,6 @@ MAX_PIXELS = 40_000_000
 JPEG_QUALITY = 95
 
 # Magic numbers of the accepted formats; the name and the browser's content type are not trusted.
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 class PhotoRejected(ValueError):
@@ -62,17 +62,6 @@ class PreparedPhoto:
     height: int
     face_found: bool
     face_box: tuple[int, int, int, int] | None
-
-
-def sniff_format(data: bytes) -> str | None:
-    """Return "JPEG", "PNG" or "WEBP" from the file's first bytes, or None for anything else."""
-    if data.startswith(_JPEG_MAGIC):
-        return "JPEG"
-    if data.startswith(_PNG_MAGIC):
-        return "PNG"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    return None
 
 
 def _open_header(file: BinaryIO, fmt: str) -> Image.Image:
@@ -191,30 +180,7 @@ def _decode(img: Image.Image) -> Image.Image:
             "This image file is incomplete or damaged (perhaps the upload was cut short); "
             "please upload it again."
         ) from None
-    icc = img.info.get("icc_profile")
-    rgb = _to_srgb(upright, icc)
-    # A fresh image carries no info dict: no EXIF, GPS, XMP, comments or ICC profile follow it.
-    clean = Image.new("RGB", rgb.size)
-    clean.paste(rgb)
-    return clean
-
-
-def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
-    """Convert to RGB, through the embedded colour profile when there is one (the profile is dropped)."""
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        # Transparent areas become white, not the black that a plain convert would give.
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(white, rgba)
-    if icc:
-        try:
-            src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-            dst = ImageCms.createProfile("sRGB")
-            base = img if img.mode in ("RGB", "CMYK") else img.convert("RGB")
-            return ImageCms.profileToProfile(base, src, dst, outputMode="RGB")
-        except Exception:
-            pass  # an odd profile is not worth rejecting the photo for
-    return img.convert("RGB")
+    return clean_rgb(upright)  # on white, through its colour profile to sRGB, without metadata
 
 
 @lru_cache(maxsize=1)
