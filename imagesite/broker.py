@@ -39,7 +39,9 @@ class WakefulORM(ORM):
         """The stock ORM.dequeue (django-q2 1.11) without its sleep: take up to BULK unlocked tasks,
         each by a conditional UPDATE so that two clusters never take the same one."""
         claimed = []
-        for task in self.get_connection().filter(key=self.list_key, lock__lt=timezone.now())[: Conf.BULK]:
+        # lte: a task is due from its lock time on; enqueue stamps it with now, so with strict "<" a look in
+        # the same clock tick (a coarse clock, a fast machine) missed a task just queued.
+        for task in self.get_connection().filter(key=self.list_key, lock__lte=timezone.now())[: Conf.BULK]:
             if self.get_connection().filter(id=task.id, lock=task.lock).update(lock=self.timeout(task)):
                 claimed.append((task.pk, task.payload))
         return claimed
