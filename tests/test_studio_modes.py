@@ -26,6 +26,7 @@ from generation.services import create_generation
 from imagesite.jobs import JobStatus
 
 from .factories import make_generation, make_image
+from .test_photos import _png_declaring
 
 BLUE, RED = (30, 70, 225), (220, 30, 30)
 
@@ -212,6 +213,8 @@ def test_size_follows_the_input_rounded_and_fitted_to_the_model(owner):
     (dict(init_image="input", mask="small"), "mask"),
     (dict(init_image="text"), "init_image"),
     (dict(init_image="huge"), "init_image"),
+    (dict(init_image="declared"), "init_image"),  # 8000×6000 in its header: over 40 megapixels, never decoded
+    (dict(init_image="input", mask="declared"), "mask"),
     (dict(hires_scale=3.0), "hires_scale"),
     (dict(hires_scale=2.0, hires_strength=1.5), "hires_strength"),
     (dict(mask_blur=500), "mask_blur"),
@@ -219,11 +222,14 @@ def test_size_follows_the_input_rounded_and_fitted_to_the_model(owner):
 def test_rules_refuse_by_field_with_nothing_stored_or_queued(owner, media_dir, kwargs, field):
     files = {"input": upload(), "mask": upload(mode="L", colour=255), "small": upload((32, 32), mode="L", colour=255),
              "text": SimpleUploadedFile("a.png", b"not an image at all"),
-             "huge": SimpleUploadedFile("big.png", b"\x89PNG\r\n\x1a\n" + b"0" * (16 * 1024 * 1024))}
+             "huge": SimpleUploadedFile("big.png", b"\x89PNG\r\n\x1a\n" + b"0" * (16 * 1024 * 1024)),
+             "declared": SimpleUploadedFile("wide.png", _png_declaring(8000, 6000))}
     before = input_files(media_dir)
     with pytest.raises(ValidationError) as refused:
         create_generation(owner=owner, prompt="a red circle", **{k: files.get(v, v) if isinstance(v, str) else v for k, v in kwargs.items()})
     assert field in refused.value.message_dict
+    if "declared" in kwargs.values():  # refused for its pixels, not as a damaged file
+        assert "megapixels" in " ".join(refused.value.message_dict[field])
     assert not Generation.objects.exists() and input_files(media_dir) == before
 
 
