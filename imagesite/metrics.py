@@ -23,7 +23,8 @@ from .jobs import ACTIVE_STATUSES, JobStatus, job_models
 
 class JobCollector:
     """Per job kind (generation, trainingrun) and its cluster: jobs by status, how long finished jobs
-    took, failures."""
+    took, failures, and the GPU-seconds jobs used (imagesite.runner counts them from the moment the
+    job holds the GPU: not its wait for the lease, not a model load)."""
 
     def collect(self):
         queued = GaugeMetricFamily("imagesite_jobs_queued", "Jobs waiting in the queue.", labels=["kind", "cluster"])
@@ -33,12 +34,16 @@ class JobCollector:
                                       labels=["kind", "status"])
         oldest = GaugeMetricFamily("imagesite_queue_oldest_wait_seconds", "How long the oldest queued job has waited.",
                                    labels=["kind", "cluster"])
+        gpu = CounterMetricFamily("imagesite_job_gpu_seconds", "GPU-seconds jobs used (each job its share of a batch), by status.",
+                                  labels=["kind", "cluster", "status"])
         from django.utils import timezone
 
         now = timezone.now()
         for model in job_models():
             kind, cluster = model._meta.model_name, model.cluster or "default"
-            by_status = dict(model.objects.order_by().values_list("status").annotate(n=Count("pk")).values_list("status", "n"))
+            rows = model.objects.order_by().values("status").annotate(n=Count("pk"), gpu=Sum("gpu_seconds"))
+            by_status = {row["status"]: row["n"] for row in rows}
+            used = {row["status"]: row["gpu"] or 0.0 for row in rows}
             queued.add_metric([kind, cluster], by_status.get(JobStatus.QUEUED, 0))
             running.add_metric([kind, cluster], by_status.get(JobStatus.RUNNING, 0))
             first = model.objects.filter(status=JobStatus.QUEUED).order_by("created_at").values_list("created_at", flat=True).first()
@@ -51,7 +56,9 @@ class JobCollector:
             for status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED):
                 finished.add_metric([kind, status], by_status.get(status, 0))
                 seconds.add_metric([kind, status], _seconds(durations.get(status)))
-        yield from (queued, running, oldest, finished, seconds)
+            for status in JobStatus.values:  # running and requeued jobs have used some too
+                gpu.add_metric([kind, cluster, status], float(used.get(status, 0.0)))
+        yield from (queued, running, oldest, finished, seconds, gpu)
 
 
 def _seconds(value) -> float:

@@ -35,9 +35,11 @@ def test_metrics_count_the_queue_and_job_time(client):
     now = timezone.now()
     make_generation(staff, created_at=now - timedelta(seconds=30))
     make_generation(staff)
-    make_generation(staff, status=JobStatus.RUNNING, started_at=now)
-    make_generation(staff, status=JobStatus.SUCCEEDED, started_at=now - timedelta(seconds=12), finished_at=now - timedelta(seconds=2))
-    make_generation(staff, status=JobStatus.FAILED, started_at=now - timedelta(seconds=3), finished_at=now)
+    make_generation(staff, status=JobStatus.RUNNING, started_at=now, gpu_seconds=0.5)
+    make_generation(staff, status=JobStatus.SUCCEEDED, started_at=now - timedelta(seconds=12), finished_at=now - timedelta(seconds=2),
+                    gpu_seconds=8.25)
+    make_generation(staff, status=JobStatus.SUCCEEDED, gpu_seconds=1.5)
+    make_generation(staff, status=JobStatus.FAILED, started_at=now - timedelta(seconds=3), finished_at=now, gpu_seconds=2.0)
     client.force_login(staff)
     answer = client.get("/metrics")
     assert answer.status_code == 200 and answer["Content-Type"].startswith("text/plain")
@@ -46,7 +48,11 @@ def test_metrics_count_the_queue_and_job_time(client):
     assert samples[("imagesite_jobs_queued", kind)] == 2
     assert samples[("imagesite_jobs_running", kind)] == 1
     assert samples[("imagesite_queue_oldest_wait_seconds", kind)] >= 30
-    assert samples[("imagesite_jobs_finished_total", (("kind", "generation"), ("status", "succeeded")))] == 1
+    assert samples[("imagesite_jobs_finished_total", (("kind", "generation"), ("status", "succeeded")))] == 2
     assert samples[("imagesite_jobs_finished_total", (("kind", "generation"), ("status", "failed")))] == 1
     assert samples[("imagesite_job_run_seconds_total", (("kind", "generation"), ("status", "succeeded")))] == pytest.approx(10.0)
     assert samples[("imagesite_jobs_queued", (("cluster", "training"), ("kind", "trainingrun")))] == 0
+    gpu = {status: samples[("imagesite_job_gpu_seconds_total", (*kind, ("status", status)))]
+           for status in ("queued", "running", "succeeded", "failed", "canceled")}
+    assert gpu == {"queued": 0.0, "running": 0.5, "succeeded": pytest.approx(9.75), "failed": 2.0, "canceled": 0.0}
+    assert samples[("imagesite_job_gpu_seconds_total", (("cluster", "training"), ("kind", "trainingrun"), ("status", "succeeded")))] == 0
