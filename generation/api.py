@@ -24,7 +24,7 @@ from . import catalog, rules
 from . import serializers as s
 from .modelinfo import SCHEDULERS
 from .models import SCHEDULER_CHOICES, GeneratedImage, Generation, HiresUpscaler
-from .png_settings import PngSettingsError, settings_from_png
+from .png_settings import PngSettingsError, attach_subject, settings_from_png
 from .services import create_generation, filter_by_words, filter_images
 from .views import input_response, preview_response
 
@@ -297,6 +297,11 @@ class PngSettingsSerializer(serializers.Serializer):
     hires_upscaler = serializers.ChoiceField(choices=HiresUpscaler.choices, required=False)
     hires_strength = serializers.FloatField(required=False)
     hires_steps = serializers.IntegerField(required=False)
+    subject_name = serializers.CharField(required=False, help_text="The subject the image was made with (imagesite's `Subject` key).")
+    subject = serializers.IntegerField(required=False, help_text="Your own trained subject the file was made with (by its name, or by a "
+                                       "`Lora hashes` token no tag of the prompt carries): send it on as `subject`. Absent when you have none; `notes` says so.")
+    lora_hashes = serializers.DictField(child=serializers.CharField(allow_blank=True), required=False,
+                                        help_text="A1111's `Lora hashes`: {LoRA or subject token: short sha256}.")
     notes = serializers.ListField(child=serializers.CharField(), help_text="What the file says that could not be carried over.")
 
 
@@ -312,4 +317,4 @@ class PngInfoView(APIView):
     def post(self, request: Request) -> Response:
         upload = PngUploadSerializer(data=request.data)
         upload.is_valid(raise_exception=True)
-        return Response(PngSettingsSerializer(upload.validated_data["image"]).data)
+        return Response(PngSettingsSerializer(attach_subject(upload.validated_data["image"], request.user)).data)

@@ -18,6 +18,8 @@ from sd_parsers import Eagerness, ParserManager
 from sd_parsers.data import PromptInfo
 
 from .modelinfo import SCHEDULERS
+from .models import usable_subjects
+from .prompt_syntax import extract_lora_tags
 
 MAX_PNG_BYTES = 32 * 1024 * 1024
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -130,13 +132,15 @@ def _read_size(found: PromptInfo, settings: dict, notes: list[str]) -> None:
     meta = found.metadata
     if found.generator.name == "AUTOMATIC1111":
         # sd-parsers 0.6 splits quoted values ("Model: \"a, b\"") at the comma; read the line as A1111 does
-        meta = {**meta, **_a1111_fields(str(found.raw_parameters.get("parameters", "")))}
+        # (and at the commas inside them: "Lora hashes" with two LoRAs made a key of the second's name)
+        meta = _a1111_fields(str(found.raw_parameters.get("parameters", ""))) or meta
         if meta.get("Model"):
             settings["model"] = str(meta["Model"])
         size = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", str(meta.get("Size", "")))
         if size:
             settings["width"], settings["height"] = int(size[1]), int(size[2])
         _read_studio(meta, settings, notes)
+        _read_subject(meta, settings)
         for key, value in meta.items():
             if key.lower() not in _A1111_KNOWN:
                 notes.append(f"Not carried over: {key} {value}.")
@@ -172,6 +176,47 @@ def _read_studio(meta: dict, settings: dict, notes: list[str]) -> None:
     elif upscaler:
         settings["hires_upscaler"] = "lanczos"
         notes.append(f"Hires upscaler {upscaler!r} is not offered here; Lanczos is used instead.")
+
+
+def _read_subject(meta: dict, settings: dict) -> None:
+    """Our `Subject` key (the subject chosen in the form's subject field) and A1111's `Lora hashes`
+    ("name: hash, name: hash"; imagesite lists a subject there by its token). `attach_subject` maps
+    them to the reader's own subjects."""
+    if str(meta.get("Subject", "")).strip():
+        settings["subject_name"] = str(meta["Subject"]).strip()
+    hashes = {}
+    for entry in str(meta.get("Lora hashes", "")).split(","):
+        name, _, digest = entry.rpartition(":")
+        if name.strip():
+            hashes[name.strip()] = digest.strip()
+    if hashes:
+        settings["lora_hashes"] = hashes
+
+
+def attach_subject(settings: dict[str, Any], owner) -> dict[str, Any]:
+    """`settings` (from settings_from_png) with `subject`: the id of the owner's own trained subject
+    the file was made with, for the form's subject field. The file names it by `Subject` (its name)
+    or by a `Lora hashes` name that no `<lora:…>` tag of the prompt carries (its token). A subject
+    the owner does not have is a note; a tag in the prompt needs nothing here: `<lora:token:w>`
+    finds the owner's subject by its token when the form is sent."""
+    name = settings.get("subject_name", "")
+    tagged = {tag.name.lower() for tag in extract_lora_tags(settings.get("prompt", ""))[1]}
+    untagged = [token for token in settings.get("lora_hashes", {}) if token.lower() not in tagged]
+    if not name and not untagged:
+        return settings
+    # By name when the file has one: a token alone ("sks" is everyone's first) would pick another subject.
+    tokens = {token.lower() for token in untagged}
+    subjects = [s for s in usable_subjects(owner) if (s.name.lower() == name.lower() if name else s.token.lower() in tokens)]
+    subject = next((s for s in subjects if s.token.lower() in tokens), None) or next(iter(subjects), None)
+    notes = settings.setdefault("notes", [])
+    if subject is not None:
+        settings["subject"] = subject.pk
+        notes.append(f"Made with the subject “{name or subject.name}”: your subject “{subject.name}” ({subject.token}) is attached.")
+    elif name:
+        notes.append(f"Made with the subject “{name}”, which you do not have: it is not attached.")
+    else:
+        notes.extend(f"Made with the LoRA “{token}” (not in the prompt), which you do not have." for token in untagged)
+    return settings
 
 
 _A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')  # AUTOMATIC1111's re_param

@@ -106,3 +106,85 @@ def test_the_painted_job_is_inpainted_by_the_worker(live_server, browser_page, d
     expect(page.locator("#job-status")).to_have_attribute("data-status", "succeeded", timeout=180_000)
     expect(page.locator("#job-status img.result")).to_have_count(1)
     page.screenshot(path=str(SCREENSHOTS / "inpainted.png"), full_page=True)
+
+
+# --- settings read from a PNG fill the form (issue 16 item 8, issue 18 defect 3) ----------------------
+A1111_HIRES = ("a lighthouse at dusk, (storm:1.2), <lora:ink:0.5>\nNegative prompt: blurry, text\n"
+               "Steps: 23, Sampler: Euler a, CFG scale: 6.5, Seed: 4321, Size: 64x48, Model: elsewhere_v2, "
+               "Denoising strength: 0.45, Hires upscale: 2, Hires steps: 7, Hires upscaler: Lanczos")
+A1111_IMG2IMG = ("a red barn\nSteps: 11, Sampler: DDIM, CFG scale: 7, Seed: 77, Size: 64x64, Denoising strength: 0.35, "
+                 "Mask blur: 6")
+
+
+def _a1111_png(path, text: str):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", text)
+    Image.new("RGB", (64, 48), "grey").save(path, pnginfo=info)
+    return path
+
+
+def _drop(page, path) -> None:
+    """Drop the file on the form as a user dragging it from their files would."""
+    import base64
+
+    page.evaluate("""(b64) => {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const dt = new DataTransfer();
+      dt.items.add(new File([bytes], 'dropped.png', {type: 'image/png'}));
+      document.querySelector('form.generate-form').dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
+    }""", base64.b64encode(path.read_bytes()).decode())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_png_dropped_or_chosen_fills_the_form_and_attaches_its_subject(live_server, browser_page, django_user_model, tmp_path, no_worker):  # noqa: F811
+    from types import SimpleNamespace
+
+    from playwright.sync_api import expect
+
+    from generation.models import Generation
+    from generation.png_params import a1111_parameters, encode_png
+    from imagesite.jobs import JobStatus
+    from training.models import Subject, TrainingRun
+
+    page = browser_page
+    owner = django_user_model.objects.create_user("reader", password="a-long-enough-passphrase-42")
+    rex = Subject.objects.create(owner=owner, name="Rex", token="rxq", class_noun="dog")
+    TrainingRun.objects.create(subject=rex, status=JobStatus.SUCCEEDED, checkpoint="x.safetensors")
+    _log_in(page, live_server, owner)
+    page.goto(live_server.url + "/")
+    notes = page.locator("#png-settings-notes")
+
+    # Our own PNG of a job whose subject was chosen in the subject field: its prompt has no tag.
+    ours = SimpleNamespace(prompt="a photo of rxq dog on a beach", negative_prompt="dark", steps=9, guidance_scale=5.0,
+                           width=64, height=64, scheduler="euler")
+    path = tmp_path / "ours.png"
+    path.write_bytes(encode_png(Image.new("RGB", (64, 64)), a1111_parameters(ours, 31, "demo", subject_name="Rex",
+                                                                            lora_hashes={"rxq": "0123456789"})))
+    _drop(page, path)
+    expect(notes).to_contain_text("your subject “Rex” (rxq) is attached")
+    expect(page.locator("#attached-subject")).to_contain_text("Rex")
+    assert page.input_value("#id_subject") == str(rex.pk)
+    assert [page.input_value(f"#id_{name}") for name in ("prompt", "negative_prompt", "seed", "steps")] == [ours.prompt, "dark", "31", "9"]
+    page.locator("#id_prompt").press("Control+Enter")
+    expect(page).to_have_url(re.compile(r"/\?job=\d+#job$"))
+    job = Generation.objects.get()
+    assert (job.subject_id, job.seed, job.steps, job.prompt) == (rex.pk, 31, 9, ours.prompt)
+
+    # A1111's hires-fix txt2img file, chosen with the file input: the hires fields fill and the subject goes.
+    page.set_input_files("#png-settings-file", str(_a1111_png(tmp_path / "hires.png", A1111_HIRES)))
+    expect(page.locator("#id_seed")).to_have_value("4321")
+    assert page.input_value("#id_prompt") == "a lighthouse at dusk, (storm:1.2), <lora:ink:0.5>"
+    assert [page.input_value(f"#id_{name}") for name in ("negative_prompt", "steps", "hires_scale", "hires_steps", "hires_strength",
+                                                         "hires_upscaler")] == ["blurry, text", "23", "2", "7", "0.45", "lanczos"]
+    assert page.locator("details.hires").evaluate("d => d.open")
+    assert page.input_value("#id_subject") == "" and page.locator("#attached-subject").count() == 0
+    expect(notes).to_contain_text("elsewhere_v2 is not offered here")
+
+    # An img2img file: its Denoising strength is the input's strength, and no hires fix is left on.
+    page.set_input_files("#png-settings-file", str(_a1111_png(tmp_path / "img2img.png", A1111_IMG2IMG)))
+    expect(page.locator("#id_seed")).to_have_value("77")
+    assert [page.input_value(f"#id_{name}") for name in ("strength", "mask_blur", "steps", "hires_scale")] == ["0.35", "6", "11", "1"]
+    expect(page.locator("#strength-value")).to_have_text("0.35")
+    page.screenshot(path=str(SCREENSHOTS / "png-settings.png"), full_page=True)

@@ -122,7 +122,15 @@ def test_our_own_png_round_trips_exactly(scheduler, no_pixel_decoding):
     found = settings_from_png(encode_png(Image.new("RGB", (96, 64)), text))
     assert found == {"generator": "AUTOMATIC1111", "prompt": settings.prompt, "negative_prompt": settings.negative_prompt,
                      "seed": 4242, "steps": 17, "guidance_scale": 7.5, "width": 96, "height": 64, "scheduler": scheduler,
-                     "model": "my model, v2", "notes": []}
+                     "model": "my model, v2", "subject_name": "Rex", "lora_hashes": {"sks": "0123456789"}, "notes": []}
+
+
+def test_lora_hashes_of_several_loras_are_one_key(no_pixel_decoding):
+    """A1111 quotes `Lora hashes` ("a: h1, b: h2"); the comma inside must not make `b` a key of its own."""
+    text = ("a <lora:ink:0.8> cat <lora:sks:1>\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, "
+            'Lora hashes: "ink: abcdef0123, sks: 0123456789"')
+    found = settings_from_png(_png({"parameters": text}))
+    assert found["lora_hashes"] == {"ink": "abcdef0123", "sks": "0123456789"} and found["notes"] == []
 
 
 @pytest.mark.parametrize("data, message", [
@@ -186,3 +194,52 @@ def test_api_wrong_method_is_405(owner_api):
 def test_page_session_can_use_it_with_the_csrf_token(owner_client):
     response = owner_client.post(URL, {"image": _named(_png({"parameters": A1111}), "a.png")})
     assert response.status_code == 200 and response.json()["steps"] == 28
+
+
+# --- the subject the image was made with (issue 18) --------------------------------------------------
+def _subject_png(*, prompt: str = "a photo of sks dog", subject: str = "Rex", token: str = "sks") -> bytes:
+    settings = SimpleNamespace(prompt=prompt, negative_prompt="", steps=12, guidance_scale=7.0, width=64, height=64, scheduler="euler")
+    return encode_png(Image.new("RGB", (64, 64)), a1111_parameters(settings, 7, "demo", subject_name=subject, lora_hashes={token: "0123456789"}))
+
+
+def _trained(owner, name: str, token: str):
+    from imagesite.jobs import JobStatus
+    from training.models import Subject, TrainingRun
+
+    subject = Subject.objects.create(owner=owner, name=name, token=token, class_noun="dog")
+    TrainingRun.objects.create(subject=subject, status=JobStatus.SUCCEEDED, checkpoint="x.safetensors")
+    return subject
+
+
+@pytest.mark.django_db
+def test_our_png_attaches_the_readers_subject_of_that_name(owner_api, owner, other_user):
+    _trained(other_user, "Rex", "sks")  # another user's Rex is not theirs to attach
+    _trained(owner, "Checkers", "sks")  # the same token on another subject is not the one named
+    rex = _trained(owner, "Rex", "rxq")  # renamed token: the name decides
+    body = owner_api.post(URL, _upload(_subject_png()), format="multipart").json()
+    assert (body["subject"], body["subject_name"], body["prompt"]) == (rex.pk, "Rex", "a photo of sks dog")
+    assert any("“Rex” (rxq) is attached" in note for note in body["notes"])
+
+
+@pytest.mark.django_db
+def test_a_subject_the_reader_does_not_have_is_a_note(owner_api, owner, other_user):
+    _trained(other_user, "Rex", "sks")
+    from training.models import Subject
+
+    Subject.objects.create(owner=owner, name="Rex", token="sks", class_noun="dog")  # not trained: not usable
+    body = owner_api.post(URL, _upload(_subject_png()), format="multipart").json()
+    assert "subject" not in body and body["subject_name"] == "Rex"
+    assert "Made with the subject “Rex”, which you do not have: it is not attached." in body["notes"]
+
+
+@pytest.mark.django_db
+def test_a1111_lora_hashes_attach_by_token_only_when_no_tag_carries_it(owner_api, owner):
+    rex = _trained(owner, "Rex", "sks")
+    untagged = "a dog\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, Lora hashes: \"sks: 0123456789\""
+    assert owner_api.post(URL, _upload(_png({"parameters": untagged})), format="multipart").json()["subject"] == rex.pk
+    tagged = untagged.replace("a dog", "a <lora:sks:0.8> dog")  # the tag finds the subject when the form is sent
+    body = owner_api.post(URL, _upload(_png({"parameters": tagged})), format="multipart").json()
+    assert "subject" not in body and body["notes"] == []
+    missing = untagged.replace("sks: ", "ghost: ")
+    body = owner_api.post(URL, _upload(_png({"parameters": missing})), format="multipart").json()
+    assert "subject" not in body and body["notes"] == ["Made with the LoRA “ghost” (not in the prompt), which you do not have."]
