@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -40,6 +40,10 @@ class Family:
     vram_fp16_bytes: int
     largest_fp16_bytes: int
     weights_fp16_bytes: int  # all weights in fp16 (vram_fp16_bytes less one image's activations)
+    # An inpainting checkpoint of the family (its UNet takes 9 input channels: latents, mask, masked
+    # image). It keeps its family's key (its LoRAs, embeddings and subjects fit), draws every mode
+    # through the inpaint pipeline (generation.pipeline_modes) and cannot be trained on.
+    inpainting: bool = False
 
     @property
     def min_size(self) -> int:
@@ -49,8 +53,14 @@ class Family:
     def max_size(self) -> int:
         return self.native_size * 2
 
+    @property
+    def takes_safety_checker(self) -> bool:
+        """SD 1.x/2.x pipeline classes take `safety_checker` arguments; SDXL's have none."""
+        return self.text_encoders == 1
 
-# Sizes around 512 px (AUTOMATIC1111's and InvokeAI's SD 1.x/2.x choices: 2:3, 3:2, 3:4, 4:3, 9:16, 16:9).
+
+# Sizes around 512 px: 1:1, 2:3, 3:2, 4:5, 5:4 and 7:12, 12:7 (about 9:16, 16:9), sides multiples of 64;
+# around 768 px: 1:1, 2:3, 3:2, 3:4, 4:3, 9:16, 16:9.
 _SD512 = ((512, 512), (512, 768), (768, 512), (512, 640), (640, 512), (448, 768), (768, 448))
 _SD768 = ((768, 768), (640, 960), (960, 640), (672, 896), (896, 672), (576, 1024), (1024, 576))
 # SDXL's training buckets (the SDXL paper's appendix, as Fooocus and kohya's presets list them).
@@ -74,7 +84,18 @@ FAMILIES: dict[str, Family] = {
     "sdxl": Family("sdxl", "SDXL", "StableDiffusionXLPipeline", 1024, "epsilon", 2, HERE / "sdxl_config",
                    _SDXL, 30, 6.0, int(9.5 * GB), int(5.14 * GB), int(6.94 * GB)),
 }
-SUPPORTED = "Stable Diffusion 1.x, Stable Diffusion 2.x (512 and 768-v) and SDXL"
+SUPPORTED = "Stable Diffusion 1.x, Stable Diffusion 2.x (512 and 768-v) and SDXL, and their inpainting models"
+INPAINT_CHANNELS = 9  # an inpainting UNet's input: latents 4 + mask 1 + masked image's latents 4
+# The pipeline class an inpainting checkpoint of each family loads as.
+_INPAINT_PIPELINES = {"StableDiffusionPipeline": "StableDiffusionInpaintPipeline",
+                      "StableDiffusionXLPipeline": "StableDiffusionXLInpaintPipeline"}
+
+
+def inpainting_variant(family: Family) -> Family:
+    """`family`'s inpainting checkpoint: the same key, configs, defaults and sizes; a label that says
+    so, the inpaint pipeline class and `inpainting` set."""
+    return replace(family, inpainting=True, label=f"{family.label}, inpainting model",
+                   pipeline_class=_INPAINT_PIPELINES[family.pipeline_class])
 
 
 class UnsupportedModel(GenerationError):
@@ -135,7 +156,7 @@ _OTHER_PIPELINES = (
     ("Wuerstchen", "Würstchen"), ("PixArt", "PixArt"), ("Sana", "Sana"), ("Kandinsky", "Kandinsky"),
     ("Kolors", "Kolors"), ("HunyuanDiT", "Hunyuan-DiT"), ("AuraFlow", "AuraFlow"), ("Lumina", "Lumina"),
     ("IFPipeline", "DeepFloyd IF"), ("LatentConsistency", "a latent consistency model"),
-    ("StableDiffusionXLImg2Img", "an SDXL refiner"), ("Inpaint", "an inpainting model"),
+    ("StableDiffusionXLImg2Img", "an SDXL refiner"), ("Inpaint", "an inpainting model of a kind imagesite does not run"),
     ("StableDiffusionUpscale", "the Stable Diffusion x4 upscaler"), ("Depth2Img", "a depth-to-image model"),
     ("InstructPix2Pix", "InstructPix2Pix"), ("StableVideoDiffusion", "Stable Video Diffusion"),
 )
@@ -156,23 +177,35 @@ def _detect_folder(folder: Path) -> Family:
     if not index:
         raise GenerationError(f"{folder} is not a diffusers model folder (no readable model_index.json).")
     cls = str(index.get("_class_name", ""))
-    unet = _read_json(folder / "unet" / "config.json")
-    if unet.get("in_channels", 4) == 9:
-        raise UnsupportedModel(folder.name, "an inpainting model (its UNet takes 9 input channels)")
-    if cls == "StableDiffusionXLPipeline":
-        return FAMILIES["sdxl"]
-    if cls == "StableDiffusionPipeline":
+    if cls in ("StableDiffusionXLPipeline", "StableDiffusionXLInpaintPipeline"):
+        family = FAMILIES["sdxl"]
+    elif cls in ("StableDiffusionPipeline", "StableDiffusionInpaintPipeline"):
         text = _read_json(folder / "text_encoder" / "config.json")
         scheduler = _read_json(folder / "scheduler" / "scheduler_config.json")
         # OpenCLIP (SD 2.x) uses gelu; OpenAI's CLIP-L (SD 1.x) quick_gelu. Structure, not size:
         # tiny test models have the real models' activations.
         if text.get("hidden_act") == "gelu" or text.get("hidden_size") == 1024:
-            return FAMILIES["sd2v" if scheduler.get("prediction_type") == "v_prediction" else "sd2"]
-        return FAMILIES["sd1"]
-    for fragment, what in _OTHER_PIPELINES:
-        if fragment in cls:
-            raise UnsupportedModel(folder.name, what)
-    raise UnsupportedModel(folder.name, f"a {cls or 'model of unknown kind'} model")
+            family = FAMILIES["sd2v" if scheduler.get("prediction_type") == "v_prediction" else "sd2"]
+        else:
+            family = FAMILIES["sd1"]
+    else:
+        for fragment, what in _OTHER_PIPELINES:
+            if fragment in cls:
+                raise UnsupportedModel(folder.name, what)
+        raise UnsupportedModel(folder.name, f"a {cls or 'model of unknown kind'} model")
+    # The pipeline class a folder names does not decide: the UNet's input does (runwayml's inpainting
+    # folder says StableDiffusionInpaintPipeline, a merge saved by a script may say StableDiffusionPipeline).
+    channels = _read_json(folder / "unet" / "config.json").get("in_channels", 4)
+    return _with_unet_input(folder.name, family, channels if isinstance(channels, int) else 4)
+
+
+def _with_unet_input(name: str, family: Family, channels: int) -> Family:
+    """`family`, its inpainting variant for a 9-channel UNet, or a refusal naming what takes other inputs."""
+    if channels == INPAINT_CHANNELS:
+        return inpainting_variant(family)
+    if channels != 4:
+        raise UnsupportedModel(name, _CONV_IN_CHANNELS.get(channels, f"a model whose UNet takes {channels} input channels"))
+    return family
 
 
 # --- single files --------------------------------------------------------------------------------
@@ -194,8 +227,8 @@ _NOT_BASE_MODELS = (
 _MARKER_KEYS = {"edm_mean": "Playground v2.5 (an EDM model)",
                 "v_pred": "an SDXL v-prediction model (NoobAI-XL v-pred style)"}
 _EMBEDDING_KEYS = {"emb_params", "string_to_param", "string_to_token", "name", "step", "clip_l", "clip_g"}
-_CONV_IN_CHANNELS = {9: "an inpainting model (its UNet takes 9 input channels)", 8: "an InstructPix2Pix model",
-                     7: "the Stable Diffusion x4 upscaler", 5: "a depth-to-image model"}
+# UNet input channels other than 4 (text-to-image) and 9 (inpainting, see INPAINT_CHANNELS).
+_CONV_IN_CHANNELS = {8: "an InstructPix2Pix model", 7: "the Stable Diffusion x4 upscaler", 5: "a depth-to-image model"}
 
 
 def _detect_single_file(path: Path) -> Family:
@@ -218,16 +251,20 @@ def classify_keys(path: Path, found: FileKeys) -> Family:
     for fragments, what, advice in _NOT_BASE_MODELS:
         if found.has(*fragments):
             raise UnsupportedModel(path.name, what, advice)
-    channels = (found.shapes.get(UNET_CONV_IN) or (0, 4))[1:2]
-    if channels and channels[0] in _CONV_IN_CHANNELS:
+    channels = (found.shapes.get(UNET_CONV_IN) or (0, 4))[1:2] or (4,)
+    if channels[0] in _CONV_IN_CHANNELS:
         raise UnsupportedModel(path.name, _CONV_IN_CHANNELS[channels[0]])
+    return _with_unet_input(path.name, _family_from_keys(path, found, inpainting=channels[0] == INPAINT_CHANNELS), channels[0])
+
+
+def _family_from_keys(path: Path, found: FileKeys, *, inpainting: bool) -> Family:
     has_unet = found.starts("model.diffusion_model.")
     if found.starts("conditioner.embedders.1.model."):
         return FAMILIES["sdxl"]
     if found.starts("conditioner.embedders.0.model."):
         raise UnsupportedModel(path.name, "an SDXL refiner (it only refines SDXL images)", "Use an SDXL base model.")
     if found.starts("cond_stage_model.model."):
-        return _sd2_from_yaml(path)
+        return _sd2_from_yaml(path, inpainting=inpainting)
     if found.starts("cond_stage_model.transformer."):
         return FAMILIES["sd1"]
     if has_unet:
@@ -242,9 +279,11 @@ def classify_keys(path: Path, found: FileKeys) -> Family:
 _V_PARAMETERIZATION = re.compile(r"^\s*parameterization:\s*[\"']?v[\"']?\s*(#.*)?$", re.MULTILINE)
 
 
-def _sd2_from_yaml(path: Path) -> Family:
+def _sd2_from_yaml(path: Path, *, inpainting: bool = False) -> Family:
     """SD 2.x files look alike for 512-epsilon and 768-v. AUTOMATIC1111's convention tells them apart:
-    a same-name `.yaml` beside the file, which says `parameterization: "v"` for the v models."""
+    a same-name `.yaml` beside the file, which says `parameterization: "v"` for the v models. Without
+    one: the 768-v model (SD 2.1 768), or for an inpainting file the 512 epsilon one (SD 2's only
+    inpainting model, which A1111's v2-inpainting config describes)."""
     yaml = path.with_suffix(".yaml")
     if yaml.is_file():
         try:
@@ -252,6 +291,8 @@ def _sd2_from_yaml(path: Path) -> Family:
         except OSError:
             text = ""
         return FAMILIES["sd2v" if _V_PARAMETERIZATION.search(text) else "sd2"]
+    if inpainting:
+        return FAMILIES["sd2"]
     log.info("%s: Stable Diffusion 2.x without a %s beside it; assuming the 768-v model (SD 2.1 768). Put a "
              "yaml without `parameterization: \"v\"` there for a 512 epsilon model.", path.name, yaml.name)
     return FAMILIES["sd2v"]

@@ -59,6 +59,9 @@ class ModelInfo:
     family_label: str = "Stable Diffusion 1.x"
     # (width, height) choices for the form, native size first, scaled to this model's native size.
     aspect_presets: tuple[tuple[int, int], ...] = field(default_factory=tuple)
+    # An inpainting checkpoint (9-channel UNet; families.Family.inpainting): the catalog says
+    # "inpainting model" (in family_label); it draws every mode, and is not trained on.
+    inpainting: bool = False
     # Why the model cannot be used (unsupported family, damaged file), for pages to show; the worker
     # raises the same message when it tries to load it. None when all is well.
     problem: str | None = None
@@ -147,6 +150,7 @@ def describe_model(source: str) -> ModelInfo:
         caption_backgrounds=tuple((str(name), tuple(int(v) for v in rgb)) for name, rgb in extra.get("caption_backgrounds", {}).items()),
         family=family.key,
         family_label=family.label,
+        inpainting=family.inpainting,
         aspect_presets=_scaled_presets(family, native),
         problem=problem,
     )

@@ -50,7 +50,7 @@ def _load(source: str, plan: MemoryPlan, single_file_config: str | None, family:
     dtype = torch.float16 if plan.half_precision else torch.float32
     kind = model_kind(source)
     common: dict = {"dtype": dtype}
-    if family.pipeline_class == "StableDiffusionPipeline":  # SDXL's pipeline has no safety checker
+    if family.takes_safety_checker:  # SDXL's pipelines have none
         common |= {"safety_checker": None, "requires_safety_checker": False}
     pipeline_class = getattr(diffusers, family.pipeline_class)
     if kind == "folder":

@@ -31,10 +31,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .families import INPAINT_CHANNELS  # noqa: F401 (re-exported)
+
 if TYPE_CHECKING:
     from .pipeline import RenderSettings
 
-INPAINT_CHANNELS = 9  # UNet input channels of an inpainting checkpoint: latents 4 + mask 1 + masked image 4
 StepHook = Callable[[int, int, Any], None]  # (step so far in the job, total steps of the job, latents)
 
 

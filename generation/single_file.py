@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .errors import GenerationError
-from .families import FAMILIES, Family, detect_family
+from .families import FAMILIES, INPAINT_CHANNELS, Family, detect_family
 
 log = logging.getLogger("generation.single_file")
 
@@ -135,8 +135,13 @@ def load_single_file_pipeline(source: str, config: str | None, *, family: Family
             f"with its configs (model_index.json, unet/, vae/, ...; nothing is downloaded). {config} is not one."
         )
     pipeline_class = getattr(diffusers, family.pipeline_class)
-    if family.pipeline_class != "StableDiffusionPipeline":  # only SD 1.x/2.x take a safety checker
+    if not family.takes_safety_checker:
         kwargs = {k: v for k, v in kwargs.items() if k not in ("safety_checker", "requires_safety_checker")}
+    if family.inpainting:
+        # The family's configs describe its text-to-image UNet (4 input channels); an inpainting file's
+        # UNet is the same but for a 9-channel first convolution. diffusers sets the UNet's in_channels
+        # from this (and passes it to no other component), so no inpainting configs need shipping.
+        kwargs["num_in_channels"] = INPAINT_CHANNELS
     inert = inert_globals_for(path) if path.suffix.lower() == ".ckpt" else []
     try:
         with torch.serialization.safe_globals(inert):

@@ -66,12 +66,34 @@ def test_other_pipelines_are_named_with_what_is_supported(tmp_path, class_name, 
     assert named in message and "Supported: Stable Diffusion 1.x, Stable Diffusion 2.x (512 and 768-v) and SDXL" in message
 
 
-def test_an_inpainting_folder_is_named(tiny_model, tmp_path):
+@pytest.mark.parametrize(("family", "class_name"), [("sd1", None), ("sd1", "StableDiffusionInpaintPipeline"),
+                                                    ("sd2", "StableDiffusionInpaintPipeline"),
+                                                    ("sdxl", "StableDiffusionXLInpaintPipeline")])
+def test_an_inpainting_folder_is_its_family_marked_inpainting(tiny_model, tmp_path, family, class_name):
+    """A 9-channel UNet decides, whichever pipeline class the folder names (runwayml's says
+    StableDiffusionInpaintPipeline; a merge saved by a script may say StableDiffusionPipeline)."""
     folder = tmp_path / "inpaint"
-    shutil.copytree(tiny_model("sd1"), folder)
+    shutil.copytree(tiny_model(family), folder)
     config = json.loads((folder / "unet" / "config.json").read_text())
     (folder / "unet" / "config.json").write_text(json.dumps(config | {"in_channels": 9}))
-    with pytest.raises(UnsupportedModel, match="inpainting model"):
+    if class_name:
+        index = json.loads((folder / "model_index.json").read_text())
+        (folder / "model_index.json").write_text(json.dumps(index | {"_class_name": class_name}))
+    found = detect_family(str(folder))
+    assert (found.key, found.inpainting) == (family, True)
+    assert found.pipeline_class == (class_name or "StableDiffusionInpaintPipeline")
+    assert found.label == f"{FAMILIES[family].label}, inpainting model"
+    info = describe_model(str(folder))
+    assert (info.family, info.inpainting, info.problem, info.width) == (family, True, None, 64)
+    assert found.config_dir == FAMILIES[family].config_dir and not FAMILIES[family].inpainting
+
+
+def test_a_folder_whose_unet_takes_other_inputs_is_named(tiny_model, tmp_path):
+    folder = tmp_path / "pix2pix"
+    shutil.copytree(tiny_model("sd1"), folder)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps(config | {"in_channels": 8}))
+    with pytest.raises(UnsupportedModel, match="pix2pix is an InstructPix2Pix model"):
         detect_family(str(folder))
 
 
@@ -139,11 +161,27 @@ def test_unsupported_single_files_are_named(tmp_path, keys, named):
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".ckpt"])
-def test_an_inpainting_checkpoint_is_named_by_its_unets_input_channels(tmp_path, suffix):
-    state = {UNET_CONV_IN: torch.zeros(8, 9, 3, 3), "cond_stage_model.transformer.text_model.final_layer_norm.weight": torch.zeros(4)}
-    path = tmp_path / f"sd15-inpainting{suffix}"
+@pytest.mark.parametrize(("encoder_key", "family"), [
+    ("cond_stage_model.transformer.text_model.final_layer_norm.weight", "sd1"),
+    ("cond_stage_model.model.ln_final.weight", "sd2"),  # SD 2's inpainting model is 512 epsilon: no yaml needed
+    ("conditioner.embedders.1.model.ln_final.weight", "sdxl"),
+])
+def test_an_inpainting_checkpoint_is_detected_by_its_unets_input_channels(tmp_path, suffix, encoder_key, family):
+    state = {UNET_CONV_IN: torch.zeros(8, 9, 3, 3), encoder_key: torch.zeros(4)}
+    path = tmp_path / f"inpainting{suffix}"
     save_file(state, str(path)) if suffix == ".safetensors" else torch.save({"state_dict": state}, path)
-    with pytest.raises(UnsupportedModel, match=r"an inpainting model \(its UNet takes 9 input channels\)"):
+    found = detect_family(str(path))
+    assert (found.key, found.inpainting) == (family, True) and found.pipeline_class.endswith("InpaintPipeline")
+    assert describe_model(str(path)).family_label == f"{FAMILIES[family].label}, inpainting model"
+
+
+@pytest.mark.parametrize(("channels", "named"), [(8, "an InstructPix2Pix model"), (5, "a depth-to-image model"),
+                                                 (7, "the Stable Diffusion x4 upscaler")])
+def test_a_checkpoint_whose_unet_takes_other_inputs_is_named(tmp_path, channels, named):
+    state = {UNET_CONV_IN: torch.zeros(8, channels, 3, 3), "cond_stage_model.model.ln_final.weight": torch.zeros(4)}
+    path = tmp_path / "other.safetensors"
+    save_file(state, str(path))
+    with pytest.raises(UnsupportedModel, match=named):
         detect_family(str(path))
 
 
