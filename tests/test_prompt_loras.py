@@ -220,3 +220,49 @@ def test_png_lora_hashes_name_each_lora_as_the_prompt_does(tmp_path):
                 Adapter(kind="lora", path="unused", key="lora-2", name="ink", sha256="ab" * 32),
                 Adapter(kind="full", path=str(tmp_path), key="run-3", name="rex")]
     assert lora_hashes(adapters) == {"sks": hashlib.sha256(b"lora bytes").hexdigest()[:10], "ink": "ab" * 5}
+
+
+def _diffusers_lora(folder: Path, *, seed: int) -> Path:
+    """A LoRA in diffusers' own (peft) layout, as a diffusers training script saves it: a peft adapter on
+    the demo model's UNet (random weights: mechanics only) written by `save_lora_weights`, so its keys
+    are `unet.….lora_A.weight` / `.lora_B.weight`."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(Path(django_settings.IMAGESITE_MODEL) / "unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(unet), weight_name="watercolour.safetensors")
+    return folder / "watercolour.safetensors"
+
+
+def test_a_lora_saved_by_diffusers_is_uploaded_and_drawn_with(owner, owner_client, tmp_path, settings):
+    """The diffusers/peft layout (not kohya's) on the demo model, random weights (mechanics only): the
+    upload is read as that layout, its tag changes the image, and the next job is the base again."""
+    from safetensors import safe_open
+
+    settings.IMAGESITE_PREVIEW_S = 0
+    settings.IMAGESITE_CPU_THREADS = 1
+    path = _diffusers_lora(tmp_path, seed=4)
+    with safe_open(str(path), "pt") as handle:
+        keys = list(handle.keys())
+    assert all(k.startswith("unet.") and k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys), keys[:3]
+    response = owner_client.post("/api/v1/loras/", {"file": _file(path)})
+    assert response.status_code == 201, response.content
+    # The demo model's text width (not 768/1024/2048) names no family: such a file fits any base.
+    assert (response.json()["name"], response.json()["layout"], response.json()["family"]) == ("watercolour", "peft", "")
+    to_k = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+    for width, family in ((768, "sd1"), (1024, "sd2")):  # a real model's cross-attention width tells its family
+        real = _tensors_file(tmp_path, {f"{to_k}.lora_A.weight": torch.zeros(4, width), f"{to_k}.lora_B.weight": torch.zeros(320, 4)}, f"real{width}.safetensors")
+        assert upload_lora(owner=owner, file=_file(real)).family == family
+
+    prompt = "a red circle on a blue background"
+    base, _ = _render(owner, prompt)
+    painted, parameters = _render(owner, f"{prompt} <lora:watercolour:1>")
+    assert np.abs(painted - base).mean() > 1.0 and "Lora hashes: \"watercolour: " in parameters
+    assert np.array_equal(_render(owner, prompt)[0], base)
