@@ -161,6 +161,8 @@ class SubjectViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMo
         try:
             run = services.start_training(subject=subject, **serializer.validated_data)
         except ValidationError as exc:
+            if hasattr(exc, "error_dict"):  # keyed by option or field: api.errors answers it so (400, or 409)
+                raise
             raise _invalid(exc)
         data = ts.TrainingRunSerializer(run, context=self.get_serializer_context()).data
         return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["url"]})

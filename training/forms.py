@@ -14,6 +14,9 @@ from .photos import content_sha256
 
 
 class SubjectForm(forms.ModelForm):
+    """The fields as sent (required, lengths): training.services.create_subject judges them (the
+    class noun and token rules, names and tokens taken) and the view shows its refusals on the fields."""
+
     class Meta:
         model = Subject
         fields = ("name", "class_noun", "token")
@@ -21,22 +24,7 @@ class SubjectForm(forms.ModelForm):
 
     def __init__(self, *args, owner, **kwargs):
         super().__init__(*args, **kwargs)
-        self.owner = owner
-        self.taken = set(Subject.objects.for_user(owner).values_list("token", flat=True))
-        self.fields["token"].initial = rules.suggest_token(self.taken)
-
-    def clean_name(self) -> str:
-        name = self.cleaned_data["name"].strip()
-        if Subject.objects.for_user(self.owner).filter(name__iexact=name).exists():
-            raise forms.ValidationError("You already have a subject with this name.")
-        return name
-
-    def clean_token(self) -> str:
-        return rules.validate_token(self.cleaned_data["token"], taken=self.taken)
-
-    def clean_class_noun(self) -> str:
-        return rules.validate_class_noun(self.cleaned_data["class_noun"])
-
+        self.fields["token"].initial = rules.suggest_token(set(Subject.objects.for_user(owner).values_list("token", flat=True)))
 
 
 class MultipleFileInput(forms.ClearableFileInput):
@@ -131,7 +119,7 @@ class TrainingForm(forms.Form):
 
     The page shows the model's defaults (torch-free: `method_defaults` reads its config files);
     what the machine decides (fp16, gradient checkpointing, 8-bit Adam) shows as "auto". The
-    choices are judged and stored by `rules.clean_training_options`, as the API's are.
+    service judges the choices (`rules.clean_training_options`), as it does the API's.
     """
 
     base_model = BaseModelField(queryset=BaseModel.objects.none(), required=False, empty_label=None, label="Base model",
@@ -187,18 +175,14 @@ class TrainingForm(forms.Form):
 
     def clean(self):
         data = super().clean()
-        if "method" in data:
-            # A value left as the page showed it is the model's default, not a choice: it is not stored,
-            # so the page and the API (which sends only what it sets) store the same options.
-            given = {name: value for name, value in data.items()
-                     if name not in ("method", "base_model") and value not in (None, "", AUTO) and value != self.fields[name].initial}
-            try:
-                self.chosen = rules.clean_training_options(data["method"], given, base_source=self.base_source)
-            except forms.ValidationError as exc:
-                self.add_error(None, exc)
+        # A value left as the page showed it is the model's default, not a choice: it is not passed on,
+        # so the page and the API (which sends only what it sets) store the same options.
+        self.chosen = {name: value for name, value in data.items()
+                       if name not in ("method", "base_model") and value not in (None, "", AUTO) and value != self.fields[name].initial}
         return data
 
     def options(self) -> dict:
-        """What the run stores: the values set on the page, without the blank and "auto" ones
-        (the worker decides those for the chosen method and its GPU)."""
+        """What the user chose on the page, without the blank and "auto" values and those left as
+        shown: training.services.start_training judges them (rules.clean_training_options) and the
+        view shows its refusals on the fields; the worker decides the rest for the method and its GPU."""
         return self.chosen

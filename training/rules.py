@@ -1,4 +1,6 @@
-"""Validation rules for subjects and training options, shared by forms and API serializers."""
+"""Validation rules for subjects and training options. training.services calls them for every edge
+(the pages' forms and the API's serializers pass on what was sent); the serializers read the ranges
+and patterns here for the schema and their field types."""
 from __future__ import annotations
 
 import json
@@ -53,13 +55,14 @@ def is_ordinary_word(word: str) -> bool:
 
 
 def validate_token(value: str, *, taken: set[str] = frozenset()) -> str:
+    """The token itself: a rare word of the right shape. `taken` (the owner's tokens) only keeps the
+    suggestion in the refusal free; whether the token is taken is training.services.create_subject's
+    check (stored state: a conflict)."""
     value = value.strip().lower()
     if not TOKEN_RE.match(value):
         raise ValidationError("Use 2-16 lowercase letters or digits, starting with a letter (e.g. sks).")
     if is_ordinary_word(value):
         raise ValidationError(f"“{value}” is an ordinary word the model already knows; pick a rare token such as {suggest_token(taken)}.")
-    if value in taken:
-        raise ValidationError(f"You already use “{value}” for another subject.")
     return value
 
 
@@ -125,8 +128,8 @@ TRAINING_OPTION_RULES: dict[str, tuple[type, tuple]] = {
 def clean_training_options(method: str, chosen: dict, *, base_source: str | None = None) -> dict:
     """Judge a user's choices for a training run; return the options to store in `TrainingRun.options`.
 
-    Every edge that starts a run calls this (the training form, the API's start serializer) with the
-    method and ONLY the options the user gave: never fill in defaults first. An option left out, or
+    `training.services.start_training` calls this for every edge (the training form, the API's start
+    serializer), with the method and ONLY the options the user gave: never fill in defaults first. An option left out, or
     given as None, stays out of the result, and the worker decides it for the chosen method and its
     own GPU (`training.dreambooth.devices.default_options_for`): e.g. a full fine-tune's lower
     learning rate, or fp16 only where there is a GPU. Values come with their Python types (int,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 
-from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
@@ -95,14 +94,13 @@ class TrainingStartSerializer(StrictSerializer):
         return check_webhook_url(value) if value else value
 
     def validate(self, attrs: dict) -> dict:
-        """Only what the client sent is judged and stored (training.rules, as for the page); the
-        worker decides the rest for the chosen method and its GPU."""
+        """The arguments of training.services.start_training: only the options the client sent,
+        which the service judges (training.rules, as for the page); the worker decides the rest for
+        the chosen method and its GPU."""
         webhook_url = attrs.pop("webhook_url", "")
         method = attrs.pop("method", TrainingMethod.LORA)
         base_model = attrs.pop("base_model", None)
-        source = base_model.path if base_model is not None else None
-        options = training_rules.clean_training_options(method, attrs, base_source=source)
-        return {"method": method, "options": options, "webhook_url": webhook_url, "base_model": base_model}
+        return {"method": method, "options": attrs, "webhook_url": webhook_url, "base_model": base_model}
 
 
 # --- subjects and photos -------------------------------------------------------------------------
@@ -211,16 +209,7 @@ class SubjectCreateSerializer(StrictSerializer):
                                help_text="A rare word for the subject in prompts, not an ordinary word the model knows; omit for a suggestion (e.g. sks).")
 
     def validate(self, attrs: dict) -> dict:
-        """Each field's own rule (training.rules, as the page's form uses); unique names and tokens,
-        and the suggested token when none is sent, are the service's, under the owner's lock
-        (training.services.create_subject), so simultaneous creates all get one."""
-        cleaned, errors = {"name": attrs["name"].strip(), "token": ""}, {}
-        for name, rule in (("class_noun", training_rules.validate_class_noun), ("token", training_rules.validate_token)):
-            if attrs.get(name):
-                try:
-                    cleaned[name] = rule(attrs[name])
-                except DjangoValidationError as exc:
-                    errors[name] = exc.messages
-        if errors:
-            raise serializers.ValidationError(errors)
-        return cleaned
+        """The arguments of training.services.create_subject, as sent: the service judges the class
+        noun and the token (training.rules, as for the page), unique names and tokens, and suggests a
+        token when none is sent, under the owner's lock, so simultaneous creates all get one."""
+        return {"name": attrs["name"], "class_noun": attrs["class_noun"], "token": attrs.get("token", "")}

@@ -28,22 +28,36 @@ class PhotoUploadOutcome:
 
 
 def create_subject(*, owner, name: str, class_noun: str, token: str = "") -> Subject:
-    """Make the owner's subject; a blank token gets a suggested one. Names and tokens are unique per
-    owner: checked under the owner's lock, in the transaction of the insert, so simultaneous creates
-    get a readable refusal (ValidationError keyed by field), never an IntegrityError."""
+    """Make the owner's subject; a blank token gets a suggested one. Every rule is judged here, in
+    the transaction of the insert, whoever calls (the page's form and the API's serializer only pass
+    on what was sent): the class noun's and the token's own rules (training.rules; a 400), and unique
+    names and tokens per owner, under the owner's lock (a 409 conflict), so simultaneous creates get a
+    readable refusal, never an IntegrityError. Refusals come together, as a ValidationError keyed by
+    field ("name", "class_noun", "token")."""
+    name = name.strip()
     with transaction.atomic():
         quotas.lock_user(owner)
         mine = Subject.objects.for_user(owner)
         taken = set(mine.values_list("token", flat=True))
-        token = rules.validate_token(token) if token else rules.suggest_token(taken)  # the word itself: 400
-        errors: dict[str, list[ValidationError]] = {}  # what is taken already: 409
-        if token in taken:
-            errors["token"] = [conflict(f"You already use “{token}” for another subject.")]
-        if mine.filter(name__iexact=name.strip()).exists():
+        errors: dict[str, list[ValidationError]] = {}
+        if not name:
+            errors["name"] = [ValidationError("Give the subject a name.")]
+        elif mine.filter(name__iexact=name).exists():
             errors["name"] = [conflict("You already have a subject with this name.")]
+        try:
+            class_noun = rules.validate_class_noun(class_noun)
+        except ValidationError as exc:
+            errors["class_noun"] = exc.error_list
+        try:
+            token = rules.validate_token(token, taken=taken) if token else rules.suggest_token(taken)
+        except ValidationError as exc:
+            errors["token"] = exc.error_list
+        else:
+            if token in taken:
+                errors["token"] = [conflict(f"You already use “{token}” for another subject.")]
         if errors:
             raise ValidationError(errors)
-        return Subject.objects.create(owner=owner, name=name.strip(), token=token, class_noun=class_noun)
+        return Subject.objects.create(owner=owner, name=name, token=token, class_noun=class_noun)
 
 
 def _ensure_photos_editable(subject: Subject) -> None:
@@ -150,10 +164,15 @@ def set_captions(*, subject: Subject, captions: dict[int, str]) -> list[SubjectP
 
 def start_training(*, subject: Subject, method: str = TrainingMethod.LORA, options: dict | None = None, webhook_url: str = "",
                    base_model=None) -> TrainingRun:
-    """Queue a DreamBooth run on the training cluster, after checking the subject can train.
+    """Queue a DreamBooth run on the training cluster, after checking the options (only those the
+    user chose: rules.clean_training_options; the worker decides the rest) and that the subject can train.
     `base_model` is an offered BaseModel (None: the operator's default); the run records it and its
     family, and generations then offer the subject only with bases of that family."""
     base_model = _training_base(base_model)
+    # The user's choices, judged here for every caller (the form and the serializer pass on only what
+    # was sent): a ValidationError keyed by option. Before the transaction: it reads the base's config
+    # files, not stored rows, so it needs no lock.
+    options = rules.clean_training_options(method, dict(options or {}), base_source=str(base_model.path))
     with transaction.atomic():
         # The owner's lock also keeps a concurrent second start for the same subject out.
         quotas.admit(subject.owner, "max_queued_jobs", "trainings_per_day", "gpu_seconds_per_day")
@@ -166,7 +185,7 @@ def start_training(*, subject: Subject, method: str = TrainingMethod.LORA, optio
         if count < MIN_PHOTOS:
             raise conflict(f"Upload at least {MIN_PHOTOS} photos first (there {'is' if count == 1 else 'are'} {count}).")
         run = TrainingRun.objects.create(
-            subject=subject, method=method, options=dict(options or {}), webhook_url=webhook_url,
+            subject=subject, method=method, options=options, webhook_url=webhook_url,
             base_model=base_model, base_model_name=base_model.name, base_family=base_model.family,
         )
         run.enqueue()
