@@ -1,7 +1,7 @@
 """Full-size SD 1.5 and SDXL with random weights, pushed through imagesite's own code on the CPU.
 
     .venv/bin/python bench/realscale.py [--families sd15,sdxl] [--threads 2] [--skip-train]
-                                        [--sdxl-train-size 1024] [--rows build,load,render,train,lora]
+                                        [--sdxl-train-size 512] [--rows build,load,render,train,lora]
 
 No download: each model is built once from the configs the project ships (generation/sd15_config,
 generation/sdxl_config) with seeded random weights and saved in fp16 under build/realscale/ as a
@@ -19,7 +19,11 @@ costs that row only. Rows per family:
 - convert the single file through `generation.model_cache.diffusers_folder` (what training uses): seconds
           for the first call (converts) and the second (reuses)
 - train   two LoRA training steps through `training.dreambooth.train_dreambooth` (the run's own defaults
-          for the family on this machine, no prior preservation, no validation): s/step and peak RSS
+          for the family on this machine, gradient checkpointing on as on a GPU, no prior preservation, no
+          validation): s/step and peak RSS. SDXL trains at 512 px by default (`--sdxl-train-size`): at its
+          native 1024 px in float32 on the CPU the row was killed for lack of memory on a 24 GB box after
+          8 minutes. 512 px is what docs/measurements/realscale-cpu.json holds (17.4 GiB peak); pass 1024 on
+          a machine with more memory (a GPU trains SDXL at 1024 in fp16: bench/gpu_check.sh).
 - lora    the LoRA file the training row wrote: its keys by prefix (kohya layout: lora_unet_, lora_te*,
           bundle_emb), and that diffusers' `load_lora_weights` reads it back
 
@@ -28,8 +32,9 @@ diffusers' own `train_dreambooth_lora.py` on the same SD 1.5 folder measured 83-
 dataset folder, so it is not rerun here.
 
 It prints one table at the end: every row measured so far (build/realscale/results.json keeps them, so
-rows may be run a few at a time with --rows/--families). On 2 quiet cores the whole run
-takes about 45-60 minutes; SDXL at 1024 px dominates.
+rows may be run a few at a time with --rows/--families). It finishes in under an hour: the rows in
+docs/measurements/realscale-cpu.json add up to about 45 minutes (2,680 s) on this 2-core box while it was
+busy with other work. The SDXL render at 1024 px dominates (about 19 of those minutes, with --repeat 2).
 """
 from __future__ import annotations
 
@@ -243,7 +248,8 @@ def main() -> None:
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1, help="render pairs (the fastest of each side counts)")
-    parser.add_argument("--sdxl-train-size", type=int, default=1024)
+    parser.add_argument("--sdxl-train-size", type=int, default=512,
+                        help="SDXL training row's size (default 512: 1024 in float32 outgrows a 24 GB box)")
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--row", help=argparse.SUPPRESS)
     parser.add_argument("--family", help=argparse.SUPPRESS)

@@ -128,7 +128,8 @@ def _train(
     report: ProgressCallback, cancel: Callable[[], bool], class_images_dir: Path | None, low_memory: bool,
 ) -> TrainingResult:
     """The body of `train_dreambooth` (same contract), run with the thread setting in place.
-    `low_memory`: the out-of-memory retry (class images one at a time, attention slicing)."""
+    `low_memory`: the out-of-memory retry (class images one at a time, with model CPU offload and VAE
+    tiling: `sampling._class_image_plan`; no attention slicing, which SDPA makes needless)."""
     from diffusers import DDPMScheduler
 
     started = time.perf_counter()
