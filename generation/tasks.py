@@ -9,7 +9,7 @@ from django.core.files.storage import default_storage
 
 from imagesite.jobs import JobCanceled, ProgressReporter
 from imagesite.queue import claim_batch
-from imagesite.runner import run_claimed, run_claimed_batch
+from imagesite.runner import off_the_gpu_clock, run_claimed, run_claimed_batch
 
 from .errors import GenerationError
 from .input_files import load_job_inputs
@@ -88,16 +88,21 @@ LOADING, RENDERING = "loading", "rendering"
 @contextlib.contextmanager
 def _rendering(jobs: list[Generation], source: str) -> Iterator:
     """The jobs' turn on the GPU (gpu_turn) with the worker's warm pipeline for `source`; a (re)load
-    takes seconds to minutes, so the jobs' pages say "Loading model…" meanwhile. Previews are
+    takes seconds to minutes, so the jobs' pages say "Loading model…" meanwhile. Neither the wait for
+    the GPU nor the load is the jobs' GPU time (imagesite.runner.off_the_gpu_clock). Previews are
     temporary: gone however the render ends."""
     from . import pipeline
 
-    with gpu_turn(jobs):
-        if not pipeline.is_warm(source):
-            for job in jobs:
-                job.report_progress(0, job.steps, pace_starts=False, phase=LOADING)
+    with contextlib.ExitStack() as turn:
+        with off_the_gpu_clock():
+            turn.enter_context(gpu_turn(jobs))
+            if not pipeline.is_warm(source):
+                for job in jobs:
+                    job.report_progress(0, job.steps, pace_starts=False, phase=LOADING)
+            renderer = pipeline.get_renderer(source, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG,
+                                             settings.IMAGESITE_CPU_THREADS)
         try:
-            yield pipeline.get_renderer(source, settings.IMAGESITE_VRAM, settings.IMAGESITE_MODEL_CONFIG, settings.IMAGESITE_CPU_THREADS)
+            yield renderer
         finally:
             for job in jobs:
                 GenerationPreview.discard(job.pk)

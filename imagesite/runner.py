@@ -8,6 +8,7 @@ import contextlib
 import logging
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Callable, Iterator
 
 from django.db import models
@@ -110,14 +111,46 @@ def end_job(job: Job, exc: BaseException, *, label: str, readable: tuple[type[Ba
     return outcome
 
 
+class _GpuClock:
+    """The running jobs' GPU time: seconds since `started`, less those spent off the clock."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.off_s = 0.0
+        self.pausing = False
+
+
+_clock: ContextVar[_GpuClock | None] = ContextVar("gpu_clock", default=None)
+
+
 @contextmanager
 def counting_gpu_seconds(jobs: list[Job]) -> Iterator[None]:
     """Add the seconds the block ran to each job's gpu_seconds, shared equally by a batch's jobs,
-    however the block ends (a failed or canceled job used the device too)."""
-    started = time.monotonic()
+    however the block ends (a failed or canceled job used the device too). Time spent inside
+    `off_the_gpu_clock()` (the wait for the GPU lease, a model load) is left out."""
+    clock = _GpuClock()
+    token = _clock.set(clock)
     try:
         yield
     finally:
-        share = (time.monotonic() - started) / max(1, len(jobs))
+        _clock.reset(token)
+        share = max(0.0, time.monotonic() - clock.started - clock.off_s) / max(1, len(jobs))
         for job in jobs:
             type(job).objects.filter(pk=job.pk).update(gpu_seconds=models.F("gpu_seconds") + share)
+
+
+@contextmanager
+def off_the_gpu_clock() -> Iterator[None]:
+    """A stretch of a job's work that is not its GPU time: waiting for the GPU lease (another cluster
+    has the device), loading the model. Nested stretches count once; outside counting_gpu_seconds
+    this does nothing."""
+    clock = _clock.get()
+    if clock is None or clock.pausing:
+        yield
+        return
+    clock.pausing, started = True, time.monotonic()
+    try:
+        yield
+    finally:
+        clock.off_s += time.monotonic() - started
+        clock.pausing = False

@@ -2,14 +2,21 @@
 device, tested on the CPU with the lease switched on ("on": no GPU here, the lease is what is tested).
 
 flock locks belong to each open file, so two leases in one process contend as two processes would;
-one test uses a real child process to show a killed holder frees the device."""
+one test uses a real child process to show a killed holder frees the device. The last tests check the
+GPU-seconds a job is charged start when it holds the lease, not while it waits for it."""
 from __future__ import annotations
 
 import multiprocessing
 import threading
 import time
 
+import pytest
+
 from generation.gpu_lease import DeviceLease, WarmTurns, lease_enabled
+from imagesite.jobs import JobStatus
+
+from .factories import make_generation
+from .torch_support import offline_hub, one_torch_thread  # noqa: F401 (autouse)
 
 
 def _wait(predicate, timeout: float = 10.0) -> None:
@@ -121,3 +128,74 @@ def test_a_killed_holder_frees_the_device(tmp_path):
     finally:
         if holder.is_alive():
             holder.kill()
+
+
+# --- GPU-seconds count from the moment the job holds the GPU ---------------------------------------
+WAIT_S = 2.0
+
+
+def _hold_until_waited_on(lease: DeviceLease, row, seconds: float) -> threading.Thread:
+    """Hold `lease` (another cluster's) until `row` says it waits for the GPU, then `seconds` more."""
+    from generation.gpu_lease import WAITING_FOR_GPU
+
+    lease.acquire()
+
+    def hold() -> None:
+        try:
+            _wait(lambda: type(row).objects.filter(pk=row.pk, phase=WAITING_FOR_GPU).exists(), 60)
+            time.sleep(seconds)
+        finally:
+            lease.release()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    return thread
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_generation_is_not_charged_for_its_wait_for_the_gpu(owner, settings, monkeypatch, tmp_path):
+    """Through the real task in this process, the shipped demo model on the CPU, the lease switched on
+    (no GPU here: the lease and the clock are what is tested): a training run holds the device, the
+    job waits WAIT_S, then renders; its GPU-seconds are the render's, well below the wait."""
+    from generation import tasks
+    from generation.models import Generation
+
+    settings.IMAGESITE_GPU_LOCK_DIR, settings.IMAGESITE_PREVIEW_S, settings.IMAGESITE_CPU_THREADS = str(tmp_path), 0, 1
+    monkeypatch.setenv("IMAGESITE_GPU_LEASE", "on")
+    monkeypatch.setattr(tasks, "_turns", None)  # this test's own warm turns, closed below
+    job = make_generation(owner)
+    trainer = _hold_until_waited_on(DeviceLease("cpu", "training", tmp_path), job, WAIT_S)
+    started = time.monotonic()
+    try:
+        assert tasks.run_generation(job.pk) == "succeeded"
+    finally:
+        trainer.join(60)
+        if tasks._turns is not None:
+            tasks._turns.close()
+    took = time.monotonic() - started
+    job = Generation.objects.get(pk=job.pk)
+    assert took >= WAIT_S and job.status == JobStatus.SUCCEEDED
+    assert 0 < job.gpu_seconds < WAIT_S / 2, (job.gpu_seconds, took)
+
+
+@pytest.mark.django_db(transaction=True)  # the holder's thread reads the row
+def test_a_training_run_is_not_charged_for_its_wait_for_the_gpu(owner, settings, monkeypatch, tmp_path):
+    """The training side of the lease (training.tasks._device_turn) on the CPU, lease on: a generation
+    worker holds the device WAIT_S after the run says it waits; the run's clock starts when it has it."""
+    from imagesite.runner import counting_gpu_seconds
+    from training.models import Subject, TrainingRun
+    from training.tasks import _device_turn
+
+    settings.IMAGESITE_GPU_LOCK_DIR = str(tmp_path)
+    monkeypatch.setenv("IMAGESITE_GPU_LEASE", "on")
+    subject = Subject.objects.create(owner=owner, name="S", token="sks", class_noun="shape")
+    run = TrainingRun.objects.create(subject=subject, status=JobStatus.RUNNING)
+    generator = _hold_until_waited_on(DeviceLease("cpu", "generation", tmp_path), run, WAIT_S)
+    started = time.monotonic()
+    with counting_gpu_seconds([run]):
+        with _device_turn(run):
+            time.sleep(0.2)  # the run's work on the device
+    generator.join(60)
+    took = time.monotonic() - started
+    run.refresh_from_db()
+    assert took >= WAIT_S and 0.15 <= run.gpu_seconds < WAIT_S / 2, (run.gpu_seconds, took)

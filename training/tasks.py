@@ -21,6 +21,7 @@ from generation.modelinfo import describe_model
 from imagesite.files import delete_tree_on_commit
 from imagesite.jobs import JobStatus, ProgressReporter
 from imagesite.queue import run_next
+from imagesite.runner import off_the_gpu_clock
 
 from .captions import suggest_caption
 from .models import MAX_PHOTO_ATTEMPTS, PhotoStatus, SubjectPhoto, TrainingRun
@@ -135,8 +136,13 @@ def _device_turn(run: TrainingRun) -> Iterator[None]:
         if run.is_canceled():
             raise TrainingCanceled()
 
-    with DeviceLease(device, "training", current_settings().lock_dir).held(on_wait=waiting, should_stop=stop_if_canceled):
+    lease = DeviceLease(device, "training", current_settings().lock_dir)
+    with off_the_gpu_clock():  # the wait is not the run's GPU time
+        lease.acquire(on_wait=waiting, should_stop=stop_if_canceled)
+    try:
         yield
+    finally:
+        lease.release()
 
 
 def _training_image(photo, resolution: int) -> Image.Image:
