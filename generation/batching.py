@@ -7,6 +7,9 @@ so one call can denoise all their images together: each job's prompts are encode
 (seed + i), so every image is its solo render's up to the last bit of the batched matrix products
 (measured: within one level of 255, see tests/test_batching.py). Progress, previews, cancel and
 failure stay per job: a job canceled mid-batch is dropped from the results while the others go on.
+A call holds at most IMAGESITE_MAX_BATCH images, fewer where the worker's memory plan holds fewer at
+the jobs' size (generation.memory.max_batch_images, applied by generation.tasks.images_per_call);
+out of GPU memory anyway, the jobs render one by one.
 
 `batch_key(job)` is torch-free (the claim in imagesite.queue calls it); `render_batch` runs in the
 worker on its warm Renderer.
@@ -17,7 +20,8 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-# One call holds at most this many jobs unless IMAGESITE_MAX_BATCH says otherwise (bench/batching.py).
+# One call holds at most this many images unless IMAGESITE_MAX_BATCH says otherwise (bench/batching.py),
+# and no more than the memory plan holds (generation.memory.max_batch_images).
 DEFAULT_MAX_BATCH = 4
 
 

@@ -135,3 +135,39 @@ def plan_memory(profile: str, *, cuda_available: bool, device: str = "cuda") -> 
 def lower_profile(profile: str) -> str | None:
     order = ("full", "medium", "low")
     return order[order.index(profile) + 1] if profile in order[:-1] else None
+
+
+def max_batch_images(profile: str, family: Family, width: int, height: int, *, free_bytes: int = 0,
+                     need: MemoryNeed | None = None) -> int | None:
+    """How many images one pipeline call may hold under the memory plan `profile`, for jobs of `family`
+    at `width`×`height`; None: the plan sets no bound (the CPU: IMAGESITE_MAX_BATCH alone does).
+    `free_bytes`: the GPU memory the worker may use (free now plus what its own allocator holds);
+    `need`: the model's (memory_need), else its family's figures.
+
+    The rule, with resolve_profile's margins: n images fit when
+    free_bytes ≥ (resident + n × per_image) × (1 + MARGIN_FRACTION) + MARGIN_BYTES, at least 1 (the
+    plan was chosen for one image), where
+    - `full`: resident = all weights; per_image = the family's activations at native size (families.py:
+      vram_fp16 less weights_fp16, SD 1.x 1.36 GB at 512², SDXL 2.56 GB at 1024²) scaled by pixels;
+    - `medium` (model offload): resident = the largest component; per_image = OFFLOAD_ACTIVATIONS_BYTES
+      (one sliced UNet step at native size; VAE slicing decodes image by image) scaled by pixels;
+    - `low` (sequential offload): 1, the card is short of even one component and one image.
+    The figures are estimates that err large: on an H200 (docs/measurements/gpu_check-h200-sd15.json)
+    SD 1.5 at 512² peaked at 2.83 GB allocated under `full` (0.69 GB over its 2.14 GB of weights) and
+    2.10 GB under `medium` (0.38 GB over its 1.72 GB UNet). So SDXL at 1024² gets 1 image a call on a
+    12 GB card (full) or a 10 GB one (medium: 2), 2 on 16 GB, 5 on 24 GB; SD 1.5 at 512² 3 on 8 GB."""
+    if profile not in PROFILES:
+        raise GenerationError(f"Unknown memory profile {profile!r}; use one of {', '.join(PROFILES)}.")
+    if profile == "cpu":
+        return None
+    if profile == "low":
+        return 1
+    need = need or MemoryNeed(family.vram_fp16_bytes, family.largest_fp16_bytes)
+    pixels = width * height / family.native_size**2
+    if profile == "full":
+        per_image = family.vram_fp16_bytes - family.weights_fp16_bytes
+        resident = need.full_bytes - per_image
+    else:
+        per_image, resident = OFFLOAD_ACTIVATIONS_BYTES, need.largest_bytes
+    room = (free_bytes - MARGIN_BYTES) / (1 + MARGIN_FRACTION) - resident
+    return max(1, int(room // (per_image * pixels)))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Callable, Iterator
 
 from django.conf import settings
@@ -17,6 +18,8 @@ from .models import Generation, GenerationPreview
 from .prompt_files import lora_hashes, worker_adapters
 from .services import store_images
 
+log = logging.getLogger("generation.tasks")
+
 
 def run_generation(generation_id: int) -> str:
     """generation_id only wakes this worker: it claims the next job in fair order (imagesite.queue),
@@ -24,12 +27,45 @@ def run_generation(generation_id: int) -> str:
     from .batching import batch_key
 
     batch = settings.IMAGESITE_MAX_BATCH
-    jobs = claim_batch(Generation, batch_key, max_jobs=batch, size=lambda job: job.num_images, max_size=batch)
+    jobs = claim_batch(Generation, batch_key, max_jobs=batch, size=lambda job: job.num_images, max_size=images_per_call)
     if not jobs:
         return "nothing queued"
     if len(jobs) == 1:
         return run_claimed(jobs[0], _render, label="Generation", readable=(GenerationError,))
     return run_claimed_batch(jobs, _render_batch, label="Generation", readable=(GenerationError,))
+
+
+def images_per_call(first: Generation) -> int:
+    """The most images a batch led by `first` may hold: IMAGESITE_MAX_BATCH, or fewer where this
+    worker's memory plan holds fewer at the job's size (generation.memory.max_batch_images). On a GPU
+    the plan is resolved as the renderer resolves it, from the memory this worker may use: free now
+    plus what its own allocator holds (its warm weights). While a training run holds the GPU the
+    plan is `low`: one image. Never raises (the first job is already claimed): 1 when unsure."""
+    limit = settings.IMAGESITE_MAX_BATCH
+    try:
+        fits = _plan_images(first)
+    except Exception:  # noqa: BLE001 - e.g. a base model gone: the job runs alone and fails readably
+        log.warning("generation %s: no memory plan for a batch; it runs alone", first.pk, exc_info=True)
+        return 1
+    return limit if fits is None else min(limit, fits)
+
+
+def _plan_images(first: Generation) -> int | None:
+    from . import pipeline
+    from .families import detect_family
+    from .memory import max_batch_images, memory_need, resolve_profile
+
+    device = pipeline.worker_device()
+    if not device.startswith("cuda"):
+        return None  # host memory: IMAGESITE_MAX_BATCH bounds it
+    import torch
+
+    source = _base_source(first)
+    family = detect_family(source)
+    usable = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device)
+    need = memory_need(source, family)
+    profile = resolve_profile(settings.IMAGESITE_VRAM, cuda_available=True, free_vram_bytes=usable, need=need)
+    return max_batch_images(profile, family, first.width, first.height, free_bytes=usable, need=need)
 
 
 def _render(job: Generation) -> None:

@@ -294,10 +294,11 @@ def retry_job(job: Job, *, check_quota: bool = True) -> bool:
 
 
 def claim_batch(model: type[Job], batch_key: Callable[[Job], object], *, max_jobs: int,
-                size: Callable[[Job], int] = lambda job: 1, max_size: int | None = None) -> list[Job]:
+                size: Callable[[Job], int] = lambda job: 1, max_size: int | Callable[[Job], int] | None = None) -> list[Job]:
     """Claim the next job in fair order and, with it, queued jobs the worker can run in the same
     pipeline call: those whose `batch_key` equals the first one's (a key of None: never batched), up
-    to `max_jobs` jobs and `max_size` in all (`size`: e.g. a job's image count). The fair order holds:
+    to `max_jobs` jobs and `max_size` in all (`size`: e.g. a job's image count; `max_size` may be a
+    function of the first job: what the memory plan holds at its size). The fair order holds:
     a job joins only if it is next anyway (the unbroken run of compatible jobs after the first) or it
     is its owner's next job (each owner's first in the order), so a batch never puts one user's
     later jobs before another user's. Returns [] when nothing is queued."""
@@ -307,6 +308,8 @@ def claim_batch(model: type[Job], batch_key: Callable[[Job], object], *, max_job
     key = batch_key(first)
     if key is None or max_jobs <= 1:
         return [first]
+    if callable(max_size):
+        max_size = max_size(first)
     # The order read before the claim, less the first job, is the order after it: the first's owner,
     # served now, moves from the head of its round to the end, which is where its next job stood.
     order = [pk for pk in order if pk != first.pk][: max_jobs * 8]  # enough to look past other users' jobs

@@ -72,3 +72,50 @@ def test_only_plain_jobs_with_equal_settings_share_a_key():
     assert batch_key(plain) != batch_key(make_generation(owner, loras=[{"name": "ink", "weight": 1}]))
     assert batch_key(make_generation(owner, hires_scale=2.0)) is None
     assert batch_key(make_generation(owner, init_image="inputs/1/x.upload")) is None
+
+
+GB = 10**9
+
+
+def test_the_memory_plan_bounds_the_images_a_call_holds():
+    """generation.memory.max_batch_images with plain numbers: what a card of that size holds."""
+    from generation.families import FAMILIES
+    from generation.memory import max_batch_images
+
+    sd1, xl = FAMILIES["sd1"], FAMILIES["sdxl"]
+    assert max_batch_images("cpu", sd1, 512, 512) is None  # host memory: IMAGESITE_MAX_BATCH alone
+    assert max_batch_images("low", xl, 512, 512, free_bytes=80 * GB) == 1  # sequential offload: one at a time
+    assert [max_batch_images("full", xl, 1024, 1024, free_bytes=int(free * GB)) for free in (11.5, 15.5, 23)] == [1, 2, 5]
+    assert max_batch_images("medium", xl, 1024, 1024, free_bytes=int(9.5 * GB)) == 2
+    assert max_batch_images("medium", xl, 1024, 1024, free_bytes=int(7.5 * GB)) == 1
+    assert max_batch_images("full", sd1, 512, 512, free_bytes=int(7.5 * GB)) == 3
+    assert max_batch_images("full", sd1, 1024, 1024, free_bytes=int(7.5 * GB)) == 1  # 4× the pixels
+    assert max_batch_images("full", sd1, 256, 256, free_bytes=int(7.5 * GB)) == 12
+    assert max_batch_images("full", xl, 1024, 1024, free_bytes=GB) == 1  # never below one: the plan was made for it
+
+
+@pytest.mark.django_db
+def test_the_worker_claims_no_more_images_than_its_memory_plan_holds(settings, monkeypatch):
+    """The worker's claim (generation.tasks.images_per_call) on a pretended GPU: worker_device and
+    torch.cuda's memory figures are patched (no GPU here); the rows and the claim are real."""
+    import torch
+
+    from generation import pipeline, tasks
+    from generation.models import Generation
+    from imagesite.queue import claim_batch
+
+    owner = get_user_model().objects.create_user("alice", password="pw-long-enough")
+    settings.IMAGESITE_MAX_BATCH = 4
+    assert tasks.images_per_call(make_generation(owner)) == 4  # the CPU: IMAGESITE_MAX_BATCH
+    Generation.objects.all().delete()
+    jobs = [make_generation(owner, seed=i, width=512, height=512) for i in range(4)]
+    monkeypatch.setattr(pipeline, "worker_device", lambda: "cuda:0")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (int(3.6 * GB), 16 * GB))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 0)
+    # The demo model's weights are a few MB; SD 1.x activations 1.36 GB an image at 512²: two fit in 3.6 GB.
+    settings.IMAGESITE_VRAM = "full"
+    claimed = claim_batch(Generation, batch_key, max_jobs=4, size=lambda job: job.num_images, max_size=tasks.images_per_call)
+    assert [job.pk for job in claimed] == [job.pk for job in jobs[:2]]
+    settings.IMAGESITE_VRAM = "low"
+    claimed = claim_batch(Generation, batch_key, max_jobs=4, size=lambda job: job.num_images, max_size=tasks.images_per_call)
+    assert [job.pk for job in claimed] == [jobs[2].pk]
