@@ -1,6 +1,6 @@
 """A warm job through the worker against the bare pipeline call with the same settings, in one run.
 
-    .venv/bin/python bench/worker_overhead.py [--runs 15] [--warmup 2] [--threads N]
+    .venv/bin/python bench/worker_overhead.py [--runs 15] [--warmup 2] [--threads N] [--idle-s 20]
 
 Sets itself up: a throwaway SQLite file and media folder under build/bench/, migrated here, and a real
 `manage.py workers` subprocess on them (qcluster that stops cleanly; the ORM broker, as in the embedded
@@ -17,7 +17,12 @@ warmed up first; runs alternate bare / worker so that a busy machine slows both 
   inside the worker process. It splits the overhead: worker process (this vs bare) against our task
   code (claim, progress writes, cancel checks, PNGs, files: task vs this).
 
-Goals (issue 2): worker/bare median ratio ≤ 1.10; pick-up p95 ≤ 0.3 s.
+- idle CPU: after the runs, the cluster left alone for `--idle-s` seconds (20): the CPU time
+  (utime + stime from /proc/<pid>/stat) of every process of its process group (the `workers` main
+  process, sentinel, pusher, monitor, workers), as a percentage of one core.
+
+Goals: worker/bare median ratio ≤ 1.10 (issue 2); pick-up p95 ≤ 0.05 s and idle CPU of a cluster
+≤ 5% of one core (issue 17, now that every pick-up claims from the database in fair order).
 """
 from __future__ import annotations
 
@@ -38,7 +43,8 @@ from tests.services import stop_process  # noqa: E402
 
 WORK = ROOT / "build" / "bench"
 RATIO_GOAL = 1.10
-PICKUP_P95_GOAL_S = 0.3
+PICKUP_P95_GOAL_S = 0.05
+IDLE_CPU_GOAL_PERCENT = 5.0
 # This process waits on the worker with a slow poll: on a small machine a busy poller steals CPU from
 # the render it is timing (torch spin-waits when a core is taken). The times come from the worker.
 POLL_S = 0.5
@@ -87,6 +93,27 @@ class Worker:
                 self.stop()
                 sys.exit(f"qcluster did not start:\n{self.log_path.read_text(errors='replace')}")
             time.sleep(0.1)
+
+    def cpu_seconds(self) -> dict[int, float]:
+        """CPU seconds (user + system) used so far by each live process of the cluster's group."""
+        tick = os.sysconf("SC_CLK_TCK")
+        used: dict[int, float] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+            except OSError:
+                continue  # ended meanwhile
+            if int(fields[2]) == self.proc.pid:  # field 5, the process group: ours is the session's leader
+                used[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / tick  # fields 14, 15
+        return used
+
+    def idle_cpu(self, seconds: float) -> tuple[float, int]:
+        """The cluster's CPU use while nothing is queued, as % of one core, and how many processes."""
+        before, started = self.cpu_seconds(), time.monotonic()
+        time.sleep(seconds)
+        after, took = self.cpu_seconds(), time.monotonic() - started
+        spent = sum(total - before.get(pid, 0.0) for pid, total in after.items())
+        return 100 * spent / took, len(after)
 
     def stop(self) -> None:
         # The whole group, as systemd does: out within a few seconds (the stock qcluster hung here
@@ -169,6 +196,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=15, help="measured repetitions of each side")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured repetitions of each side first")
+    parser.add_argument("--idle-s", type=float, default=20, help="seconds the idle cluster's CPU use is measured over")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads on both sides (default: IMAGESITE_CPU_THREADS, as the worker uses)")
     args = parser.parse_args()
 
@@ -218,6 +246,9 @@ def main() -> None:
                 in_task.append(t)
                 bare_in_worker.append(bw)
             print(f"  {'run' if measured else 'warm-up'} {i + 1:>2}: bare {b:6.3f} s   bare in worker {bw:6.3f} s   worker {w:6.3f} s (pick-up {p:5.3f} s, task {t:6.3f} s)", flush=True)
+        time.sleep(2)  # the last job's heartbeat and progress threads wind down
+        print(f"  idle: {args.idle_s:.0f} s with nothing queued …", flush=True)
+        idle_percent, processes = worker.idle_cpu(args.idle_s)
     finally:
         worker.stop()
 
@@ -233,6 +264,8 @@ def main() -> None:
         ("ratio worker / bare", f"{ratio:.3f}", _verdict(ratio <= RATIO_GOAL, f"≤ {RATIO_GOAL:.2f}")),
         ("pick-up created → started, p50", f"{pickup_p50:.3f} s", ""),
         ("pick-up created → started, p95", f"{pickup_p95:.3f} s", _verdict(pickup_p95 <= PICKUP_P95_GOAL_S, f"≤ {PICKUP_P95_GOAL_S} s")),
+        (f"idle CPU of the cluster ({processes} processes, {args.idle_s:.0f} s)", f"{idle_percent:.1f}% of a core",
+         _verdict(idle_percent <= IDLE_CPU_GOAL_PERCENT, f"≤ {IDLE_CPU_GOAL_PERCENT:.0f}%")),
     ]
     print(f"\n{args.runs} runs after {args.warmup} warm-up; load average {os.getloadavg()[0]:.2f}")
     widths = [max(len(r[i]) for r in rows + [("measure", "value", "goal")]) for i in range(3)]
