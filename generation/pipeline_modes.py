@@ -98,6 +98,13 @@ class ModePipes:
         return self._inpaint
 
 
+def blank_conditioning(size: tuple[int, int]) -> dict:
+    """The inpaint pipeline's inputs for text-to-image on an inpainting checkpoint, as A1111 conditions
+    one: a mid-grey image (0.5) entirely under the mask, denoised from pure noise (strength 1).
+    `size` is (width, height) px."""
+    return {"image": Image.new("RGB", size, (127, 127, 127)), "mask_image": Image.new("L", size, 255), "strength": 1.0}
+
+
 def _quiet(pipe):
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -140,10 +147,9 @@ def render(pipes: ModePipes, s: "RenderSettings", inputs: ImageInputs, embeds: d
 
     if mask is not None or pipes.inpainting_model:
         pipe = pipes.inpaint()
-        result = pipe(**common, image=image if image is not None else Image.new("RGB", size, (127, 127, 127)),
-                      mask_image=mask if mask is not None else Image.new("L", size, 255),
-                      strength=s.strength if image is not None else 1.0, width=s.width, height=s.height,
-                      num_inference_steps=s.steps, output_type=first_output)
+        drawn = blank_conditioning(size) if image is None else dict(
+            image=image, mask_image=mask if mask is not None else Image.new("L", size, 255), strength=s.strength)
+        result = pipe(**common, **drawn, width=s.width, height=s.height, num_inference_steps=s.steps, output_type=first_output)
     elif image is not None:
         pipe = pipes.img2img()
         result = pipe(**common, image=image, strength=s.strength, num_inference_steps=s.steps, output_type=first_output)

@@ -140,3 +140,23 @@ def test_text_to_image_on_it_works_as_in_a1111(owner, offered):
     assert tasks.run_generation(job.pk) == "succeeded", Generation.objects.get(pk=job.pk).error
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCEEDED and image_of(job).shape == (64, 64, 3)
+
+
+@pytest.mark.xfail(strict=True, raises=(TypeError, ValueError),
+                   reason="generation/batching.py still calls the inpaint pipeline without blank_conditioning (see the "
+                          "issue 16 inpainting report); remove this marker when it does")
+def test_text_to_image_jobs_batched_on_it_match_their_solo_renders(offered):
+    """Compatible text-to-image jobs share one pipeline call (generation.batching); on an inpainting
+    base that call needs the same grey image under a full mask as a solo job."""
+    from generation.batching import BatchItem, render_batch
+    from generation.pipeline import RenderSettings
+
+    renderer = pipeline.get_renderer(offered["folder"].worker_source())
+    common = dict(negative_prompt="", steps=2, guidance_scale=3.0, width=64, height=64, scheduler="dpmpp_2m")
+    jobs = [RenderSettings(prompt="a red circle", seed=1, **common), RenderSettings(prompt="a blue square", seed=7, num_images=2, **common)]
+    batched = render_batch(renderer, [BatchItem(s) for s in jobs])
+    for images, s in zip(batched, jobs):
+        solo = renderer.render(s)
+        assert len(images) == len(solo) == s.num_images
+        # batched matrix products differ in the last bits; random tiny weights amplify that (measured: 4 levels)
+        assert all(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max() <= 8 for a, b in zip(images, solo))
