@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
@@ -119,3 +120,55 @@ def test_the_worker_claims_no_more_images_than_its_memory_plan_holds(settings, m
     settings.IMAGESITE_VRAM = "low"
     claimed = claim_batch(Generation, batch_key, max_jobs=4, size=lambda job: job.num_images, max_size=tasks.images_per_call)
     assert [job.pk for job in claimed] == [jobs[2].pk]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_through_the_task_a_canceled_job_and_a_failed_one_leave_the_rest_of_the_batch_to_finish(renderer, settings, monkeypatch):
+    """The real task in this process (generation.tasks.run_generation, the shipped demo model): four
+    compatible jobs claimed as one batch. The second is canceled as the page and the API do
+    (`job.cancel()` on its row) when it reports step 2: its worker notices within a step or so and it
+    ends canceled with no images. Storing the fourth's images fails (injected: a full disk cannot be
+    made here): it fails with its own message. The other two are stored as if rendered alone."""
+    from generation import tasks
+    from generation.models import Generation
+    from imagesite.jobs import JobStatus
+
+    settings.IMAGESITE_MAX_BATCH, settings.IMAGESITE_PREVIEW_S, settings.IMAGESITE_CPU_THREADS = 4, 0, 1
+    alice, bob = (get_user_model().objects.create_user(name, password="pw-long-enough") for name in ("alice", "bob"))
+    jobs = [make_generation(owner, prompt=f"a red circle {i}", seed=20 + i, steps=20) for i, owner in enumerate((alice, bob, alice, bob))]
+    canceled, failing = jobs[1], jobs[3]  # fair order: alice, bob, alice, bob
+    seen: list[int] = []
+    real_on_step, real_store = tasks._on_step, tasks.store_images
+
+    def on_step(job):
+        report = real_on_step(job)
+
+        def step(number: int, total: int) -> None:
+            if job.pk == canceled.pk:
+                seen.append(number)
+                if number == 2:
+                    Generation.objects.get(pk=job.pk).cancel()
+            report(number, total)
+
+        return step
+
+    def store_images(job, *args, **kwargs):
+        if job.pk == failing.pk:
+            raise OSError("No space left on device")
+        return real_store(job, *args, **kwargs)
+
+    monkeypatch.setattr(tasks, "_on_step", on_step)
+    monkeypatch.setattr(tasks, "store_images", store_images)
+    outcome = tasks.run_generation(jobs[0].pk)
+    assert outcome == ", ".join(f"generation {job.pk} {ending}" for job, ending in
+                                zip(jobs, ("succeeded", "canceled", "succeeded", "failed"))), outcome
+    rows = {row.pk: row for row in Generation.objects.filter(pk__in=[job.pk for job in jobs])}
+    assert rows[canceled.pk].status == JobStatus.CANCELED and not rows[canceled.pk].images.exists()
+    assert 2 <= max(seen) < 20  # it stopped mid-batch, not at the end
+    assert rows[failing.pk].status == JobStatus.FAILED and "No space left on device" in rows[failing.pk].error
+    assert not rows[failing.pk].images.exists()
+    for job in (jobs[0], jobs[2]):
+        assert rows[job.pk].status == JobStatus.SUCCEEDED
+        with rows[job.pk].images.get().file.open("rb") as handle:
+            stored = Image.open(handle).convert("RGB")
+        assert max_difference(stored, renderer.render(rows[job.pk].render_settings())[0]) <= 1
