@@ -160,3 +160,20 @@ def test_text_to_image_jobs_batched_on_it_match_their_solo_renders(offered):
         assert len(images) == len(solo) == s.num_images
         # batched matrix products differ in the last bits; random tiny weights amplify that (measured: 4 levels)
         assert all(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max() <= 8 for a, b in zip(images, solo))
+
+
+def test_a_lora_of_its_family_applies_on_it(owner, offered, inpainting_models, tmp_path):
+    """A LoRA made for SD 1.x (on the attention layers, which the 9-channel UNet shares) is offered and
+    applied on the inpainting base: the tag changes the image; the next job without it is the base's."""
+    from generation.prompt_files import upload_lora
+
+    from .test_prompt_loras import _file, _kohya_lora
+
+    lora = _kohya_lora(tmp_path / "ink.safetensors", seed=1, unet_folder=inpainting_models["folder"] / "unet")
+    upload_lora(owner=owner, file=_file(lora))
+    images = []
+    for prompt in ("a red circle", "a red circle <lora:ink:1>", "a red circle"):
+        job = create_generation(owner=owner, prompt=prompt, seed=5, steps=2, base_model=offered["folder"])
+        assert tasks.run_generation(job.pk) == "succeeded", Generation.objects.get(pk=job.pk).error
+        images.append(image_of(job).astype(np.int16))
+    assert np.abs(images[1] - images[0]).mean() > 1 and np.array_equal(images[2], images[0])
