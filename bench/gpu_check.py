@@ -21,15 +21,38 @@ out-of-memory costs that row only, and the table still prints):
           difference), and a job with a subject's random LoRA fused ÷ bare against peft's unmerged layers,
           the base image exact afterwards (generation.adapters)
 
+Opt-in rows (`--rows prior,retry`; `--cap-gib` alone selects them), each under every memory cap of
+`--cap-gib` (GiB, e.g. `6,8,12`; `none` = uncapped), to imitate smaller cards on a big one:
+- prior   a subject run as the app trains it: prior preservation (`--class-images`, default 4, 8 steps each)
+          rendered first with the run's own memory plan (training.dreambooth.sampling._class_image_plan),
+          then 4 LoRA steps with the GPU defaults (gradient checkpointing, fp16, 8-bit AdamW if installed):
+          peak VRAM of the class images and of the training apart, the plan each used
+- retry   the same with gradient checkpointing (and 8-bit AdamW) off: uncapped, the no-checkpointing peak; under a cap below
+          that (SDXL needs ~20 GiB without it), the out-of-memory retry of train_dreambooth: the row says
+          whether the run fitted, was retried and finished, or failed after the retry (with its message)
+A cap is torch.cuda.set_per_process_memory_fraction(cap / the card's memory), and torch.cuda.mem_get_info
+answers as that card would (free = cap - reserved), since the class-image plan reads it. It limits what the
+process's allocator holds; a real card also keeps ~0.5 GiB for the CUDA context, so `--cap-gib 7.5` is
+closer to an 8 GB card. Without CUDA (--dry-run on the CPU) the caps are skipped, said so, and each row
+runs once uncapped for the mechanics; the retry row then injects the out-of-memory error (no GPU to run out).
+Budget: the rows share `--budget` with the rest (rows past it are skipped, said so). Estimated on an H200
+(not yet measured): a prior row ~40 s for SD 1.5 and ~70 s for SDXL, a retry row that retries ~1.5x that,
+plus the build on a fresh machine (~20 s / ~90 s). So `--families sdxl --cap-gib 8,12` (4 rows) fits the
+default 440 s; all three caps for both families (12 rows) need two runs, e.g. one per family.
+
 Goals printed beside the figures (judged on reserved memory; the CUDA context, ~0.5 GB, comes on top):
 SD 1.5 512² in the low profile < 2.4 GB, SD 1.5 LoRA training < 6 GB, SDXL LoRA training < 12 GB.
 Rows start in the order of those goals; all of them end within `--budget` seconds (default 440: with
 imports and the table, under 8 minutes), a row cut short saying so.
 Results go to build/gpu_check/results.json (and $OUT/gpu_check.json when $OUT is set).
+
+    bash bench/gpu_check.sh --families sdxl --cap-gib 8,12     # SDXL subject runs imitating 8 and 12 GB cards
+    bash bench/gpu_check.sh --dry-run --cap-gib 6,8,12         # their mechanics on the CPU (caps skipped)
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -47,6 +70,8 @@ SIZE = {"sd15": 512, "sdxl": 1024}
 PROFILES = ("full", "medium", "low")
 VARIANTS = {"plain": (False, False), "gc": (True, False), "gc+8bit": (True, True)}  # (checkpointing, 8-bit Adam)
 GOALS_GB = {("render", "sd15", "low"): 2.4, ("train", "sd15"): 6.0, ("train", "sdxl"): 12.0}
+GIB = 1024**3
+TRAINING_ROWS = ("train", "prior")  # the rows the training goals judge
 RESULT = "GPU_CHECK_RESULT "
 
 
@@ -135,6 +160,79 @@ def row_train(family: str, dry: bool, variant: str, **_) -> dict:
             "s_per_it": round(result.seconds_per_step, 3), "lora_mb": round(result.size_bytes / 1e6, 1), **_peak(torch)}
 
 
+def row_prior(family: str, dry: bool, cap_gib: float | None = None, class_images: int = 4, row: str = "prior", **_) -> dict:
+    """A subject run with prior preservation: class images in the run's own memory plan, then LoRA steps
+    (row "retry": gradient checkpointing and 8-bit Adam off). Peaks of the class images and of the training apart, the
+    plan(s) used, and what the out-of-memory retry did."""
+    import shutil
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from training.dreambooth import loop, sampling
+    from training.dreambooth.devices import default_options_for
+    from training.dreambooth.progress import TrainingError
+
+    cuda = torch.cuda.is_available()
+    folder = _folder(family, dry)
+    resolution = 64 if dry else SIZE[family]
+    lower = {"gradient_checkpointing": False, "use_8bit_adam": False} if row == "retry" else {}
+    options = default_options_for(
+        folder, "lora", steps=2 if dry else 4, prior_preservation=True, num_class_images=class_images,
+        class_inference_steps=2 if dry else 8, validation_every=0, resolution=resolution,
+        mixed_precision="fp16" if cuda else "no", cpu_threads=1 if dry else None, **lower,
+    )
+    seen: dict = {"plans": []}
+    original = sampling._rendering_on
+
+    @contextlib.contextmanager
+    def measured(pipe, device, plan):  # the class images' peak apart from the training's
+        seen["plans"].append(f"batch {plan.batch}" + (", model offload" if plan.offload else "") + (", VAE tiling" if plan.vae_tiling else ""))
+        with original(pipe, device, plan):
+            yield
+        seen["class"] = _peak(torch)
+        _reset_peak()
+
+    sampling._rendering_on = measured
+    injected = dry and row == "retry" and not cuda
+    if injected:  # no GPU to run out of: the first training step raises what a GPU would, once
+        real_loss = loop._dreambooth_loss
+
+        def out_of_memory_once(*args, **kwargs):
+            loop._dreambooth_loss = real_loss
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected: no GPU)")
+
+        loop._dreambooth_loss = out_of_memory_once
+    messages: list[str] = []
+    rng = np.random.default_rng(0)
+    photos = [Image.fromarray(rng.integers(0, 255, (resolution, resolution, 3), dtype=np.uint8)) for _ in range(3)]
+    name = f"{row}-{family}-{cap_gib or 'uncapped'}"
+    class_dir = _work(dry) / f"class-{name}"
+    shutil.rmtree(class_dir, ignore_errors=True)  # every row renders its own class images in its own plan
+    _reset_peak()
+    out: dict = {"resolution": resolution, "class_images": class_images, "cap_gib": cap_gib, "oom_injected": injected}
+    try:
+        result = loop.train_dreambooth(
+            base_model=str(folder), instance_images=photos, token="sks", class_noun="dog", options=options,
+            output_dir=_work(dry) / f"lora-{name}", class_images_dir=class_dir,
+            progress=lambda p: p.message and messages.append(p.message))
+        used = result.options
+        out.update(steps=result.steps, s_per_it=round(result.seconds_per_step, 3),
+                   ran_with=", ".join([n for n, on in (("gradient checkpointing", used.gradient_checkpointing), ("8-bit Adam", used.use_8bit_adam)) if on]
+                                      + [used.mixed_precision if cuda and used.mixed_precision != "no" else "float32"]),
+                   outcome="retried, then finished" if messages else "fitted")
+    except TrainingError as failed:
+        out.update(outcome="failed after the retry", message=str(failed)[:300])
+    trained = _peak(torch)
+    out.update(retry_message=messages[0] if messages else None, class_plans=seen["plans"],
+               **{f"class_{k}": v for k, v in seen.get("class", {}).items()}, **{f"train_{k}": v for k, v in trained.items()})
+    for key in ("allocated_gb", "reserved_gb", "peak_rss_gb"):  # the whole run's peak: what the card must hold
+        if key in trained:
+            out[key] = max(trained[key], seen.get("class", {}).get(key, 0))
+    return out
+
+
 def row_serve(family: str, dry: bool, **_) -> dict:
     """The serving engine on the GPU (issue 17): 8 compatible jobs in one call (generation.batching) ÷
     8 renders one by one, with the largest pixel difference; and a subject's random LoRA fused for the
@@ -200,12 +298,34 @@ def _peak(torch) -> dict:
             "reserved_gb": round(torch.cuda.max_memory_reserved() / 1e9, 2), "peak_rss_gb": round(rss_gb, 2)}
 
 
-ROWS = {"build": row_build, "render": row_render, "train": row_train, "serve": row_serve}
+ROWS = {"build": row_build, "render": row_render, "train": row_train, "prior": row_prior, "retry": row_prior, "serve": row_serve}
+ORDER = {"build": 0, "render": 1, "train": 2, "prior": 3, "retry": 4, "serve": 5}
 
 
 def child(spec: dict) -> None:
+    if spec.get("cap_gib"):
+        _cap_memory(spec["cap_gib"])
     result = ROWS[spec["row"]](**spec)
     print(RESULT + json.dumps(result), flush=True)
+
+
+def _cap_memory(cap_gib: float) -> None:
+    """This process may hold at most `cap_gib` GiB on the GPU, and mem_get_info answers as a card of
+    that size would (the class-image plan and the renderer's `auto` read it)."""
+    import torch
+
+    limit = int(cap_gib * GIB)
+    real = torch.cuda.mem_get_info
+    total = real(0)[1]
+    if limit > total:
+        raise SystemExit(f"a cap of {cap_gib:g} GiB is above this card's {total / GIB:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(limit / total, 0)
+
+    def capped(device=None):
+        free, _ = real(device)
+        return max(0, min(free, limit - torch.cuda.memory_reserved(device))), limit
+
+    torch.cuda.mem_get_info = capped
 
 
 # --- the parent: plan, run each row with a timeout, print the table ------------------------------------
@@ -221,6 +341,11 @@ def plan(args) -> list[dict]:
             slow = family == "sdxl" and (what == "low" or kind == "train")
             rows.append({"row": kind, "family": family, key: what, "timeout": 240 if slow else 150})
         rows.append({"row": "serve", "family": family, "timeout": 240 if family == "sdxl" else 150})
+        for kind in ("prior", "retry"):  # opt-in: a subject run under each cap, in the order given
+            for cap in args.cap_gib:
+                timeout = (240 if family == "sdxl" else 150) * (1.5 if kind == "retry" else 1)
+                rows.append({"row": kind, "family": family, "cap_gib": cap, "class_images": args.class_images, "timeout": int(timeout)})
+    rows = [row for row in rows if row["row"] == "build" or row["row"] in args.rows]
     for row in rows:
         row["dry"] = args.dry_run
         if args.dry_run:
@@ -247,7 +372,7 @@ def run_row(spec: dict) -> dict:
 
 def _goal(spec: dict, result: dict) -> str:
     goal = GOALS_GB.get((spec["row"], spec["family"], spec.get("profile"))) or (
-        GOALS_GB.get((spec["row"], spec["family"])) if spec["row"] == "train" else None)
+        GOALS_GB.get(("train", spec["family"])) if spec["row"] in TRAINING_ROWS else None)
     if goal is None:
         return ""
     if "reserved_gb" not in result:
@@ -256,7 +381,9 @@ def _goal(spec: dict, result: dict) -> str:
 
 
 def _line(spec: dict, result: dict) -> str:
-    what = spec.get("profile") or spec.get("variant") or ""
+    what = spec.get("profile") or spec.get("variant") or {"prior": "defaults", "retry": "no-gc"}.get(spec["row"], "")
+    if spec["row"] in ("prior", "retry"):
+        what += f" cap {spec['cap_gib']:g} GiB" if spec.get("cap_gib") else " uncapped"
     name = f"{spec['row']:<6} {spec['family']:<5} {what:<8}"
     if "error" in result or "skipped" in result:
         return f"{name} {'FAILED: ' + result['error'] if 'error' in result else 'skipped: ' + result['skipped']}"
@@ -267,10 +394,19 @@ def _line(spec: dict, result: dict) -> str:
                 f"subject LoRA fused ÷ bare {result['fused_ratio']:.2f}, peft {result['peft_ratio']:.2f}, base exact after: {result['base_exact_after']}")
     memory = (f"alloc {result['allocated_gb']:>6.2f} GB  reserved {result['reserved_gb']:>6.2f} GB"
               if "reserved_gb" in result else f"(CPU) peak RSS {result['peak_rss_gb']:>5.2f} GB")
+    if spec["row"] in ("prior", "retry"):
+        unit = "reserved_gb" if "reserved_gb" in result else "peak_rss_gb"
+        class_peak = f"{result['class_' + unit]:.2f} GB" if "class_" + unit in result else "none drawn"
+        plans = " then ".join(result["class_plans"]) or "-"
+        memory += (f"  [class images ({plans}) {class_peak}, training {result['train_' + unit]:.2f} GB; "
+                   f"{result['outcome']}{' (OOM injected: no GPU)' if result.get('oom_injected') else ''}"
+                   f"{'; ran with ' + result['ran_with'] if result.get('ran_with') else ''}"
+                   f"{': ' + result['message'] if result.get('message') else ''}]")
     speed = f"{result['s_per_it']:.3f} s/it" if result.get("s_per_it") is not None else "- s/it"
     size = result.get("size") or result.get("resolution")
     extra = f" (ran as {result['profile_used']})" if result.get("profile_used") not in (None, what) else ""
-    return f"{name} {size:>4}px  {memory}  {speed:>12}  {_goal(spec, result)}{extra}"
+    goal = _goal(spec, result) if result.get("outcome") != "failed after the retry" else ""
+    return f"{name} {size:>4}px  {memory}  {speed:>12}  {goal}{extra}"
 
 
 def header() -> str:
@@ -295,6 +431,12 @@ def main() -> None:
     parser.add_argument("--families", default="sd15,sdxl", type=lambda v: [f for f in v.split(",") if f])
     parser.add_argument("--budget", type=float, default=440,
                         help="seconds for all rows: a row gets at most what is left, none starts with under 20 s left")
+    parser.add_argument("--rows", type=lambda v: [r for r in v.split(",") if r],
+                        help="row kinds to run: render,train,serve (the default), prior, retry "
+                             "(the default is prior,retry when --cap-gib is given)")
+    parser.add_argument("--cap-gib", default=[], type=lambda v: [None if c == "none" else float(c) for c in v.split(",") if c],
+                        help="memory caps in GiB for the prior and retry rows, e.g. 6,8,12 (none: uncapped)")
+    parser.add_argument("--class-images", type=int, default=4, help="class images per prior/retry row")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -304,6 +446,17 @@ def main() -> None:
 
     if not args.dry_run and not torch.cuda.is_available():
         sys.exit("No CUDA GPU here: run with --dry-run for the mechanics on the CPU.")
+    if args.rows is None:
+        args.rows = ["prior", "retry"] if args.cap_gib else ["render", "train", "serve"]
+    unknown = set(args.rows) - set(ORDER)
+    if unknown:
+        sys.exit(f"unknown rows {sorted(unknown)}: choose from {', '.join(r for r in ORDER if r != 'build')}")
+    if not args.cap_gib:
+        args.cap_gib = [None]
+    elif not torch.cuda.is_available() and any(args.cap_gib):
+        print(f"memory caps {', '.join(f'{c:g}' for c in args.cap_gib if c)} GiB skipped: no CUDA GPU "
+              "(the prior and retry rows run once, uncapped, for the mechanics)", flush=True)
+        args.cap_gib = [None]
     print(header(), flush=True)
     started = time.perf_counter()
     done: list[tuple[dict, dict]] = []
@@ -318,8 +471,8 @@ def main() -> None:
             result = run_row(spec)
         done.append((spec, result))
         print(_line(spec, result), flush=True)
-    order = {"build": 0, "render": 1, "train": 2, "serve": 3}
-    table = sorted(done, key=lambda d: (d[0]["family"], order[d[0]["row"]], str(d[0].get("profile") or d[0].get("variant"))))
+    table = sorted(done, key=lambda d: (d[0]["family"], ORDER[d[0]["row"]], str(d[0].get("profile") or d[0].get("variant")),
+                                        d[0].get("cap_gib") or 0))
     print(f"\n== imagesite on {'the CPU (dry run: tiny models, mechanics only)' if args.dry_run else 'the GPU'}, "
           f"{time.perf_counter() - started:.0f} s ==")
     print("\n".join(_line(spec, result) for spec, result in table))

@@ -5,6 +5,13 @@
 #   bash bench/gpu_check.sh               # on the GPU machine
 #   bash bench/gpu_check.sh --dry-run     # anywhere: the whole script's mechanics on the CPU, tiny models
 #
+# Opt-in, under memory caps that imitate smaller cards (GiB; `none` = uncapped): subject runs with prior
+# preservation (class images first, in the run's own memory plan) and the out-of-memory retry. They share
+# the same --budget (440 s); about 4 SDXL rows fit in one run (bench/gpu_check.py says the estimates):
+#   bash bench/gpu_check.sh --families sdxl --cap-gib 8,12
+#   bash bench/gpu_check.sh --families sd15 --cap-gib 6,8,12
+#   bash bench/gpu_check.sh --dry-run --cap-gib 6,8,12   # their mechanics on the CPU: caps skipped, said so
+#
 # Python: $PYTHON, else the project's .venv when its torch sees a GPU (or for --dry-run), else python3.
 # A GPU machine without internet and without diffusers (or bitsandbytes for the 8-bit rows) gets them as
 # wheels fetched beforehand on a machine with internet, into .whl/ at the repository root (or
