@@ -1,6 +1,9 @@
 """The account page for the API: named tokens (the key shown once, on the page the creating POST
-redirects to), the webhook secret and default URL, and recent webhook deliveries."""
+redirects to, and in clear nowhere else), the webhook secret and default URL, and recent webhook deliveries."""
 from __future__ import annotations
+
+import secrets
+from base64 import urlsafe_b64decode, urlsafe_b64encode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -17,12 +20,21 @@ from .forms import TokenForm, WebhookSettingsForm
 from .models import ApiToken, WebhookDelivery, WebhookSettings, hash_token
 
 
-# A new token's key travels from the POST to the page that shows it in a cookie of the browser that
-# asked for it: signed, HttpOnly, SameSite=Strict, only sent to this page, for two minutes, and
-# deleted by that page. It never reaches the session or any table: only the key's hash is stored.
+# A new token's key travels from the POST to the page that shows it (post/redirect/get) split in two
+# halves of a one-time pad, neither of which says anything about the key alone: the session keeps a
+# random pad, and the browser a cookie with key XOR pad. So the key is in clear nowhere but on the page:
+# not in the session table, not in the browser's cookie store (which may write even a session cookie to
+# disk). The cookie is signed (its timestamp limits it to two minutes), HttpOnly, SameSite=Strict, sent
+# only to this page, a browser-session cookie (no Max-Age), and deleted, with the pad, by that page.
+# Only the key's hash is stored.
 NEW_KEY_COOKIE = "imagesite_new_token"
+NEW_KEY_PAD = "api.pages.new-token-pad"  # the session's half
 NEW_KEY_MAX_AGE_S = 120
 _NEW_KEY_SALT = "api.pages.new-token"
+
+
+def _xor(data: bytes, pad: bytes) -> bytes:
+    return bytes(a ^ b for a, b in zip(data, pad, strict=True))
 
 
 @login_required
@@ -35,8 +47,11 @@ def api_account(request: HttpRequest) -> HttpResponse:
         token_form = TokenForm(request.POST, prefix="token")
         if token_form.is_valid():
             token, key = ApiToken.create_for(request.user, token_form.cleaned_data["name"])
+            pad = secrets.token_bytes(len(key.encode()))
+            request.session[NEW_KEY_PAD] = urlsafe_b64encode(pad).decode()
+            masked = urlsafe_b64encode(_xor(key.encode(), pad)).decode()
             response = redirect("api-account")  # post/redirect/get: a reload makes no second token
-            response.set_signed_cookie(NEW_KEY_COOKIE, f"{token.pk}:{key}", salt=_NEW_KEY_SALT, max_age=NEW_KEY_MAX_AGE_S,
+            response.set_signed_cookie(NEW_KEY_COOKIE, f"{token.pk}:{masked}", salt=_NEW_KEY_SALT,
                                        path=reverse("api-account"), secure=request.is_secure(), httponly=True, samesite="Strict")
             return response
     elif request.method == "POST":
@@ -61,11 +76,17 @@ def api_account(request: HttpRequest) -> HttpResponse:
 
 
 def _take_new_key(request: HttpRequest) -> str | None:
-    """The key the cookie carries, when it is genuine, fresh, and the key of an active token of this
-    user (a browser someone else logs into next shows them nothing)."""
+    """The key the cookie and the session's pad make together, when the cookie is genuine and fresh
+    and the key is an active token's of this user (a browser someone else logs into next shows them
+    nothing). The pad is taken out of the session whatever the cookie says: the key shows once."""
+    pad = request.session.pop(NEW_KEY_PAD, None)
     value = request.get_signed_cookie(NEW_KEY_COOKIE, default=None, salt=_NEW_KEY_SALT, max_age=NEW_KEY_MAX_AGE_S)
-    pk, _, key = (value or "").partition(":")
-    if not (pk.isdigit() and key):
+    pk, _, masked = (value or "").partition(":")
+    if not (pad and pk.isdigit() and masked):
+        return None
+    try:
+        key = _xor(urlsafe_b64decode(masked), urlsafe_b64decode(pad)).decode("ascii")
+    except (ValueError, UnicodeDecodeError):  # not of one length, not base64: not this pad's half
         return None
     owned = ApiToken.objects.for_user(request.user).active().filter(pk=int(pk), key_hash=hash_token(key)).exists()
     return key if owned else None

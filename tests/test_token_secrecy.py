@@ -1,17 +1,22 @@
 """A new API token's key is shown once, on the page the form's POST redirects to (post/redirect/get),
-and stored nowhere in clear on the server: not in a session, not in any table. It travels from the
-POST to that page in a signed, HttpOnly, SameSite=Strict cookie that only that page receives and
-that page deletes."""
+and stored nowhere in clear: not in a session, not in any table, not in the browser's cookies. It
+travels from the POST to that page as two halves of a one-time pad: a random pad in the session,
+and key XOR pad in a signed, HttpOnly, SameSite=Strict browser-session cookie that only that page
+receives and that page deletes."""
 from __future__ import annotations
 
+import base64
 import re
+import time
+from unittest.mock import patch
+from urllib.parse import unquote
 
 import pytest
 from django.contrib.sessions.models import Session
 from django.db import connection
 
 from api.models import ApiToken, hash_token
-from api.pages import NEW_KEY_COOKIE
+from api.pages import NEW_KEY_COOKIE, NEW_KEY_MAX_AGE_S
 
 pytestmark = pytest.mark.django_db
 
@@ -27,6 +32,14 @@ def _create_token(client, name: str = "my script") -> tuple:
     assert posted["Location"] == PAGE and not KEY.search(posted.content.decode())
     response = client.get(posted["Location"])
     return response, KEY.findall(response.content.decode())
+
+
+def b64decode_loose(text: str) -> str:
+    """`text` read as URL-safe base64, as far as it decodes ("" when it does not)."""
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode("latin-1")
+    except ValueError:
+        return ""
 
 
 def _every_stored_value() -> str:
@@ -58,10 +71,33 @@ def test_the_key_travels_in_a_short_strict_cookie_for_that_page_only(owner_clien
     posted = owner_client.post(PAGE, {"token-name": "my script"})
     cookie = posted.cookies[NEW_KEY_COOKIE]
     assert cookie["path"] == PAGE and cookie["httponly"] and cookie["samesite"] == "Strict"
-    assert 0 < int(cookie["max-age"]) <= 120
+    # A browser-session cookie (gone when the browser closes); its signed timestamp limits it to 2 minutes.
+    assert cookie["max-age"] == "" and cookie["expires"] == ""
     shown = owner_client.get(PAGE)
     assert shown.cookies[NEW_KEY_COOKIE]["max-age"] == 0  # deleted by the one view that shows it
     assert not KEY.search(owner_client.get(PAGE).content.decode())
+
+
+def test_the_cookie_does_not_carry_the_key(owner_client):
+    """The browser's cookie store, which may write even a session cookie to disk, never holds the key:
+    the cookie carries key XOR a random pad, whose other half is in the session (and only until the
+    page shows the key)."""
+    posted = owner_client.post(PAGE, {"token-name": "my script"})
+    value = posted.cookies[NEW_KEY_COOKIE].value
+    [key] = KEY.findall(owner_client.get(PAGE).content.decode())
+    secret = key[len("isk_"):]
+    for text in (value, unquote(value), *(b64decode_loose(part) for part in value.split(":"))):
+        assert secret[:8] not in text and key not in text
+
+
+def test_the_cookie_is_no_good_after_two_minutes_or_in_another_session(owner, owner_client, client):
+    posted = owner_client.post(PAGE, {"token-name": "my script"})
+    value = posted.cookies[NEW_KEY_COOKIE].value
+    with patch("django.core.signing.time.time", return_value=time.time() + NEW_KEY_MAX_AGE_S + 1):
+        assert not KEY.search(owner_client.get(PAGE).content.decode())
+    client.force_login(owner)  # the same user in another browser: the pad is in the first one's session
+    client.cookies[NEW_KEY_COOKIE] = value
+    assert not KEY.search(client.get(PAGE).content.decode())
 
 
 def test_a_forged_or_foreign_cookie_shows_nothing(owner, owner_client, other_client):
