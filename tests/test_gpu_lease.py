@@ -134,8 +134,9 @@ def test_a_killed_holder_frees_the_device(tmp_path):
 WAIT_S = 2.0
 
 
-def _hold_until_waited_on(lease: DeviceLease, row, seconds: float) -> threading.Thread:
-    """Hold `lease` (another cluster's) until `row` says it waits for the GPU, then `seconds` more."""
+def _hold_until_waited_on(lease: DeviceLease, row, seconds: float, while_waiting=None) -> threading.Thread:
+    """Hold `lease` (another cluster's) until `row` says it waits for the GPU, then `seconds` more
+    (calling `while_waiting()` first, from the holder's thread)."""
     from generation.gpu_lease import WAITING_FOR_GPU
 
     lease.acquire()
@@ -143,6 +144,8 @@ def _hold_until_waited_on(lease: DeviceLease, row, seconds: float) -> threading.
     def hold() -> None:
         try:
             _wait(lambda: type(row).objects.filter(pk=row.pk, phase=WAITING_FOR_GPU).exists(), 60)
+            if while_waiting is not None:
+                while_waiting()
             time.sleep(seconds)
         finally:
             lease.release()
@@ -156,7 +159,11 @@ def _hold_until_waited_on(lease: DeviceLease, row, seconds: float) -> threading.
 def test_a_generation_is_not_charged_for_its_wait_for_the_gpu(owner, settings, monkeypatch, tmp_path):
     """Through the real task in this process, the shipped demo model on the CPU, the lease switched on
     (no GPU here: the lease and the clock are what is tested): a training run holds the device, the
-    job waits WAIT_S, then renders; its GPU-seconds are the render's, well below the wait."""
+    job waits WAIT_S, its page saying why, then renders; its GPU-seconds are the render's, well below
+    the wait."""
+    from django.test import Client
+    from django.urls import reverse
+
     from generation import tasks
     from generation.models import Generation
 
@@ -164,7 +171,10 @@ def test_a_generation_is_not_charged_for_its_wait_for_the_gpu(owner, settings, m
     monkeypatch.setenv("IMAGESITE_GPU_LEASE", "on")
     monkeypatch.setattr(tasks, "_turns", None)  # this test's own warm turns, closed below
     job = make_generation(owner)
-    trainer = _hold_until_waited_on(DeviceLease("cpu", "training", tmp_path), job, WAIT_S)
+    client, pages = Client(), []
+    client.force_login(owner)
+    trainer = _hold_until_waited_on(DeviceLease("cpu", "training", tmp_path), job, WAIT_S,
+                                    lambda: pages.append(client.get(reverse("generation-detail", args=[job.pk])).content.decode()))
     started = time.monotonic()
     try:
         assert tasks.run_generation(job.pk) == "succeeded"
@@ -175,6 +185,7 @@ def test_a_generation_is_not_charged_for_its_wait_for_the_gpu(owner, settings, m
     took = time.monotonic() - started
     job = Generation.objects.get(pk=job.pk)
     assert took >= WAIT_S and job.status == JobStatus.SUCCEEDED
+    assert len(pages) == 1 and "waiting for the GPU: a training run is using it" in pages[0]
     assert 0 < job.gpu_seconds < WAIT_S / 2, (job.gpu_seconds, took)
 
 

@@ -53,3 +53,15 @@ def test_nobody_retries_another_users_job_and_a_run_retries_only_while_its_subje
     TrainingRun.objects.create(subject=subject)  # a newer run is queued
     answer = owner_client.post(reverse("training-run-retry", args=[failed.pk]), follow=True)
     assert "already training" in answer.content.decode() and TrainingRun.objects.get(pk=failed.pk).status == JobStatus.FAILED
+
+
+def test_a_job_waiting_for_the_gpu_says_so_on_its_page(owner, owner_client):
+    """The phase the worker writes while the other cluster holds the GPU lease (generation.gpu_lease:
+    tests/test_gpu_lease.py reads this page while a real task waits)."""
+    job = make_generation(owner, status=JobStatus.RUNNING, started_at=timezone.now(), phase="waiting_gpu")
+    page = owner_client.get(reverse("generation-detail", args=[job.pk])).content.decode()
+    assert "waiting for the GPU: a training run is using it" in page
+    subject = Subject.objects.create(owner=owner, name="Checkers", token="sks", class_noun="shape")
+    run = TrainingRun.objects.create(subject=subject, status=JobStatus.RUNNING, phase="waiting_gpu")
+    page = owner_client.get(reverse("training-run-detail", args=[run.pk])).content.decode()
+    assert "waiting for the GPU: a generation job is finishing on it" in page
