@@ -39,8 +39,8 @@ def images_per_call(first: Generation) -> int:
     """The most images a batch led by `first` may hold: IMAGESITE_MAX_BATCH, or fewer where this
     worker's memory plan holds fewer at the job's size (generation.memory.max_batch_images). On a GPU
     the plan is resolved as the renderer resolves it, from the memory this worker may use: free now
-    plus what its own allocator holds (its warm weights). While a training run holds the GPU the
-    plan is `low`: one image. Never raises (the first job is already claimed): 1 when unsure."""
+    plus what its own allocator holds (its warm weights); while a training run holds the GPU little
+    is free, so the batch is small. Never raises (the first job is already claimed): 1 when unsure."""
     limit = settings.IMAGESITE_MAX_BATCH
     try:
         fits = _plan_images(first)
