@@ -41,8 +41,8 @@ class Family:
     largest_fp16_bytes: int
     weights_fp16_bytes: int  # all weights in fp16 (vram_fp16_bytes less one image's activations)
     # An inpainting checkpoint of the family (its UNet takes 9 input channels: latents, mask, masked
-    # image). It keeps its family's key (its LoRAs, embeddings and subjects fit), draws every mode
-    # through the inpaint pipeline (generation.pipeline_modes) and cannot be trained on.
+    # image). It keeps its family's key (its LoRAs, embeddings and subjects fit) and draws every mode
+    # through the inpaint pipeline (generation.pipeline_modes). Not a base to train subjects on.
     inpainting: bool = False
 
     @property

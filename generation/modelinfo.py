@@ -60,7 +60,7 @@ class ModelInfo:
     # (width, height) choices for the form, native size first, scaled to this model's native size.
     aspect_presets: tuple[tuple[int, int], ...] = field(default_factory=tuple)
     # An inpainting checkpoint (9-channel UNet; families.Family.inpainting): the catalog says
-    # "inpainting model" (in family_label); it draws every mode, and is not trained on.
+    # "inpainting model" (in family_label); it draws every mode; not a base to train subjects on.
     inpainting: bool = False
     # Why the model cannot be used (unsupported family, damaged file), for pages to show; the worker
     # raises the same message when it tries to load it. None when all is well.
