@@ -130,7 +130,10 @@ def test_the_form_stores_the_gpu_switches_the_user_set(db):  # the form lists th
     }
 
 
-def test_the_form_puts_the_rules_refusal_on_the_field(db):  # the form lists the base models
+def test_the_form_passes_the_choice_on_and_the_service_refuses_it_on_the_field(db):  # the form lists the base models
     bound = TrainingForm(data=_page_data(prior_preservation="on", num_class_images=0))
-    assert not bound.is_valid()
-    assert bound.errors["num_class_images"] == ["Prior preservation needs at least one class image."]
+    assert bound.is_valid(), bound.errors  # the form only translates; training.services judges (tests/test_service_rules.py)
+    assert bound.options()["num_class_images"] == 0
+    with pytest.raises(ValidationError) as refused:
+        clean_training_options("lora", bound.options())
+    assert refused.value.message_dict["num_class_images"] == ["Prior preservation needs at least one class image."]
