@@ -80,6 +80,7 @@ def render_batch(renderer, items: list[BatchItem], adapter=None) -> list[Any]:
 def _one_call(renderer, items: list[BatchItem], embeds: dict) -> list[Any]:
     import torch
 
+    from .pipeline_modes import blank_conditioning
     from .previews import estimate_x0
 
     s = items[0].settings
@@ -114,8 +115,10 @@ def _one_call(renderer, items: list[BatchItem], embeds: dict) -> list[Any]:
         return kwargs
 
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+    # An inpainting checkpoint draws text-to-image from a grey image under a full mask (A1111's way).
+    blank = blank_conditioning((s.width, s.height)) if renderer.modes.inpainting_model else {}
     try:
-        output = pipe(**embeds, guidance_scale=s.guidance_scale, num_images_per_prompt=1, generator=generators,
+        output = pipe(**embeds, **blank, guidance_scale=s.guidance_scale, num_images_per_prompt=1, generator=generators,
                       width=s.width, height=s.height, num_inference_steps=s.steps, callback_on_step_end=step_end)
     except BatchAborted:
         return [ended[i] for i in range(len(items))]

@@ -142,9 +142,6 @@ def test_text_to_image_on_it_works_as_in_a1111(owner, offered):
     assert job.status == JobStatus.SUCCEEDED and image_of(job).shape == (64, 64, 3)
 
 
-@pytest.mark.xfail(strict=True, raises=(TypeError, ValueError),
-                   reason="generation/batching.py still calls the inpaint pipeline without blank_conditioning (see the "
-                          "issue 16 inpainting report); remove this marker when it does")
 def test_text_to_image_jobs_batched_on_it_match_their_solo_renders(offered):
     """Compatible text-to-image jobs share one pipeline call (generation.batching); on an inpainting
     base that call needs the same grey image under a full mask as a solo job."""
@@ -177,3 +174,21 @@ def test_a_lora_of_its_family_applies_on_it(owner, offered, inpainting_models, t
         assert tasks.run_generation(job.pk) == "succeeded", Generation.objects.get(pk=job.pk).error
         images.append(image_of(job).astype(np.int16))
     assert np.abs(images[1] - images[0]).mean() > 1 and np.array_equal(images[2], images[0])
+
+
+def test_a_subject_is_not_trained_on_it(owner, offered):
+    """DreamBooth trains a text-to-image UNet (4 latent channels in); an inpainting base is refused on
+    its field, before anything is queued, and the Train form does not offer it."""
+    from django.core.exceptions import ValidationError
+
+    from training.forms import TrainingForm
+    from training.models import TrainingRun
+    from training.services import create_subject, start_training
+
+    subject = create_subject(owner=owner, name="Rex", class_noun="dog")
+    with pytest.raises(ValidationError) as refused:
+        start_training(subject=subject, base_model=offered["folder"])
+    assert "inpainting model" in refused.value.message_dict["base_model"][0]
+    assert not TrainingRun.objects.exists()
+    trainable = TrainingForm().fields["base_model"].queryset
+    assert trainable.exists() and not trainable.filter(pk=offered["folder"].pk).exists()

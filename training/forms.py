@@ -154,7 +154,7 @@ class TrainingForm(forms.Form):
         super().__init__(*args, **kwargs)
         # Trainable bases: offered ones with files here (a hub id is not).
         offered, default = catalog.offered_with_default()
-        bases = [m for m in offered if model_kind(m.path) != "hub"]
+        bases = [m for m in offered if model_kind(m.path) != "hub" and not m.info().inpainting]
         self.fields["base_model"].queryset = BaseModel.objects.filter(pk__in=[m.pk for m in bases])
         self.fields["base_model"].initial = default.pk
         if len(bases) < 2:

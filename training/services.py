@@ -201,4 +201,6 @@ def _training_base(base_model):
         raise ValidationError({"base_model": [f"“{base_model.name}” is not offered (disabled, or its files cannot be used)."]})
     if model_kind(base_model.path) == "hub":
         raise ValidationError({"base_model": [f"Training needs the base model's files on this server; “{base_model.name}” is a hub id."]})
+    if base_model.info().inpainting:
+        raise ValidationError({"base_model": [f"“{base_model.name}” is an inpainting model; train the subject on a text-to-image base of its family and it works with this one too."]})
     return base_model
