@@ -22,7 +22,9 @@ def test_the_cluster_uses_it():
 
 
 def test_each_task_is_claimed_once(monkeypatch):
-    first, second = WakefulORM("imagesite"), WakefulORM("imagesite")
+    # A queue name of its own: a cluster another test of this process started and is still stopping
+    # polls "imagesite" in the same database file and could take these tasks first.
+    first, second = WakefulORM("broker-test-claims"), WakefulORM("broker-test-claims")
     ids = {first.enqueue("payload-1"), first.enqueue("payload-2")}
     (a,), (b,) = first.dequeue(), second.dequeue()  # Conf.BULK = 1: one task per look
     assert {a[0], b[0]} == ids and {a[1], b[1]} == {"payload-1", "payload-2"}
