@@ -33,10 +33,16 @@ FAST = dict(steps=4, width=64, height=64, guidance_scale=7.5, scheduler="euler",
 
 def _kohya_lora(path: Path, *, seed: int, unet_folder: Path | None = None, is_xl: bool = False) -> Path:
     """A kohya-layout LoRA (generation.lora_files.write_lora_file) of random weights on a UNet."""
+    from generation.lora_files import write_lora_file
+
+    return write_lora_file(path, _random_lora_unet(unet_folder, seed), {}, is_xl=is_xl)
+
+
+def _random_lora_unet(unet_folder: Path | None, seed: int):
+    """A UNet (the demo model's unless `unet_folder`) with a rank-4 peft adapter on its attention
+    projections, B matrices seeded random so the LoRA changes the image (mechanics only)."""
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig
-
-    from generation.lora_files import write_lora_file
 
     unet = UNet2DConditionModel.from_pretrained(unet_folder or Path(django_settings.IMAGESITE_MODEL) / "unet")
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
@@ -45,7 +51,7 @@ def _kohya_lora(path: Path, *, seed: int, unet_folder: Path | None = None, is_xl
         for name, p in unet.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
-    return write_lora_file(path, unet, {}, is_xl=is_xl)
+    return unet
 
 
 def _file(path: Path, name: str | None = None) -> SimpleUploadedFile:
@@ -226,17 +232,10 @@ def _diffusers_lora(folder: Path, *, seed: int) -> Path:
     """A LoRA in diffusers' own (peft) layout, as a diffusers training script saves it: a peft adapter on
     the demo model's UNet (random weights: mechanics only) written by `save_lora_weights`, so its keys
     are `unet.….lora_A.weight` / `.lora_B.weight`."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
-    from peft import LoraConfig
+    from diffusers import StableDiffusionPipeline
     from peft.utils import get_peft_model_state_dict
 
-    unet = UNet2DConditionModel.from_pretrained(Path(django_settings.IMAGESITE_MODEL) / "unet")
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in unet.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.5)
+    unet = _random_lora_unet(None, seed)
     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(unet), weight_name="watercolour.safetensors")
     return folder / "watercolour.safetensors"
 
