@@ -7,21 +7,19 @@ object), so a malicious pickle runs nothing here. Torch-free: the web process re
 """
 from __future__ import annotations
 
-import json
 import os
 import pickletools
-import struct
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import GenerationError
+from .safetensors_header import HeaderError, read_safetensors_header
 
 # The first convolution of an original-layout UNet: its input channels tell inpainting (9),
 # instruct-pix2pix (8), the x4 upscaler (7) and depth (5) models from text-to-image ones (4).
 UNET_CONV_IN = "model.diffusion_model.input_blocks.0.0.weight"
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 _PRECISIONS = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "HalfStorage": "float16",
                "BFloat16Storage": "bfloat16", "FloatStorage": "float32"}
 
@@ -69,38 +67,13 @@ def read_safetensors_keys(path: str | os.PathLike) -> FileKeys:
     """The header of a `.safetensors` file; a file shorter than its header promises is reported as
     damaged (a truncated download), before anything tries to load it."""
     path = Path(path)
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise _damaged(path, "shorter than a safetensors header")
-        (length,) = struct.unpack("<Q", head)
-        if not 2 <= length <= min(MAX_HEADER_BYTES, size - 8):
-            raise _damaged(path, "its header length is impossible")
-        raw = handle.read(length)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise _damaged(path, "its header is not JSON") from None
-    if not isinstance(header, dict):
-        raise _damaged(path, "its header is not a table of tensors")
-    metadata = header.pop("__metadata__", None) or {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    precisions: Counter = Counter()
-    end = 0
-    for key, entry in header.items():
-        try:
-            end = max(end, int(entry["data_offsets"][1]))
-            shapes[key] = tuple(int(n) for n in entry["shape"])
-            if entry["dtype"] in _PRECISIONS:
-                precisions[_PRECISIONS[entry["dtype"]]] += 1
-        except (TypeError, KeyError, IndexError, ValueError):
-            raise _damaged(path, f"the header entry for {key!r} is malformed") from None
-    if 8 + length + end > size:
-        missing = (8 + length + end - size) / 2**20
-        raise _damaged(path, f"{missing:,.1f} MiB of tensor data are missing at the end")
-    return FileKeys(keys=frozenset(header), shapes=shapes, metadata={str(k): str(v) for k, v in metadata.items()},
-                    precisions=precisions)
+        with path.open("rb") as handle:
+            header = read_safetensors_header(handle, path.stat().st_size)
+    except HeaderError as error:
+        raise _damaged(path, str(error)) from None
+    precisions = Counter(_PRECISIONS[d] for d in header.dtypes.values() if d in _PRECISIONS)
+    return FileKeys(keys=frozenset(header.shapes), shapes=header.shapes, metadata=header.metadata, precisions=precisions)
 
 
 def read_ckpt_keys(path: str | os.PathLike) -> FileKeys:

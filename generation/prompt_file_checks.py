@@ -17,11 +17,12 @@ Embeddings as A1111 reads them from a safetensors file: one tensor (`emb_params`
 """
 from __future__ import annotations
 
-import json
 import re
-import struct
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from .safetensors_header import HeaderError, read_safetensors_header
+from .safetensors_header import SafetensorsHeader as Header
 
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a LoRA's header is tens of KB; safetensors allows 100 MB
 FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
@@ -37,17 +38,15 @@ _LYCORIS_PARTS = (".hada_w1_a", ".lokr_w1", ".lokr_w1_a", ".oft_blocks", ".diff"
 _TRANSFORMER_HINTS = ("lora_transformer_", "transformer.", "diffusion_model.", "lora_unet_double_blocks_", "lora_unet_single_blocks_")
 _BUNDLE_PREFIX = "bundle_emb."
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,99}$")
+# Header faults worded for an uploader; the others read "This is not a .safetensors file (<why>)."
+_HEADER_FAULTS = {
+    "short": "This is not a .safetensors file (too short for its header).",
+    "truncated": "The file is incomplete (its tensors run past its end): download it again.",
+}
 
 
 class PromptFileError(ValueError):
     """What is wrong with an uploaded file, in words its uploader can act on."""
-
-
-@dataclass(frozen=True)
-class Header:
-    shapes: dict[str, tuple[int, ...]]
-    dtypes: dict[str, str]
-    metadata: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -65,40 +64,17 @@ class EmbeddingFacts:
 
 
 def read_header(handle: BinaryIO, size: int) -> Header:
-    """The safetensors header of an open file of `size` bytes (8-byte little-endian length, then a
-    JSON table); a file whose table promises more bytes than it has is refused (a cut-off download)."""
-    handle.seek(0)
-    head = handle.read(8)
-    if len(head) < 8:
-        raise PromptFileError("This is not a .safetensors file (too short for its header).")
-    (length,) = struct.unpack("<Q", head)
-    if not 2 <= length <= min(MAX_HEADER_BYTES, size - 8):
-        raise PromptFileError("This is not a .safetensors file (its header length is impossible).")
+    """The safetensors header of an open upload of `size` bytes (`read_safetensors_header`, with a
+    LoRA-sized limit), its faults worded for the uploader; a file without tensors is refused too."""
     try:
-        table = json.loads(handle.read(length).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise PromptFileError("This is not a .safetensors file (its header is not JSON).") from None
-    if not isinstance(table, dict):
-        raise PromptFileError("This is not a .safetensors file (its header is not a table of tensors).")
-    metadata = table.pop("__metadata__", None) or {}
-    shapes: dict[str, tuple[int, ...]] = {}
-    dtypes: dict[str, str] = {}
-    end = 0
-    for key, entry in table.items():
-        try:
-            start, stop = (int(n) for n in entry["data_offsets"])
-            shapes[key] = tuple(int(n) for n in entry["shape"])
-            dtypes[key] = str(entry["dtype"])
-        except (TypeError, KeyError, ValueError):
-            raise PromptFileError(f"The file is damaged (the header entry for “{key}” is malformed).") from None
-        if not 0 <= start <= stop:
-            raise PromptFileError(f"The file is damaged (the header entry for “{key}” is malformed).")
-        end = max(end, stop)
-    if 8 + length + end > size:
-        raise PromptFileError("The file is incomplete (its tensors run past its end): download it again.")
-    if not shapes:
+        header = read_safetensors_header(handle, size, max_header_bytes=MAX_HEADER_BYTES)
+    except HeaderError as error:
+        if error.problem == "entry":
+            raise PromptFileError(f"The file is damaged (the header entry for “{error.key}” is malformed).") from None
+        raise PromptFileError(_HEADER_FAULTS.get(error.problem, f"This is not a .safetensors file ({error}).")) from None
+    if not header.shapes:
         raise PromptFileError("The file holds no tensors.")
-    return Header(shapes=shapes, dtypes=dtypes, metadata={str(k): str(v) for k, v in dict(metadata).items()})
+    return header
 
 
 def inspect_lora(header: Header) -> LoraFacts:
