@@ -15,8 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from imagesite import quotas
-from imagesite.export import latest_export, request_export
-from imagesite.files import private_file_response
+from imagesite.export import archive_response, latest_export, request_export
 from imagesite.models import DataExport
 
 from . import serializers as s
@@ -163,7 +162,7 @@ class MeExportArchiveView(APIView):
             raise exceptions.NotFound("No archive: POST /api/v1/me/export/ to prepare one, then wait for it to succeed.")
         if export.is_expired:
             raise ArchiveGone(f"This archive expired on {export.expires_at:%Y-%m-%d %H:%M} UTC: POST /api/v1/me/export/ for a new one.")
-        return private_file_response(export.file, download_name=export.download_name(), content_type="application/zip")
+        return archive_response(export)
 
 
 @extend_schema_view(

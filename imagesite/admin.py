@@ -10,8 +10,7 @@ from django.utils.html import format_html
 from . import invite_admin  # noqa: F401  (registers the admin's Invites)
 from . import quotas
 from .accounts import delete_account
-from .export import request_export
-from .files import private_file_response
+from .export import archive_response, request_export
 from .models import DataExport, QueueControl, UserLimits
 
 
@@ -176,4 +175,4 @@ class DataExportAdmin(JobAdmin):
         if not export.is_downloadable:
             self.message_user(request, "That archive expired or is not ready.", messages.WARNING)
             return redirect("admin:imagesite_dataexport_changelist")
-        return private_file_response(export.file, download_name=export.download_name(), content_type="application/zip")
+        return archive_response(export)

@@ -32,9 +32,11 @@ from django.conf import settings
 from django.core.files.storage import default_storage
 from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models, transaction
+from django.http import HttpResponse
 from django.utils import timezone
 
 from . import quotas
+from .files import private_file_response
 from .jobs import FINISHED_STATUSES, JobCanceled, JobStatus, ProgressReporter, ensure_every_minute, reap_stale
 from .runner import run_job
 from .models import DataExport
@@ -95,6 +97,13 @@ def safe_name(name: str, fallback: str = "file") -> str:
 # --- the service both pages and the API call --------------------------------------------------------
 def latest_export(user) -> DataExport | None:
     return DataExport.objects.for_user(user).first()
+
+
+def archive_response(export: DataExport) -> HttpResponse:
+    """The archive as a zip attachment named for its owner and date: the one download the page, the
+    API and the admin all answer with, once the caller checked the export is its reader's and neither
+    missing nor expired."""
+    return private_file_response(export.file, download_name=export.download_name(), content_type="application/zip")
 
 
 def request_export(*, user) -> tuple[DataExport, bool]:

@@ -10,8 +10,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
-from .export import latest_export, request_export
-from .files import private_file_response
+from .export import archive_response, latest_export, request_export
 from .models import DataExport
 
 
@@ -43,7 +42,7 @@ def export_download(request: HttpRequest, pk: int) -> HttpResponse:
         return _gone(request, "No archive of yours here: it expired and was deleted, or a newer archive replaced it.", 404)
     if export.is_expired:
         return _gone(request, f"This archive expired on {export.expires_at:%Y-%m-%d %H:%M} UTC.", 410)
-    return private_file_response(export.file, download_name=export.download_name(), content_type="application/zip")
+    return archive_response(export)
 
 
 def _gone(request: HttpRequest, reason: str, status: int) -> HttpResponse:
