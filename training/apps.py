@@ -13,13 +13,39 @@ def ensure_photo_requeue_schedule(using: str = "default", **kwargs) -> None:
     ensure_every_minute(PHOTO_REQUEUE, "requeue stale photos", using)
 
 
+def _referenced_files():
+    """Each photo's raw upload (until processed), cleaned photo and crop."""
+    from imagesite.orphans import stored_names
+
+    from .models import SubjectPhoto
+
+    return stored_names(SubjectPhoto.objects.all(), "upload", "image", "crop")
+
+
+def _referenced_folders():
+    """Folders whose whole tree a row keeps: each subject's class images, and each run's output folder
+    while the run is queued or running or holds a checkpoint. A run that ended without one (failed,
+    canceled) had its folder removed on the way out (tasks._discard_outputs), unless its worker was
+    killed: then what it left there is swept."""
+    from django.db.models import Q
+
+    from imagesite.jobs import ACTIVE_STATUSES
+
+    from .models import Subject, TrainingRun
+
+    for pk, owner_id in Subject.objects.order_by().values_list("pk", "owner_id").iterator(chunk_size=5000):
+        yield f"{Subject(pk=pk, owner_id=owner_id).files_prefix()}/class_images"
+    kept = TrainingRun.objects.exclude(files_dir="").filter(Q(status__in=ACTIVE_STATUSES) | ~Q(checkpoint=""))
+    yield from kept.order_by().values_list("files_dir", flat=True).iterator(chunk_size=5000)
+
+
 class TrainingConfig(AppConfig):
     name = "training"
     verbose_name = "Subjects and training"
 
     def ready(self) -> None:
         from api.webhooks import register_job_serializer
-        from imagesite import quotas
+        from imagesite import orphans, quotas
 
         from . import signals  # noqa: F401  (deletes files with their rows)
         from .models import SubjectPhoto, TrainingRun
@@ -30,6 +56,8 @@ class TrainingConfig(AppConfig):
         quotas.register("gpu_seconds_per_day", lambda user: TrainingRun.objects.for_user(user), window=timedelta(days=1))
         quotas.register("uploads_per_hour", lambda user: SubjectPhoto.objects.for_user(user), window=timedelta(hours=1))
         register_job_serializer(TrainingRun, TrainingRunSerializer)
+        # Files a killed worker or request wrote but never committed a row for go after an hour.
+        orphans.register("training", roots=("photos", "subjects"), files=_referenced_files, folders=_referenced_folders)
         from imagesite.export import register_part
 
         from .export_parts import training_part

@@ -1,0 +1,244 @@
+"""Media files no row refers to: found by one walk of the folders the apps own, removed after a grace.
+
+Our writes put files first and rows after (a row never names a missing file), and remove the files
+again when the insert fails. A process killed in between (the OOM killer, SIGKILL, power loss) runs no
+`except`: the files stay with no row, for ever. So do the files of a row deleted by a process killed
+after its commit but before the `on_commit` that removes them. This sweep takes them away.
+
+The bottom layer knows no app's models: each app registers, from its AppConfig.ready, the top-level
+media folders it owns (`roots`) and what its rows refer to there: stored file names (`files`) and
+folders whose whole tree belongs to a row (`folders`, e.g. a training run's output folder). A file
+under a registered root is an orphan when no registered rule refers to it (names are pooled across
+apps and users, so a row of any app or user keeps its file) and it was last modified before the grace
+period (IMAGESITE_ORPHAN_GRACE_S, an hour by default): a write still in progress, whose row is not
+committed yet, is never touched.
+
+Scales to the 100,000s: every root is walked once (os.scandir, no per-file query), the referenced
+names are read once afterwards (values_list, streamed) into sets, and each file is checked against
+the sets and its own parent folders. The walk never follows a symbolic link (links are left alone),
+and a root that resolves outside MEDIA_ROOT is skipped. Runs hourly (a django-q2 schedule made after
+migrate, imagesite.apps) and as `manage.py sweep_orphans [--dry-run]`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable, Iterator
+
+from django.conf import settings
+from django.core.files.storage import default_storage
+from django.db.models import QuerySet
+from django.utils import timezone
+
+log = logging.getLogger("imagesite.orphans")
+
+DEFAULT_GRACE_S = 3600
+SWEEP_TASK = "imagesite.orphans.run_sweep"
+
+Names = Callable[[], Iterable[str]]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An app's media: the top-level folders it owns and what its rows refer to under them."""
+
+    roots: tuple[str, ...]
+    files: Names | None = None  # storage names ("images/3/ab….png") rows refer to
+    folders: Names | None = None  # storage folders whose every file a row refers to
+
+
+_RULES: dict[str, Rule] = {}
+
+
+def register(name: str, *, roots: Iterable[str], files: Names | None = None, folders: Names | None = None) -> None:
+    """Add (or replace, by `name`) an app's rule. Called once per app and process, from its `ready()`.
+    A root is one or more path segments under MEDIA_ROOT ("images"), never MEDIA_ROOT itself."""
+    cleaned = tuple(_clean_root(root) for root in roots)
+    _RULES[name] = Rule(roots=cleaned, files=files, folders=folders)
+
+
+def registered_rules() -> dict[str, Rule]:
+    return dict(_RULES)
+
+
+def _clean_root(root: str) -> str:
+    path = PurePosixPath(root)
+    if path.is_absolute() or not path.parts or any(part in ("", ".", "..") for part in path.parts):
+        raise ValueError(f"an orphan-sweep root must be a folder under MEDIA_ROOT, not {root!r}")
+    return path.as_posix()
+
+
+def stored_names(queryset: QuerySet, *fields: str) -> Iterator[str]:
+    """The non-empty values of `fields` (FileFields or storage-name CharFields) over `queryset`,
+    streamed in chunks: what a rule's `files` returns."""
+    for row in queryset.order_by().values_list(*fields).iterator(chunk_size=5000):
+        yield from (value for value in row if value)
+
+
+# --- the sweep --------------------------------------------------------------------------------------
+@dataclass
+class SweepReport:
+    """What a sweep found: `removed` (storage names; in a dry run, what it would remove) and bytes,
+    counts of files kept because referenced or young, and of links and roots left alone."""
+
+    removed: list[str] = field(default_factory=list)
+    removed_bytes: int = 0
+    referenced: int = 0
+    young: int = 0
+    links_skipped: int = 0
+    roots_skipped: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def counts(self) -> dict[str, int]:
+        return {"removed": len(self.removed), "removed_bytes": self.removed_bytes, "referenced": self.referenced,
+                "young": self.young, "links_skipped": self.links_skipped, "roots_skipped": len(self.roots_skipped)}
+
+
+@dataclass(frozen=True)
+class _Found:
+    name: str  # storage name, "/"-separated
+    path: str
+    size: int
+    mtime: float
+
+
+def grace_period() -> timedelta:
+    return timedelta(seconds=getattr(settings, "IMAGESITE_ORPHAN_GRACE_S", DEFAULT_GRACE_S))
+
+
+def sweep(*, dry_run: bool = False, grace: timedelta | None = None) -> SweepReport:
+    """Remove (unless `dry_run`) every file under the registered roots that no rule refers to and that
+    was last modified more than `grace` ago (default: grace_period())."""
+    started = time.monotonic()
+    report = SweepReport()
+    try:
+        media = Path(default_storage.path("")).resolve()
+    except NotImplementedError:  # storage that is not a local (or shared, mounted) folder
+        log.warning("orphan sweep skipped: the default storage has no local folders to walk")
+        return report
+    cutoff = time.time() - (grace if grace is not None else grace_period()).total_seconds()
+    roots = _outermost({root for rule in _RULES.values() for root in rule.roots})
+    old: list[_Found] = []
+    for root in roots:  # the walk first: a row committed before the queries below counts
+        for found in _walk_root(media, root, report):
+            if found.mtime > cutoff:
+                report.young += 1
+            else:
+                old.append(found)
+    files, folders = _referenced()
+    for found in old:
+        if found.name in files or _in_folder(found.name, folders):
+            report.referenced += 1
+        elif dry_run or _remove(found, cutoff):
+            report.removed.append(found.name)
+            report.removed_bytes += found.size
+    report.seconds = time.monotonic() - started
+    _log(report, dry_run)
+    return report
+
+
+def _referenced() -> tuple[set[str], set[str]]:
+    files: set[str] = set()
+    folders: set[str] = set()
+    for rule in _RULES.values():
+        if rule.files is not None:
+            files.update(rule.files())
+        if rule.folders is not None:
+            folders.update(name.strip("/") for name in rule.folders() if name.strip("/"))
+    return files, folders
+
+
+def _outermost(roots: set[str]) -> list[str]:
+    """The roots to walk: each once, none inside another."""
+    return sorted(root for root in roots if not _in_folder(root, roots))
+
+
+def _in_folder(name: str, folders: set[str]) -> bool:
+    if not folders:
+        return False
+    parent = name.rpartition("/")[0]
+    while parent:
+        if parent in folders:
+            return True
+        parent = parent.rpartition("/")[0]
+    return False
+
+
+def _walk_root(media: Path, root: str, report: SweepReport) -> Iterator[_Found]:
+    """Regular files under media/root, without following links, the root's own included."""
+    top = media
+    for part in PurePosixPath(root).parts:
+        top = top / part
+        if top.is_symlink():  # e.g. images/ on another disk: not ours to walk
+            log.warning("orphan sweep: %s is a symbolic link; the files under %s are left alone", top, root)
+            report.roots_skipped.append(root)
+            return
+    if not top.is_dir():
+        return
+    stack = [(str(top), root)]
+    while stack:
+        path, name = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except OSError as exc:  # removed meanwhile, or unreadable: the next sweep tries again
+            log.warning("orphan sweep could not read %s: %s", name, exc.strerror)
+            continue
+        for entry in entries:
+            child = f"{name}/{entry.name}"
+            try:
+                if entry.is_symlink():
+                    report.links_skipped += 1
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append((entry.path, child))
+                elif entry.is_file(follow_symlinks=False):
+                    st = entry.stat(follow_symlinks=False)
+                    yield _Found(child, entry.path, st.st_size, st.st_mtime)
+            except FileNotFoundError:
+                continue  # removed by its owner while we looked
+
+
+def _remove(found: _Found, cutoff: float) -> bool:
+    """Unlink the file unless it changed since the walk (rewritten: young again, or a link now)."""
+    try:
+        st = os.lstat(found.path)
+        if not stat.S_ISREG(st.st_mode) or st.st_mtime > cutoff:
+            return False
+        os.unlink(found.path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        log.warning("orphan sweep could not remove %s: %s", found.name, exc.strerror)
+        return False
+    return True
+
+
+def _log(report: SweepReport, dry_run: bool) -> None:
+    verb = "would remove" if dry_run else "removed"
+    message = "orphan sweep %s %s file(s), %s bytes (kept %s referenced, %s younger than the grace) in %.2f s"
+    args = (verb, len(report.removed), report.removed_bytes, report.referenced, report.young, report.seconds)
+    # Orphans mean a process died between its file writes and its commit: worth a warning.
+    (log.warning if report.removed and not dry_run else log.info)(message, *args)
+
+
+# --- the schedule -----------------------------------------------------------------------------------
+def run_sweep() -> dict[str, int]:
+    """The hourly django-q2 task: sweep and return the counts (kept as the task's result)."""
+    return sweep().counts()
+
+
+def ensure_sweep_schedule(using: str = "default", **kwargs) -> None:
+    """post_migrate receiver (imagesite.apps): run_sweep every hour, first an hour after it is made
+    (files written by a fresh install are all younger than the grace anyway). Made once: an admin's
+    later change to it is kept."""
+    from django_q.models import Schedule
+
+    Schedule.objects.using(using).get_or_create(
+        func=SWEEP_TASK,
+        defaults={"name": "sweep orphan media files", "schedule_type": Schedule.HOURLY, "repeats": -1,
+                  "next_run": timezone.now() + timedelta(hours=1)},
+    )
