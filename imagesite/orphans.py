@@ -134,7 +134,7 @@ def sweep(*, dry_run: bool = False, grace: timedelta | None = None) -> SweepRepo
     for found in old:
         if found.name in files or _in_folder(found.name, folders):
             report.referenced += 1
-        elif dry_run or _remove(found, cutoff):
+        elif dry_run or _remove(found, cutoff, media):
             report.removed.append(found.name)
             report.removed_bytes += found.size
     report.seconds = time.monotonic() - started
@@ -184,7 +184,8 @@ def _walk_root(media: Path, root: str, report: SweepReport) -> Iterator[_Found]:
     while stack:
         path, name = stack.pop()
         try:
-            entries = list(os.scandir(path))
+            with os.scandir(path) as listing:
+                entries = list(listing)
         except OSError as exc:  # removed meanwhile, or unreadable: the next sweep tries again
             log.warning("orphan sweep could not read %s: %s", name, exc.strerror)
             continue
@@ -202,11 +203,12 @@ def _walk_root(media: Path, root: str, report: SweepReport) -> Iterator[_Found]:
                 continue  # removed by its owner while we looked
 
 
-def _remove(found: _Found, cutoff: float) -> bool:
-    """Unlink the file unless it changed since the walk (rewritten: young again, or a link now)."""
+def _remove(found: _Found, cutoff: float, media: Path) -> bool:
+    """Unlink the file unless it changed since the walk (rewritten: young again; a link now, or a
+    folder on its way swapped for one that leads out of the media root)."""
     try:
         st = os.lstat(found.path)
-        if not stat.S_ISREG(st.st_mode) or st.st_mtime > cutoff:
+        if not stat.S_ISREG(st.st_mode) or st.st_mtime > cutoff or not Path(os.path.realpath(found.path)).is_relative_to(media):
             return False
         os.unlink(found.path)
     except FileNotFoundError:
