@@ -12,7 +12,9 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import replace
+from functools import cache
 from pathlib import PurePath
+from typing import Callable
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -50,7 +52,7 @@ def owned(kind: type[PromptFile], owner) -> QuerySet:
 
 def lora_subjects(owner) -> list:
     """The owner's subjects whose trained checkpoint is a LoRA (usable as <lora:token:w>)."""
-    return [s for s in subjects_of(owner).ready().order_by("token") if _subject_run(s) is not None]
+    return [s for s in subjects_of(owner).ready().with_trained_run().order_by("token") if _subject_run(s) is not None]
 
 
 def _subject_run(subject):
@@ -133,12 +135,14 @@ def resolve_prompt_files(owner, prompt: str, negative_prompt: str, base_model: B
     loras: dict[str, dict] = {}
     embeddings: dict[int, dict] = {}
     parsed = [(field, *extract_lora_tags(text)) for field, text in (("prompt", prompt), ("negative_prompt", negative_prompt or ""))]
-    named = _loras_named(owner, {tag.name for _, _, tags in parsed for tag in tags})  # one query for every tag
+    names = {tag.name for _, _, tags in parsed for tag in tags}
+    named, subjects = _loras_named(owner, names), _subjects_named(owner, names)  # a few queries for every tag
+    known = cache(lambda: _known_lora_names(owner))  # for unknown names' hint: read once, if at all
     for field, remaining, tags in parsed:
         problems: list[str] = []
         for tag in tags:
             try:
-                entry = _resolve_lora(owner, tag.name, family, named)
+                entry = _resolve_lora(tag.name, family, _pick_lora(named, owner, tag.name), subjects.get(tag.name), known)
             except ValidationError as exc:
                 problems.extend(exc.messages)
                 continue
@@ -181,14 +185,14 @@ def _pick_lora(rows: list[Lora], owner, name: str) -> Lora | None:
     return None
 
 
-def _resolve_lora(owner, name: str, family: str, named: list[Lora]) -> dict:
-    row = _pick_lora(named, owner, name)
+def _resolve_lora(name: str, family: str, row: Lora | None, subject, known: Callable[[], list[str]]) -> dict:
+    """The job's entry for the tag `name`: the LoRA `row` it names, else the `subject` it names (its
+    trained run prefetched), else a ValidationError that offers the `known()` names."""
     if row is not None:
         if not fits(row.family, family):
             raise ValidationError(f"The LoRA “{row.name}” is for {FAMILY_LABELS.get(row.family, row.family)}; this base model "
                                   f"is {family_label_of(family)}. Pick a base model of its family, or leave the tag out.")
         return {"name": name, "kind": "lora", "id": row.pk, "sha256": row.sha256, "family": row.family}
-    subject = _subject_named(owner, name)
     if subject is not None:
         run = _subject_run(subject)
         if run is None:
@@ -199,18 +203,32 @@ def _resolve_lora(owner, name: str, family: str, named: list[Lora]) -> dict:
             raise ValidationError(f"Your subject “{subject.name}” was trained on {family_label_of(run.base_family)}; this base "
                                   f"model is {family_label_of(family)}.")
         return {"name": name, "kind": "subject", "id": subject.pk, "run": run.pk, "sha256": "", "family": run.base_family}
-    known = sorted({*usable(Lora, owner).values_list("name", flat=True), *(s.token for s in lora_subjects(owner))}, key=str.lower)
-    hint = f"use one of: {', '.join(known[:12])}{' …' if len(known) > 12 else ''}" if known else "you have none yet"
+    hint = f"use one of: {', '.join(known()[:12])}{' …' if len(known()) > 12 else ''}" if known() else "you have none yet"
     raise ValidationError(f"No LoRA called “{name}”: upload it on the LoRAs page, or {hint}.")
 
 
-def _subject_named(owner, name: str):
-    """The owner's subject whose token is `name` (any case), or whose LoRA download's stem it is."""
+def _known_lora_names(owner) -> list[str]:
+    return sorted({*usable(Lora, owner).values_list("name", flat=True), *(s.token for s in lora_subjects(owner))}, key=str.lower)
+
+
+def _subjects_named(owner, names: set[str]) -> dict:
+    """name -> the owner's subject the tag `name` names: the one whose token it is (any case; the
+    newest of a tie), else the one whose LoRA download's stem it is (<token>-<class>-lora-run<N>).
+    Trained runs come prefetched: at most three queries, however many tags."""
+    if not names:
+        return {}
     subjects = subjects_of(owner)
-    subject = subjects.filter(token__iexact=name).first()
-    if subject is None and (match := _RUN_SUFFIX.search(name)):
-        subject = subjects.filter(runs__pk=int(match.group(1))).first()
-    return subject
+    run_ids = {name: int(match.group(1)) for name in names if (match := _RUN_SUFFIX.search(name))}
+    run_subject = dict(subjects.filter(runs__pk__in=run_ids.values()).values_list("runs__pk", "pk")) if run_ids else {}
+    wanted = Q(lowered__in={name.lower() for name in names}) | Q(pk__in=run_subject.values())
+    rows = list(subjects.annotate(lowered=Lower("token")).filter(wanted).with_trained_run())  # Meta ordering: newest first
+    found = {}
+    for name in names:
+        by_token = next((s for s in rows if s.token.lower() == name.lower()), None)
+        by_run = next((s for s in rows if s.pk == run_subject.get(run_ids.get(name))), None)
+        if by_token or by_run:
+            found[name] = by_token or by_run
+    return found
 
 
 def _named_embeddings(owner, text: str) -> list[Embedding]:

@@ -26,6 +26,12 @@ class SubjectQuerySet(models.QuerySet):
         newest = TrainingRun.objects.filter(subject=models.OuterRef("pk"), status=JobStatus.SUCCEEDED).order_by("-finished_at", "-pk")
         return self.annotate(trained_family=models.Subquery(newest.values("base_family")[:1]))
 
+    def with_trained_run(self) -> "SubjectQuerySet":
+        """Prefetch each subject's succeeded runs, newest first, so `Subject.trained_run()` reads them
+        instead of querying: a list of subjects and their trained runs in two queries, however long."""
+        succeeded = TrainingRun.objects.filter(status=JobStatus.SUCCEEDED).order_by("-finished_at", "-pk")
+        return self.prefetch_related(models.Prefetch("runs", queryset=succeeded, to_attr="succeeded_runs"))
+
 
 class Subject(models.Model):
     """A user's own concept (a person, a pet, an object), learnt from their photos."""
@@ -63,6 +69,8 @@ class Subject(models.Model):
 
     def trained_run(self) -> "TrainingRun | None":
         """The newest run that produced a checkpoint (what generation uses)."""
+        if hasattr(self, "succeeded_runs"):  # prefetched by SubjectQuerySet.with_trained_run()
+            return self.succeeded_runs[0] if self.succeeded_runs else None
         return self.runs.filter(status=JobStatus.SUCCEEDED).order_by("-finished_at", "-pk").first()
 
     def trained_family(self) -> str:
