@@ -7,7 +7,9 @@ after its commit but before the `on_commit` that removes them. This sweep takes 
 
 The bottom layer knows no app's models: each app registers, from its AppConfig.ready, the top-level
 media folders it owns (`roots`) and what its rows refer to there: stored file names (`files`) and
-folders whose whole tree belongs to a row (`folders`, e.g. a training run's output folder). A file
+folders whose whole tree belongs to a row (`folders`, e.g. a training run's output folder), but for
+names under them that start with one of the rule's `scratch` prefixes (an atomic write's temporary
+file or staging folder: an old one was abandoned by a killed process). A file
 under a registered root is an orphan when no registered rule refers to it (names are pooled across
 apps and users, so a row of any app or user keeps its file) and it was last modified before the grace
 period (IMAGESITE_ORPHAN_GRACE_S, an hour by default): a write still in progress, whose row is not
@@ -49,17 +51,21 @@ class Rule:
 
     roots: tuple[str, ...]
     files: Names | None = None  # storage names ("images/3/ab….png") rows refer to
-    folders: Names | None = None  # storage folders whose every file a row refers to
+    folders: Names | None = None  # storage folders whose every file a row refers to...
+    scratch: tuple[str, ...] = ()  # ...but for names under them with a segment starting so (".")
 
 
 _RULES: dict[str, Rule] = {}
 
 
-def register(name: str, *, roots: Iterable[str], files: Names | None = None, folders: Names | None = None) -> None:
+def register(name: str, *, roots: Iterable[str], files: Names | None = None, folders: Names | None = None,
+             scratch: Iterable[str] = ()) -> None:
     """Add (or replace, by `name`) an app's rule. Called once per app and process, from its `ready()`.
     A root is one or more path segments under MEDIA_ROOT ("images"), never MEDIA_ROOT itself."""
     cleaned = tuple(_clean_root(root) for root in roots)
-    _RULES[name] = Rule(roots=cleaned, files=files, folders=folders)
+    if any(not prefix for prefix in scratch):
+        raise ValueError("a scratch prefix cannot be empty (it would leave a referenced folder unkept)")
+    _RULES[name] = Rule(roots=cleaned, files=files, folders=folders, scratch=tuple(scratch))
 
 
 def registered_rules() -> dict[str, Rule]:
@@ -132,7 +138,7 @@ def sweep(*, dry_run: bool = False, grace: timedelta | None = None) -> SweepRepo
                 old.append(found)
     files, folders = _referenced()
     for found in old:
-        if found.name in files or _in_folder(found.name, folders):
+        if found.name in files or _kept_by_folder(found.name, folders):
             report.referenced += 1
         elif dry_run or _remove(found, cutoff, media):
             report.removed.append(found.name)
@@ -142,15 +148,34 @@ def sweep(*, dry_run: bool = False, grace: timedelta | None = None) -> SweepRepo
     return report
 
 
-def _referenced() -> tuple[set[str], set[str]]:
+def _referenced() -> tuple[set[str], dict[str, tuple[str, ...]]]:
+    """The file names rows refer to, and the folders they keep whole (each with its scratch prefixes)."""
     files: set[str] = set()
-    folders: set[str] = set()
+    folders: dict[str, tuple[str, ...]] = {}
     for rule in _RULES.values():
         if rule.files is not None:
             files.update(rule.files())
         if rule.folders is not None:
-            folders.update(name.strip("/") for name in rule.folders() if name.strip("/"))
+            for folder in rule.folders():
+                folder = folder.strip("/")
+                if folder:  # two rules keeping one folder: what either keeps stays
+                    folders[folder] = tuple(set(folders[folder]) & set(rule.scratch)) if folder in folders else rule.scratch
     return files, folders
+
+
+def _kept_by_folder(name: str, folders: dict[str, tuple[str, ...]]) -> bool:
+    """Whether a kept folder above `name` holds it as content (not as a scratch name)."""
+    if not folders:
+        return False
+    parent = name.rpartition("/")[0]
+    while parent:
+        scratch = folders.get(parent)
+        if scratch is not None:
+            below = name[len(parent) + 1:].split("/")
+            if not any(segment.startswith(scratch) for segment in below):
+                return True
+        parent = parent.rpartition("/")[0]
+    return False
 
 
 def _outermost(roots: set[str]) -> list[str]:
@@ -159,8 +184,6 @@ def _outermost(roots: set[str]) -> list[str]:
 
 
 def _in_folder(name: str, folders: set[str]) -> bool:
-    if not folders:
-        return False
     parent = name.rpartition("/")[0]
     while parent:
         if parent in folders:

@@ -157,7 +157,7 @@ def test_generation_inputs_masks_and_prompt_files_count_as_referenced(media, own
     assert not stray_input.exists() and not stray_lora.exists() and report.referenced == 3
 
 
-def test_training_rules_keep_photos_class_images_and_live_runs_folders(media, owner):
+def test_training_rules_keep_photos_class_images_and_live_runs_folders_but_not_their_scratch(media, owner):
     subject = Subject.objects.create(owner=owner, name="Checkers", token="sks", class_noun="shape")
     prefix = subject.files_prefix()
     SubjectPhoto.objects.create(subject=subject, status=PhotoStatus.PENDING, width=64, height=64, upload=f"photos/{owner.pk}/p.upload")
@@ -167,7 +167,10 @@ def test_training_rules_keep_photos_class_images_and_live_runs_folders(media, ow
     TrainingRun.objects.create(subject=subject, status=JobStatus.FAILED, files_dir=f"{prefix}/runs/3")
     keep = [f"photos/{owner.pk}/p.upload", f"{prefix}/class_images/0.png", f"{running.files_dir}/step-10/x.bin",
             f"{done.files_dir}/lora.safetensors"]
+    young_scratch = write(media, f"{running.files_dir}/.staging-cd/lora.safetensors", age_s=60)  # being saved
     go = [f"photos/{owner.pk}/p-crop.png",  # written by a photo task killed before mark_ready
+          f"{done.files_dir}/.staging-ef/lora.safetensors",  # a save killed midway, then a retry that succeeded
+          f"{prefix}/class_images/.0.png.0123.tmp",  # a class image's write killed before its rename
           f"{prefix}/runs/3/.staging-ab/lora.safetensors",  # a failed run's leftovers (killed mid-save)
           f"{prefix}/runs/9/lora.safetensors",  # a deleted run's folder
           f"subjects/{owner.pk}/999/class_images/0.png"]  # a deleted subject's class images
@@ -177,7 +180,7 @@ def test_training_rules_keep_photos_class_images_and_live_runs_folders(media, ow
     report = orphans.sweep()
 
     assert sorted(report.removed) == sorted(go)
-    assert all((media / name).exists() for name in keep)
+    assert all((media / name).exists() for name in keep) and young_scratch.exists()
 
 
 def test_exports_keep_the_archive_and_a_running_exports_partial(media, owner, other_user):
@@ -218,6 +221,8 @@ def test_roots_must_lie_under_the_media_root():
     for bad in ("", "/etc", "../x", "images/../.."):
         with pytest.raises(ValueError):
             orphans.register("bad", roots=(bad,))
+    with pytest.raises(ValueError):
+        orphans.register("bad", roots=("images",), scratch=("",))
     assert "bad" not in orphans.registered_rules()
 
 

@@ -57,7 +57,10 @@ class TrainingConfig(AppConfig):
         quotas.register("uploads_per_hour", lambda user: SubjectPhoto.objects.for_user(user), window=timedelta(hours=1))
         register_job_serializer(TrainingRun, TrainingRunSerializer)
         # Files a killed worker or request wrote but never committed a row for go after an hour.
-        orphans.register("training", roots=("photos", "subjects"), files=_referenced_files, folders=_referenced_folders)
+        # The loop's atomic writes use dot names (a checkpoint's .staging-*/.old-* folders, a class
+        # image's .<name>.<hex>.tmp): an old one in a kept folder was left by a killed worker.
+        orphans.register("training", roots=("photos", "subjects"), files=_referenced_files, folders=_referenced_folders,
+                         scratch=(".",))
         from imagesite.export import register_part
 
         from .export_parts import training_part
