@@ -9,16 +9,16 @@ The bottom layer knows no app's models: each app registers, from its AppConfig.r
 media folders it owns (`roots`) and what its rows refer to there: stored file names (`files`) and
 folders whose whole tree belongs to a row (`folders`, e.g. a training run's output folder), but for
 names under them that start with one of the rule's `scratch` prefixes (an atomic write's temporary
-file or staging folder: an old one was abandoned by a killed process). A file
-under a registered root is an orphan when no registered rule refers to it (names are pooled across
-apps and users, so a row of any app or user keeps its file) and it was last modified before the grace
-period (IMAGESITE_ORPHAN_GRACE_S, an hour by default): a write still in progress, whose row is not
-committed yet, is never touched.
+file or staging folder: an old one was abandoned by a killed process). A file under a registered
+root is an orphan when no registered rule refers to it (names are pooled across apps and users, so a
+row of any app or user keeps its file) and it was last modified before the grace period
+(IMAGESITE_ORPHAN_GRACE_S, an hour by default): a write still in progress, whose row is not committed
+yet, is never touched.
 
 Scales to the 100,000s: every root is walked once (os.scandir, no per-file query), the referenced
 names are read once afterwards (values_list, streamed) into sets, and each file is checked against
-the sets and its own parent folders. The walk never follows a symbolic link (links are left alone),
-and a root that resolves outside MEDIA_ROOT is skipped. Runs hourly (a django-q2 schedule made after
+the sets and its own parent folders. The walk never follows a symbolic link (links are left alone, a
+root that is one is skipped), and a file is unlinked only if it still resolves inside MEDIA_ROOT. Runs hourly (a django-q2 schedule made after
 migrate, imagesite.apps) and as `manage.py sweep_orphans [--dry-run]`.
 """
 from __future__ import annotations
@@ -62,10 +62,10 @@ def register(name: str, *, roots: Iterable[str], files: Names | None = None, fol
              scratch: Iterable[str] = ()) -> None:
     """Add (or replace, by `name`) an app's rule. Called once per app and process, from its `ready()`.
     A root is one or more path segments under MEDIA_ROOT ("images"), never MEDIA_ROOT itself."""
-    cleaned = tuple(_clean_root(root) for root in roots)
+    cleaned, scratch = tuple(_clean_root(root) for root in roots), tuple(scratch)
     if any(not prefix for prefix in scratch):
         raise ValueError("a scratch prefix cannot be empty (it would leave a referenced folder unkept)")
-    _RULES[name] = Rule(roots=cleaned, files=files, folders=folders, scratch=tuple(scratch))
+    _RULES[name] = Rule(roots=cleaned, files=files, folders=folders, scratch=scratch)
 
 
 def registered_rules() -> dict[str, Rule]:
