@@ -136,7 +136,7 @@ def sweep(*, dry_run: bool = False, grace: timedelta | None = None) -> SweepRepo
                 report.young += 1
             else:
                 old.append(found)
-    files, folders = _referenced()
+    files, folders = _referenced() if old else (set(), {})  # nothing old: no query to make
     for found in old:
         if found.name in files or _kept_by_folder(found.name, folders):
             report.referenced += 1
