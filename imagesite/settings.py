@@ -159,6 +159,7 @@ IMAGESITE_MAX_ATTEMPTS = env_int("IMAGESITE_MAX_ATTEMPTS", 2)
 IMAGESITE_HEARTBEAT_S = env_int("IMAGESITE_HEARTBEAT_S", 10)
 # A data export's archive (imagesite/export.py) can be downloaded for this many hours, then is deleted.
 IMAGESITE_EXPORT_HOURS = env_int("IMAGESITE_EXPORT_HOURS", 24)
+IMAGESITE_ORPHAN_GRACE_S = env_int("IMAGESITE_ORPHAN_GRACE_S", 3600)  # imagesite.orphans: files younger than this are never swept
 # Live previews while a job renders: at most one every IMAGESITE_PREVIEW_S seconds (0: off).
 IMAGESITE_PREVIEW_S = env_float("IMAGESITE_PREVIEW_S", 0.5)
 # A folder with TAESD weights for sharper previews: taesd/ (SD 1.x/2.x) and/or taesdxl/ (SDXL), in
