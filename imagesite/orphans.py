@@ -167,29 +167,24 @@ def _kept_by_folder(name: str, folders: dict[str, tuple[str, ...]]) -> bool:
     """Whether a kept folder above `name` holds it as content (not as a scratch name)."""
     if not folders:
         return False
-    parent = name.rpartition("/")[0]
-    while parent:
+    for parent in _parents(name):
         scratch = folders.get(parent)
-        if scratch is not None:
-            below = name[len(parent) + 1:].split("/")
-            if not any(segment.startswith(scratch) for segment in below):
-                return True
-        parent = parent.rpartition("/")[0]
+        if scratch is not None and not any(segment.startswith(scratch) for segment in name[len(parent) + 1:].split("/")):
+            return True
     return False
 
 
 def _outermost(roots: set[str]) -> list[str]:
     """The roots to walk: each once, none inside another."""
-    return sorted(root for root in roots if not _in_folder(root, roots))
+    return sorted(root for root in roots if roots.isdisjoint(_parents(root)))
 
 
-def _in_folder(name: str, folders: set[str]) -> bool:
+def _parents(name: str) -> Iterator[str]:
+    """The folders above a storage name, nearest first: "a/b/c" → "a/b", "a"."""
     parent = name.rpartition("/")[0]
     while parent:
-        if parent in folders:
-            return True
+        yield parent
         parent = parent.rpartition("/")[0]
-    return False
 
 
 def _walk_root(media: Path, root: str, report: SweepReport) -> Iterator[_Found]:
