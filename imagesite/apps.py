@@ -4,12 +4,11 @@ from django.db.models.signals import post_migrate
 
 def _export_files() -> list[str]:
     """Archives the export rows name, and the half-written archive of each export still at work."""
-    from .jobs import ACTIVE_STATUSES
     from .models import DataExport
     from .orphans import stored_names
 
     names = list(stored_names(DataExport.objects.all(), "file"))
-    active = DataExport.objects.filter(status__in=ACTIVE_STATUSES).order_by().values_list("pk", "owner_id")
+    active = DataExport.objects.active().order_by().values_list("pk", "owner_id")
     names += [DataExport(pk=pk, owner_id=owner_id).partial_name() for pk, owner_id in active]
     return names
 
