@@ -136,13 +136,11 @@ def _device_turn(run: TrainingRun) -> Iterator[None]:
         if run.is_canceled():
             raise TrainingCanceled()
 
-    lease = DeviceLease(device, "training", current_settings().lock_dir)
-    with off_the_gpu_clock():  # the wait is not the run's GPU time
-        lease.acquire(on_wait=waiting, should_stop=stop_if_canceled)
-    try:
+    with contextlib.ExitStack() as turn:
+        with off_the_gpu_clock():  # the wait is not the run's GPU time
+            turn.enter_context(DeviceLease(device, "training", current_settings().lock_dir).held(
+                on_wait=waiting, should_stop=stop_if_canceled))
         yield
-    finally:
-        lease.release()
 
 
 def _training_image(photo, resolution: int) -> Image.Image:
