@@ -196,16 +196,15 @@ def _detect_folder(folder: Path) -> Family:
     # The pipeline class a folder names does not decide: the UNet's input does (runwayml's inpainting
     # folder says StableDiffusionInpaintPipeline, a merge saved by a script may say StableDiffusionPipeline).
     channels = _read_json(folder / "unet" / "config.json").get("in_channels", 4)
-    return _with_unet_input(folder.name, family, channels if isinstance(channels, int) else 4)
+    return inpainting_variant(family) if _inpainting_unet(folder.name, channels if isinstance(channels, int) else 4) else family
 
 
-def _with_unet_input(name: str, family: Family, channels: int) -> Family:
-    """`family`, its inpainting variant for a 9-channel UNet, or a refusal naming what takes other inputs."""
-    if channels == INPAINT_CHANNELS:
-        return inpainting_variant(family)
-    if channels != 4:
+def _inpainting_unet(name: str, channels: int) -> bool:
+    """Whether a UNet taking `channels` inputs is an inpainting one (9); text-to-image (4) is not;
+    any other is refused, named by what takes that input."""
+    if channels not in (4, INPAINT_CHANNELS):
         raise UnsupportedModel(name, _CONV_IN_CHANNELS.get(channels, f"a model whose UNet takes {channels} input channels"))
-    return family
+    return channels == INPAINT_CHANNELS
 
 
 # --- single files --------------------------------------------------------------------------------
@@ -252,9 +251,9 @@ def classify_keys(path: Path, found: FileKeys) -> Family:
         if found.has(*fragments):
             raise UnsupportedModel(path.name, what, advice)
     channels = (found.shapes.get(UNET_CONV_IN) or (0, 4))[1:2] or (4,)
-    if channels[0] in _CONV_IN_CHANNELS:
-        raise UnsupportedModel(path.name, _CONV_IN_CHANNELS[channels[0]])
-    return _with_unet_input(path.name, _family_from_keys(path, found, inpainting=channels[0] == INPAINT_CHANNELS), channels[0])
+    inpainting = _inpainting_unet(path.name, channels[0])
+    family = _family_from_keys(path, found, inpainting=inpainting)
+    return inpainting_variant(family) if inpainting else family
 
 
 def _family_from_keys(path: Path, found: FileKeys, *, inpainting: bool) -> Family:
