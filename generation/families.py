@@ -133,7 +133,7 @@ def detect_family(source: str) -> Family:
         stamp: tuple = (stat.st_size, stat.st_mtime_ns)
         if path.is_dir():
             stamp += tuple(_stat_or_none(path / name) for name in ("model_index.json", "text_encoder/config.json",
-                                                                     "scheduler/scheduler_config.json"))
+                                                                     "scheduler/scheduler_config.json", "unet/config.json"))
         else:
             stamp += (_stat_or_none(path.with_suffix(".yaml")),)  # an SD 2.x file's yaml decides v or not
     except OSError:
