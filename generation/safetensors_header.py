@@ -18,12 +18,12 @@ MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 
 class HeaderError(ValueError):
     """Why a header cannot be read. `problem` says which check failed, so each caller can word it:
-    "short" | "length" | "json" | "shape" | "entry" (with `key`) | "truncated" (with `missing` bytes).
+    "short" | "length" | "json" | "shape" | "entry" (with `key`) | "truncated".
     The message is a short clause ("its header is not JSON")."""
 
-    def __init__(self, problem: str, why: str, *, key: str = "", missing: int = 0) -> None:
+    def __init__(self, problem: str, why: str, *, key: str = "") -> None:
         super().__init__(why)
-        self.problem, self.key, self.missing = problem, key, missing
+        self.problem, self.key = problem, key
 
 
 @dataclass(frozen=True)
@@ -69,5 +69,5 @@ def read_safetensors_header(handle: BinaryIO, size: int, *, max_header_bytes: in
         end = max(end, stop)
     if 8 + length + end > size:
         missing = 8 + length + end - size
-        raise HeaderError("truncated", f"{missing / 2**20:,.1f} MiB of tensor data are missing at the end", missing=missing)
+        raise HeaderError("truncated", f"{missing / 2**20:,.1f} MiB of tensor data are missing at the end")
     return SafetensorsHeader(shapes=shapes, dtypes=dtypes, metadata={str(k): str(v) for k, v in metadata.items()})
