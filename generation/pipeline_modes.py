@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .families import INPAINT_CHANNELS  # noqa: F401 (re-exported)
+from .families import INPAINT_CHANNELS
 
 if TYPE_CHECKING:
     from .pipeline import RenderSettings
