@@ -200,6 +200,9 @@ def _either_case(rule: re.Pattern) -> dict:
     return {"pattern": rule.pattern.replace("a-z", "A-Za-z").replace(" ", r"\s")}
 
 
+# The fields as sent are training.services.create_subject's arguments: the service judges the class
+# noun and the token (training.rules, as for the page), unique names and tokens, and suggests a token
+# when none is sent, under the owner's lock, so simultaneous creates all get one.
 class SubjectCreateSerializer(StrictSerializer):
     name = DescribedCharField(schema=TEXT_SCHEMA, max_length=60)
     # validate_class_noun joins the words with single spaces: a class noun may not end in one.
@@ -207,9 +210,3 @@ class SubjectCreateSerializer(StrictSerializer):
                                     max_length=training_rules.CLASS_NOUN_MAX_LENGTH, help_text='What it is: "person", "dog", "shape".')
     token = DescribedCharField(schema=_either_case(training_rules.TOKEN_RE), max_length=32, required=False,
                                help_text="A rare word for the subject in prompts, not an ordinary word the model knows; omit for a suggestion (e.g. sks).")
-
-    def validate(self, attrs: dict) -> dict:
-        """The arguments of training.services.create_subject, as sent: the service judges the class
-        noun and the token (training.rules, as for the page), unique names and tokens, and suggests a
-        token when none is sent, under the owner's lock, so simultaneous creates all get one."""
-        return {"name": attrs["name"], "class_noun": attrs["class_noun"], "token": attrs.get("token", "")}
