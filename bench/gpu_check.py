@@ -299,7 +299,7 @@ def _peak(torch) -> dict:
 
 
 ROWS = {"build": row_build, "render": row_render, "train": row_train, "prior": row_prior, "retry": row_prior, "serve": row_serve}
-ORDER = {"build": 0, "render": 1, "train": 2, "prior": 3, "retry": 4, "serve": 5}
+ORDER = {row: i for i, row in enumerate(ROWS)}  # the table's order
 
 
 def child(spec: dict) -> None:
