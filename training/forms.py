@@ -173,16 +173,11 @@ class TrainingForm(forms.Form):
         rate.widget.attrs["placeholder"] = "default"
         rate.help_text = f"Blank: the method's default (LoRA {self.defaults.learning_rate:g}, full {full_rate:g})."
 
-    def clean(self):
-        data = super().clean()
-        # A value left as the page showed it is the model's default, not a choice: it is not passed on,
-        # so the page and the API (which sends only what it sets) store the same options.
-        self.chosen = {name: value for name, value in data.items()
-                       if name not in ("method", "base_model") and value not in (None, "", AUTO) and value != self.fields[name].initial}
-        return data
-
     def options(self) -> dict:
         """What the user chose on the page, without the blank and "auto" values and those left as
         shown: training.services.start_training judges them (rules.clean_training_options) and the
         view shows its refusals on the fields; the worker decides the rest for the method and its GPU."""
-        return self.chosen
+        # A value left as the page showed it is the model's default, not a choice: it is not passed on,
+        # so the page and the API (which sends only what it sets) store the same options.
+        return {name: value for name, value in self.cleaned_data.items()
+                if name not in ("method", "base_model") and value not in (None, "", AUTO) and value != self.fields[name].initial}
