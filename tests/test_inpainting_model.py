@@ -17,7 +17,7 @@ import pytest
 import torch
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from generation import catalog, pipeline, tasks
 from generation.models import BaseModel, Generation
@@ -26,10 +26,10 @@ from generation.services import create_generation
 from imagesite.jobs import JobStatus
 
 from .api_support import owner_api  # noqa: F401  (fixture)
+from .test_studio_modes import disc_mask, red_circle
 from .torch_support import one_torch_thread  # noqa: F401  (autouse fixtures)
 
 pytestmark = pytest.mark.django_db
-BLUE, RED = (30, 70, 225), (220, 30, 30)
 
 
 def build_inpainting_model(base: Path, folder: Path) -> Path:
@@ -82,18 +82,6 @@ def png_upload(image: Image.Image, name: str) -> SimpleUploadedFile:
     return SimpleUploadedFile(name, buffer.getvalue())
 
 
-def red_circle() -> Image.Image:
-    image = Image.new("RGB", (64, 64), BLUE)
-    ImageDraw.Draw(image).ellipse((16, 16, 48, 48), fill=RED)
-    return image
-
-
-def centre_mask() -> Image.Image:
-    mask = Image.new("L", (64, 64), 0)
-    ImageDraw.Draw(mask).ellipse((24, 24, 40, 40), fill=255)
-    return mask
-
-
 def image_of(generation: Generation) -> np.ndarray:
     with generation.images.get().file.open("rb") as handle:
         return np.asarray(Image.open(io.BytesIO(handle.read())).convert("RGB"))
@@ -116,7 +104,7 @@ def test_an_inpaint_job_on_it_keeps_the_unmasked_pixels(owner, offered, kind):
     """The real task on the 9-channel base: loaded with the inpaint pipeline class (a single file with
     the family's configs and a 9-channel UNet), the job succeeds, and outside the blurred mask every
     pixel is the input's own."""
-    source, mask = red_circle(), centre_mask()
+    source, mask = red_circle(), disc_mask((24, 24, 40, 40))
     job = create_generation(owner=owner, prompt="a yellow star on a blue background", seed=5, steps=2, base_model=offered[kind],
                             init_image=png_upload(source, "in.png"), mask=png_upload(mask, "mask.png"), strength=1.0, mask_blur=2)
     assert tasks.run_generation(job.pk) == "succeeded", Generation.objects.get(pk=job.pk).error
