@@ -4,7 +4,6 @@ from django import forms
 
 from generation import catalog
 from generation.forms import BaseModelField
-from generation.modelinfo import model_kind
 from generation.models import BaseModel
 
 from . import rules
@@ -152,9 +151,9 @@ class TrainingForm(forms.Form):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        # Trainable bases: offered ones with files here (a hub id is not).
+        # Trainable bases: offered ones with files here (a hub id is not) that are not inpainting models.
         offered, default = catalog.offered_with_default()
-        bases = [m for m in offered if model_kind(m.path) != "hub" and not m.info().inpainting]
+        bases = [m for m in offered if rules.untrainable_reason(m) is None]
         self.fields["base_model"].queryset = BaseModel.objects.filter(pk__in=[m.pk for m in bases])
         self.fields["base_model"].initial = default.pk
         if len(bases) < 2:

@@ -11,6 +11,7 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
+from generation.modelinfo import model_kind
 from generation.rules import mentions_token
 
 from .dreambooth.options import check_options, method_defaults
@@ -98,6 +99,18 @@ def validate_caption(value: str, *, token: str) -> str:
     if not mentions_token(value, token):
         raise ValidationError(f"Name the subject with its token “{token}”, e.g. “a {token} dog on a beach”.")
     return value
+
+
+def untrainable_reason(base_model) -> str | None:
+    """Why subjects cannot be trained on this BaseModel, or None: training needs the base's files
+    here (not a hub id) and a text-to-image base. The Train form offers only bases without a reason;
+    training.services refuses the others with it."""
+    if model_kind(base_model.path) == "hub":
+        return f"Training needs the base model's files on this server; “{base_model.name}” is a hub id."
+    if base_model.info().inpainting:
+        return (f"“{base_model.name}” is an inpainting model; train the subject on a text-to-image base of its family "
+                "and it works with this one too.")
+    return None
 
 
 # --- training options ---------------------------------------------------------------------------

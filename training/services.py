@@ -9,7 +9,7 @@ from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 
 from generation.catalog import default_model
-from generation.modelinfo import describe_model, model_kind
+from generation.modelinfo import describe_model
 from generation.models import BaseModel
 from imagesite import quotas
 from imagesite.conflicts import conflict
@@ -199,8 +199,7 @@ def _training_base(base_model):
         base_model = default_model()
     elif not BaseModel.objects.offered().filter(pk=base_model.pk).exists():
         raise ValidationError({"base_model": [f"“{base_model.name}” is not offered (disabled, or its files cannot be used)."]})
-    if model_kind(base_model.path) == "hub":
-        raise ValidationError({"base_model": [f"Training needs the base model's files on this server; “{base_model.name}” is a hub id."]})
-    if base_model.info().inpainting:
-        raise ValidationError({"base_model": [f"“{base_model.name}” is an inpainting model; train the subject on a text-to-image base of its family and it works with this one too."]})
+    reason = rules.untrainable_reason(base_model)
+    if reason:
+        raise ValidationError({"base_model": [reason]})
     return base_model
