@@ -61,6 +61,11 @@ class MemoryNeed:
     full_bytes: int
     largest_bytes: int
 
+    @classmethod
+    def of_family(cls, family: Family) -> "MemoryNeed":
+        """The family's reference figures (families.py), for a model whose own weights cannot be read."""
+        return cls(family.vram_fp16_bytes, family.largest_fp16_bytes)
+
     def fits_full(self, free_bytes: int) -> bool:
         return free_bytes >= self.full_bytes * (1 + MARGIN_FRACTION) + MARGIN_BYTES
 
@@ -68,7 +73,7 @@ class MemoryNeed:
         return free_bytes >= (self.largest_bytes + OFFLOAD_ACTIVATIONS_BYTES) * (1 + MARGIN_FRACTION) + MARGIN_BYTES
 
 
-SD1_NEED = MemoryNeed(FAMILIES["sd1"].vram_fp16_bytes, FAMILIES["sd1"].largest_fp16_bytes)
+SD1_NEED = MemoryNeed.of_family(FAMILIES["sd1"])
 
 
 def memory_need(source: str, family: Family) -> MemoryNeed:
@@ -77,9 +82,13 @@ def memory_need(source: str, family: Family) -> MemoryNeed:
     reference gets its own size). Reads only safetensors headers."""
     weights = _folder_weights_fp16(Path(source)) if Path(source).is_dir() else None
     if not weights:
-        return MemoryNeed(family.vram_fp16_bytes, family.largest_fp16_bytes)
-    activations = family.vram_fp16_bytes - family.weights_fp16_bytes
-    return MemoryNeed(sum(weights.values()) + activations, max(weights.values()))
+        return MemoryNeed.of_family(family)
+    return MemoryNeed(sum(weights.values()) + _image_activations(family), max(weights.values()))
+
+
+def _image_activations(family: Family) -> int:
+    """Bytes of one image's activations at the family's native size in fp16: its need less its weights."""
+    return family.vram_fp16_bytes - family.weights_fp16_bytes
 
 
 def _folder_weights_fp16(folder: Path) -> dict[str, int]:
@@ -162,10 +171,10 @@ def max_batch_images(profile: str, family: Family, width: int, height: int, *, f
         return None
     if profile == "low":
         return 1
-    need = need or MemoryNeed(family.vram_fp16_bytes, family.largest_fp16_bytes)
+    need = need or MemoryNeed.of_family(family)
     pixels = width * height / family.native_size**2
     if profile == "full":
-        per_image = family.vram_fp16_bytes - family.weights_fp16_bytes
+        per_image = _image_activations(family)
         resident = need.full_bytes - per_image
     else:
         per_image, resident = OFFLOAD_ACTIVATIONS_BYTES, need.largest_bytes
