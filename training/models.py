@@ -23,14 +23,13 @@ class SubjectQuerySet(models.QuerySet):
     def with_trained_family(self) -> "SubjectQuerySet":
         """Annotate `trained_family`: the base model family of the run generations use (the newest
         succeeded one, as Subject.trained_run picks); None without one, blank for older runs."""
-        newest = TrainingRun.objects.filter(subject=models.OuterRef("pk"), status=JobStatus.SUCCEEDED).order_by("-finished_at", "-pk")
+        newest = TrainingRun.objects.trained().filter(subject=models.OuterRef("pk"))
         return self.annotate(trained_family=models.Subquery(newest.values("base_family")[:1]))
 
     def with_trained_run(self) -> "SubjectQuerySet":
         """Prefetch each subject's succeeded runs, newest first, so `Subject.trained_run()` reads them
         instead of querying: a list of subjects and their trained runs in two queries, however long."""
-        succeeded = TrainingRun.objects.filter(status=JobStatus.SUCCEEDED).order_by("-finished_at", "-pk")
-        return self.prefetch_related(models.Prefetch("runs", queryset=succeeded, to_attr="succeeded_runs"))
+        return self.prefetch_related(models.Prefetch("runs", queryset=TrainingRun.objects.trained(), to_attr="succeeded_runs"))
 
 
 class Subject(models.Model):
@@ -71,7 +70,7 @@ class Subject(models.Model):
         """The newest run that produced a checkpoint (what generation uses)."""
         if hasattr(self, "succeeded_runs"):  # prefetched by SubjectQuerySet.with_trained_run()
             return self.succeeded_runs[0] if self.succeeded_runs else None
-        return self.runs.filter(status=JobStatus.SUCCEEDED).order_by("-finished_at", "-pk").first()
+        return self.runs.trained().first()
 
     def trained_family(self) -> str:
         """The family of the base its checkpoint was trained on ("" when untrained or unrecorded)."""
@@ -200,6 +199,11 @@ class TrainingMethod(models.TextChoices):
 class TrainingRunQuerySet(JobQuerySet):
     def for_user(self, user) -> "TrainingRunQuerySet":
         return self.filter(subject__owner=user)
+
+    def trained(self) -> "TrainingRunQuerySet":
+        """Succeeded runs (each holds a checkpoint), newest first: a subject's first is the one
+        generation uses (Subject.trained_run)."""
+        return self.filter(status=JobStatus.SUCCEEDED).order_by("-finished_at", "-pk")
 
 
 class TrainingRun(Job):
