@@ -39,7 +39,6 @@ from django.utils import timezone
 
 log = logging.getLogger("imagesite.orphans")
 
-DEFAULT_GRACE_S = 3600
 SWEEP_TASK = "imagesite.orphans.run_sweep"
 
 Names = Callable[[], Iterable[str]]
@@ -114,7 +113,7 @@ class _Found:
 
 
 def grace_period() -> timedelta:
-    return timedelta(seconds=getattr(settings, "IMAGESITE_ORPHAN_GRACE_S", DEFAULT_GRACE_S))
+    return timedelta(seconds=settings.IMAGESITE_ORPHAN_GRACE_S)
 
 
 def sweep(*, dry_run: bool = False, grace: timedelta | None = None) -> SweepReport:
