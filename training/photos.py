@@ -34,8 +34,6 @@ MAX_FILE_BYTES = 15 * 1024 * 1024
 MAX_PIXELS = 40_000_000
 JPEG_QUALITY = 95
 
-# Magic numbers of the accepted formats; the name and the browser's content type are not trusted.
-
 
 class PhotoRejected(ValueError):
     """A photo that cannot be used; `reason` is a sentence to show the person who uploaded it."""
