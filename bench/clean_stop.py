@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,22 +26,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.tables import print_table  # noqa: E402
+from bench.worker_overhead import _environment, _fresh_database  # noqa: E402  (a throwaway DB and media folder)
+
 WORK = ROOT / "build" / "bench-stop"
 JOB = dict(negative_prompt="", steps=60, guidance_scale=7.5, width=64, height=64, scheduler="euler_a", num_images=2)
 
 
 def _setup() -> None:
-    if WORK.exists():
-        shutil.rmtree(WORK)
-    (WORK / "media").mkdir(parents=True)
-    os.environ.update(DJANGO_SETTINGS_MODULE="imagesite.settings", IMAGESITE_SQLITE_PATH=str(WORK / "bench.sqlite3"),
-                      IMAGESITE_MEDIA_ROOT=str(WORK / "media"), PYTHONUNBUFFERED="1")
+    os.environ.update(_environment(None, WORK))
     import django
 
     django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0, interactive=False)
+    _fresh_database(WORK)
 
 
 def _start(command: str, log: Path) -> subprocess.Popen:
