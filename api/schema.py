@@ -52,9 +52,6 @@ class DescribedCharFieldSchema(OpenApiSerializerFieldExtension):
         return {**schema, **self.target.schema} if direction == "request" else schema  # a rule on input
 
 
-FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
-
-
 def json_bodies_only(result: dict) -> dict:
     """An operation that takes JSON is documented with JSON alone, and as refusing unknown fields. DRF also parses a form encoding
     of the same fields (a convenience kept for curl -d), but a form cannot say null, a number or
@@ -65,13 +62,13 @@ def json_bodies_only(result: dict) -> dict:
             content = operation.get("requestBody", {}).get("content", {})
             if "application/json" in content:
                 json_schema = content["application/json"].get("schema", {})
-                for media_type in FORM_TYPES:
-                    if media_type in content and content[media_type].get("schema") == json_schema:
-                        content.pop(media_type)
                 content.pop("application/x-www-form-urlencoded", None)
-                if "multipart/form-data" in content:  # the JSON fields' rules, plus the files; no nulls
-                    _form_like_json(result, content["multipart/form-data"].get("schema", {}), json_schema)
-                    _refuse_unknown_fields(result, content["multipart/form-data"].get("schema", {}))
+                form_schema = content.get("multipart/form-data", {}).get("schema")
+                if form_schema == json_schema:  # the same fields as a form: documented by the JSON alone
+                    content.pop("multipart/form-data")
+                elif form_schema is not None:  # the JSON fields' rules, plus the files; no nulls
+                    _form_like_json(result, form_schema, json_schema)
+                    _refuse_unknown_fields(result, form_schema)
                 _refuse_unknown_fields(result, json_schema)
     return result
 
