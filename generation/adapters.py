@@ -199,14 +199,11 @@ class LoadedAdapters:
             while len(loaded) >= max(LORA_CACHE_SIZE, len(keep)) and any(k not in keep for k in loaded):
                 self.pipe.delete_adapters(next(k for k in loaded if k not in keep))
                 loaded.remove(next(k for k in loaded if k not in keep))
-            from .lora_files import read_lora_file
-
             with warnings.catch_warnings():
                 # peft warns whenever a model gets a second adapter; keeping a few is the point here.
                 warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
                 try:
-                    lora = _lora_file(adapter.path)  # its weights are read here only, for peft to keep
-                    (read_lora_file(adapter.path) if lora.bundled else lora).load_into(self.pipe, adapter.key)
+                    _lora_file(adapter.path).load_into(self.pipe, adapter.key)  # its weights are read here only, for peft to keep
                 except (ValueError, KeyError, RuntimeError) as exc:
                     _discard_partial(self.pipe, adapter.key)
                     raise GenerationError(f"The LoRA “{adapter.name or adapter.key}” does not fit this model: {_first_line(exc)}") from exc

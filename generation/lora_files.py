@@ -224,9 +224,11 @@ class LoraFile:
         """`pipe.load_lora_weights` with this file's LoRA: the split-off tensors for a file with a
         bundled embedding (diffusers refuses its bundle_emb keys), else the path itself, so that an
         older run's peft-layout file keeps the lora_alpha diffusers reads from the file's metadata
-        (a dict of its tensors alone would load at scale 1)."""
+        (a dict of its tensors alone would load at scale 1). Read with `weights=False`, the tensors
+        are read from the file now, for peft to keep."""
         if self.bundled:
-            pipe.load_lora_weights(self.state, adapter_name=adapter_name)
+            state = self.state if self.tensors else read_lora_file(self.path).state
+            pipe.load_lora_weights(state, adapter_name=adapter_name)
         else:
             pipe.load_lora_weights(str(self.path), adapter_name=adapter_name)
 
