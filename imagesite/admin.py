@@ -1,7 +1,7 @@
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path, reverse
@@ -11,7 +11,9 @@ from . import invite_admin  # noqa: F401  (registers the admin's Invites)
 from . import quotas
 from .accounts import delete_account
 from .export import archive_response, request_export
+from .jobs import job_models
 from .models import DataExport, QueueControl, UserLimits
+from .queue import retry_job, wake_queued
 
 
 @admin.register(UserLimits)
@@ -50,10 +52,6 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry failed or canceled jobs (afresh, past the owner's queue cap)", permissions=["change"])
     def retry_jobs(self, request: HttpRequest, queryset) -> None:
-        from django.core.exceptions import ValidationError
-
-        from .queue import retry_job
-
         done = 0
         for job in queryset:
             try:
@@ -83,9 +81,6 @@ class QueueControlAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj, form, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if not obj.paused:
-            from .jobs import job_models
-            from .queue import wake_queued
-
             wake_queued(job_models())
 
 
