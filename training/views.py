@@ -61,16 +61,16 @@ def _subject_page(request: HttpRequest, subject: Subject, *, training_form=None,
         "ready_count": len(ready),
         "pending_count": sum(photo.status == PhotoStatus.PENDING for photo in photos),
         "captions_form": captions_form,
-        "runs": subject.runs.all()[:10],
-        "latest_run": subject.latest_run(),
-        "upload_form": PhotoUploadForm(),
-        "training_form": training_form or TrainingForm(),
         "is_training": subject.is_training(),
         "caption_backgrounds": describe_model(settings.IMAGESITE_MODEL).caption_backgrounds,
     }
-    # htmx polls the photo list while photos are being processed
-    template = "training/_photos.html" if request.htmx else "training/subject_detail.html"
-    return render(request, template, context, status=status)
+    if request.htmx:
+        # htmx polls the photo list every 2 s while photos are being processed: the list alone, without
+        # the Train form (the catalog, each base's files and the method defaults) or the runs.
+        return render(request, "training/_photos.html", context, status=status)
+    context.update(runs=subject.runs.all()[:10], latest_run=subject.latest_run(), upload_form=PhotoUploadForm(),
+                   training_form=training_form or TrainingForm())
+    return render(request, "training/subject_detail.html", context, status=status)
 
 
 @login_required
