@@ -231,12 +231,17 @@ def input_response(field_file, missing: str) -> HttpResponse:
     return private_file_response(field_file, content_type=stored_content_type(field_file))
 
 
+def _back(request: HttpRequest, generation: Generation) -> HttpResponse:
+    """After a job's button: the Generate page showing it when pressed there (next=studio), else its own page."""
+    return redirect(studio_url(generation) if request.POST.get("next") == "studio" else generation.get_absolute_url())
+
+
 @login_required
 @require_POST
 def generation_retry(request: HttpRequest, pk: int) -> HttpResponse:
     generation = _get_generation_for_user(request, pk)
     retry_from_page(request, generation)
-    return redirect(studio_url(generation) if request.POST.get("next") == "studio" else generation.get_absolute_url())
+    return _back(request, generation)
 
 
 @login_required
@@ -245,7 +250,7 @@ def generation_cancel(request: HttpRequest, pk: int) -> HttpResponse:
     generation = _get_generation_for_user(request, pk)
     if generation.cancel():
         messages.info(request, generation.cancel_notice())
-    return redirect(studio_url(generation) if request.POST.get("next") == "studio" else generation.get_absolute_url())
+    return _back(request, generation)
 
 
 @login_required
