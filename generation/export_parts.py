@@ -7,7 +7,7 @@ from typing import Iterator
 
 from imagesite.export import ArchiveFile, Records, plain_fields, safe_name
 
-from .inputs import sniff_format
+from .inputs import stored_format
 from .models import Embedding, GeneratedImage, Generation, Lora
 
 # Internal bookkeeping of the queue, not the user's settings or the job's story.
@@ -54,8 +54,7 @@ _SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
 def _image_suffix(stored) -> str:
     """The input's real type, read from its first bytes (stored names end in .upload)."""
     try:
-        with stored.storage.open(stored.name, "rb") as f:
-            found = sniff_format(f.read(16))
+        found = stored_format(stored)
     except OSError:
         return ""
     return _SUFFIXES.get(found or "", "")

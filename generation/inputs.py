@@ -86,11 +86,16 @@ def _open(file: BinaryIO, size: int, what: str) -> tuple[Image.Image, str]:
     return image, fmt
 
 
-def stored_content_type(field_file) -> str:
-    """The content type of a stored input or mask, from its first bytes (a raw upload may be a JPEG
-    until the worker has replaced it with the clean PNG)."""
+def stored_format(field_file) -> str | None:
+    """The format of a stored input or mask (`sniff_format` of its first bytes: a raw upload may be a
+    JPEG until the worker has replaced it with the clean PNG)."""
     with field_file.storage.open(field_file.name, "rb") as handle:
-        return CONTENT_TYPES.get(sniff_format(handle.read(16)) or "", "application/octet-stream")
+        return sniff_format(handle.read(16))
+
+
+def stored_content_type(field_file) -> str:
+    """The content type of a stored input or mask, from its bytes."""
+    return CONTENT_TYPES.get(stored_format(field_file) or "", "application/octet-stream")
 
 
 def check_header(file: BinaryIO, *, size: int, what: str = "input image") -> InputHeader:
