@@ -240,7 +240,7 @@ def _named_embeddings(owner, text: str) -> list[Embedding]:
     found: dict[str, Embedding] = {}
     for row in usable(Embedding, owner).annotate(lowered=Lower("name")).filter(lowered__in=words).order_by("-owner_id", "pk"):
         key = row.name.lower()
-        if key in words and (key not in found or row.owner_id == owner.pk):
+        if key not in found or row.owner_id == owner.pk:
             found[key] = row
     return list(found.values())
 
