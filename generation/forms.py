@@ -164,14 +164,6 @@ class GenerateForm(forms.Form):
         value = getattr(value, "pk", value)
         return self.fields[name].queryset.filter(pk=value).first() if str(value or "").isdigit() else None
 
-    def chosen_input_job(self) -> Generation | None:
-        """The earlier job whose uploaded input the form reuses."""
-        return self.chosen("input_job")
-
-    def chosen_source(self) -> GeneratedImage | None:
-        """The gallery image the form starts from."""
-        return self.chosen("source_image")
-
     def hires_open(self) -> bool:
         """Whether the page shows the hires section open: it is in use, or has an error."""
         if any(self[name].errors for name in self.HIRES):

@@ -56,7 +56,7 @@ def generate(request: HttpRequest) -> HttpResponse:
     else:
         job = _job_from_query(request)
         form, status = GenerateForm(initial=initial_from_job(job) if job else _initial_from_query(request), owner=request.user), 200
-        if job is None and (factor := _upscale_factor(request)) and (source := form.chosen_source()):
+        if job is None and (factor := _upscale_factor(request)) and (source := form.chosen("source_image")):
             width, height = upscaled_size(source.width, source.height, form.model_info, factor)
             form.initial.update(width=width, height=height, strength=UPSCALE_STRENGTH)
     return render(request, "generation/generate.html", _studio_context(request, form, job), status=status)
@@ -95,11 +95,11 @@ def _studio_context(request: HttpRequest, form: GenerateForm, job: Generation | 
 def _chosen_input(form: GenerateForm, job: Generation | None) -> dict | None:
     """The input image the form starts from, for its thumbnail and the mask painter: a gallery image,
     or an earlier job's uploaded input; with the shown job's mask when the input is that job's."""
-    if source := form.chosen_source():
+    if source := form.chosen("source_image"):
         chosen = {"thumb": reverse("image-thumbnail", args=[source.pk]), "full": reverse("image-file", args=[source.pk]),
                   "text": f"From the gallery ({source.width}×{source.height})"}
         same_input = job is not None and job.source_image_id == source.pk
-    elif earlier := form.chosen_input_job():
+    elif earlier := form.chosen("input_job"):
         url = reverse("generation-input", args=[earlier.pk])
         chosen, same_input = {"thumb": url, "full": url, "text": "The input of that job"}, job is not None and job.pk == earlier.pk
     else:
