@@ -20,23 +20,15 @@ from .stopping import JobInterrupted
 log = logging.getLogger("imagesite.jobs")
 
 
-def run_job(
-    job: Job | None,
-    work: Callable[[Job], None],
-    *,
-    label: str,
-    readable: tuple[type[BaseException], ...] = (),
-    canceled: tuple[type[BaseException], ...] = (),
-    cleanup: Callable[[Job], None] | None = None,
-) -> str:
+def run_job(job: Job | None, work: Callable[[Job], None], **ending) -> str:
     """The life of one job on a worker, the same for every kind: claim the row (or explain why not),
     beat the heartbeat while `work(job)` runs, and end every way out in a state a person can read.
 
     `work` ends the job itself with `job.succeed()` in the transaction that stores its results (and
-    raises JobCanceled if that says the job moved on). Exceptions in `readable` carry a message meant
-    for the person; `canceled` are the ML code's own cancel signals; anything else fails as
-    "<label> failed: <type>: <message>". Messages never show server paths. `cleanup(job)` removes
-    partial outputs of a job that did not succeed. Returns a short outcome for django-q2's task log."""
+    raises JobCanceled if that says the job moved on). `ending` is end_job's keywords: `label`,
+    `readable` (exceptions whose message is meant for the person), `canceled` (the ML code's own
+    cancel signals) and `cleanup` (removes partial outputs of a job that did not succeed). Returns a
+    short outcome for django-q2's task log."""
     if job is None:
         return "deleted before it ran"
     if not job.claim():
@@ -44,35 +36,25 @@ def run_job(
         if job.status == JobStatus.QUEUED:  # attempts used up by earlier, killed workers
             job.fail(f"Gave up after {job.attempts} attempts: the worker kept stopping during this job.")
         return f"not run: {job.status}"
-    return run_claimed(job, work, label=label, readable=readable, canceled=canceled, cleanup=cleanup)
+    return run_claimed(job, work, **ending)
 
 
-def run_claimed(
-    job: Job,
-    work: Callable[[Job], None],
-    *,
-    label: str,
-    readable: tuple[type[BaseException], ...] = (),
-    canceled: tuple[type[BaseException], ...] = (),
-    cleanup: Callable[[Job], None] | None = None,
-) -> str:
+def run_claimed(job: Job, work: Callable[[Job], None], **ending) -> str:
     """run_job's part after the claim: the job is this worker's (running, attempt counted). A worker
     asked to stop (imagesite.stopping) gives the job back to the queue, its attempt not counted."""
     def work_alone(jobs: list[Job]) -> list[BaseException | None]:
         work(job)
         return [None]
 
-    return _run_together([job], work_alone, label=label, readable=readable, canceled=canceled, cleanup=cleanup)[0]
+    return _run_together([job], work_alone, **ending)[0]
 
 
-def run_claimed_batch(jobs: list[Job], work: Callable[[list[Job]], list[BaseException | None]], *, label: str,
-                      readable: tuple[type[BaseException], ...] = (), canceled: tuple[type[BaseException], ...] = (),
-                      cleanup: Callable[[Job], None] | None = None) -> str:
+def run_claimed_batch(jobs: list[Job], work: Callable[[list[Job]], list[BaseException | None]], **ending) -> str:
     """run_claimed for jobs a worker runs together (imagesite.queue.claim_batch): one heartbeat each,
     the time shared, and each job ended on its own: `work(jobs)` finishes the jobs that succeed and
     returns, per job, None or the exception that ended it (canceled mid-batch, failed); an exception
     out of `work` itself ends every job of the batch that way."""
-    outcomes = _run_together(jobs, work, label=label, readable=readable, canceled=canceled, cleanup=cleanup)
+    outcomes = _run_together(jobs, work, **ending)
     return ", ".join(f"{type(job)._meta.model_name} {job.pk} {outcome}" for job, outcome in zip(jobs, outcomes))
 
 
@@ -94,7 +76,9 @@ def _run_together(jobs: list[Job], work: Callable[[list[Job]], list[BaseExceptio
 
 def end_job(job: Job, exc: BaseException, *, label: str, readable: tuple[type[BaseException], ...] = (),
             canceled: tuple[type[BaseException], ...] = (), cleanup: Callable[[Job], None] | None = None) -> str:
-    """End a job its work could not finish, in a state a person can read; returns the outcome."""
+    """End a job its work could not finish, in a state a person can read; returns the outcome.
+    Anything not `readable` fails as "<label> failed: <type>: <message>"; messages never show server
+    paths (Job.fail)."""
     if isinstance(exc, JobInterrupted):
         outcome = "back in the queue: the worker is stopping" if job.give_back() else "interrupted"
     elif isinstance(exc, (JobCanceled, *canceled)):
