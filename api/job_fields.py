@@ -1,10 +1,13 @@
-"""What every job's API shares: where a queued job stands in the queue, and a retry."""
+"""What every job's API shares: where a queued job stands in the queue, and its cancel and retry actions."""
 from __future__ import annotations
 
 from functools import cached_property
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
 
 from imagesite.conflicts import conflict
 from imagesite.jobs import Job, JobStatus
@@ -52,3 +55,21 @@ def retry(job: Job) -> Job:
         raise conflict("Only a failed or canceled job can be retried.")
     job.refresh_from_db()
     return job
+
+
+# POST …/cancel/ and …/retry/ for a viewset of the owner's jobs (generations, training runs): the job's
+# own state changes, answered with the job. Each viewset states their summaries (extend_schema_view),
+# since the words differ per kind. A comment, not a docstring: drf-spectacular would publish a
+# docstring as every operation's description.
+class JobActions:
+
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        job = self.get_object()
+        job.cancel()  # no-op once it has ended; the response shows the status either way
+        job.refresh_from_db()
+        return Response(self.get_serializer(job).data)
+
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str | None = None) -> Response:
+        return Response(self.get_serializer(retry(self.get_object())).data)

@@ -15,7 +15,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from api.job_fields import retry
+from api.job_fields import JobActions
 from api.pagination import NewestFirstCursorPagination
 from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_by_id, filter_status, id_param, parse_id
 from imagesite.files import private_file_response
@@ -78,8 +78,12 @@ INPUT_RESPONSE = {(200, "image/png"): OpenApiResponse(OpenApiTypes.BINARY, descr
     list=extend_schema(summary="List your generations, newest first", parameters=[STATUS_PARAM, SEARCH_PARAM]),
     retrieve=extend_schema(summary="A generation: status, progress and its images when done"),
     destroy=extend_schema(summary="Delete a generation and its images (cancels it if it is still running)"),
+    cancel=extend_schema(summary="Cancel a queued or running generation", request=None, responses={200: s.GenerationSerializer}),
+    retry=extend_schema(summary="Queue a failed or canceled generation again", description="Afresh (error, progress and attempts "
+                        "reset), within your queue cap (429 past it); 409 when the job is not failed or canceled.",
+                        request=None, responses={200: s.GenerationSerializer}),
 )
-class GenerationViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
+class GenerationViewSet(JobActions, OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin, viewsets.GenericViewSet):
     serializer_class = s.GenerationSerializer
     pagination_class = NewestFirstCursorPagination  # keyset pages: as fast at 10,000 rows as at 100
 
@@ -140,21 +144,6 @@ class GenerationViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.Retriev
     def perform_destroy(self, instance: Generation) -> None:
         instance.cancel()  # a running worker sees the row canceled or gone and removes its files
         instance.delete()
-
-    @extend_schema(summary="Cancel a queued or running generation", request=None, responses={200: s.GenerationSerializer})
-    @action(detail=True, methods=["post"])
-    def cancel(self, request: Request, pk: str | None = None) -> Response:
-        generation = self.get_object()
-        generation.cancel()  # no-op once it has ended; the response shows the status either way
-        generation.refresh_from_db()
-        return Response(self.get_serializer(generation).data)
-
-    @extend_schema(summary="Queue a failed or canceled generation again", description="Afresh (error, progress and attempts reset), "
-                   "within your queue cap (429 past it); 409 when the job is not failed or canceled.",
-                   request=None, responses={200: s.GenerationSerializer})
-    @action(detail=True, methods=["post"])
-    def retry(self, request: Request, pk: str | None = None) -> Response:
-        return Response(self.get_serializer(retry(self.get_object())).data)
 
     @extend_schema(summary="The job's input image (img2img/inpainting)", description="404 when the job has none.", responses=INPUT_RESPONSE)
     @action(detail=True, methods=["get"], url_path="input", url_name="input", content_negotiation_class=FileNegotiation)

@@ -14,7 +14,7 @@ from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from api.job_fields import retry
+from api.job_fields import JobActions
 from api.serializers import form_errors
 from api.views import STATUS_PARAM, FileNegotiation, OwnedViewSetMixin, filter_by_id, filter_status, id_param, parse_id
 from imagesite.conflicts import is_conflict
@@ -171,8 +171,12 @@ class SubjectViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMo
 @extend_schema_view(
     list=extend_schema(summary="Your training runs, newest first", parameters=[STATUS_PARAM, id_param("subject", "Only this subject's runs.")]),
     retrieve=extend_schema(summary="A training run: status, phase, progress, loss and checkpoint"),
+    cancel=extend_schema(summary="Cancel a queued or running training run", request=None, responses={200: ts.TrainingRunSerializer}),
+    retry=extend_schema(summary="Queue a failed or canceled training run again", description="Afresh, within your queue cap (429 "
+                        "past it); 409 when the run is not failed or canceled, or its subject is training.",
+                        request=None, responses={200: ts.TrainingRunSerializer}),
 )
-class TrainingRunViewSet(OwnedViewSetMixin, viewsets.ReadOnlyModelViewSet):
+class TrainingRunViewSet(JobActions, OwnedViewSetMixin, viewsets.ReadOnlyModelViewSet):
     serializer_class = ts.TrainingRunSerializer
 
     def get_queryset(self) -> QuerySet[TrainingRun]:
@@ -182,21 +186,6 @@ class TrainingRunViewSet(OwnedViewSetMixin, viewsets.ReadOnlyModelViewSet):
         if self.action == "list":
             queryset = filter_by_id(filter_status(queryset, self.request), self.request, "subject")
         return queryset.order_by("-created_at", "-pk")
-
-    @extend_schema(summary="Cancel a queued or running training run", request=None, responses={200: ts.TrainingRunSerializer})
-    @action(detail=True, methods=["post"])
-    def cancel(self, request: Request, pk: str | None = None) -> Response:
-        run = self.get_object()
-        run.cancel()
-        run.refresh_from_db()
-        return Response(self.get_serializer(run).data)
-
-    @extend_schema(summary="Queue a failed or canceled training run again", description="Afresh, within your queue cap (429 past "
-                   "it); 409 when the run is not failed or canceled, or its subject is training.",
-                   request=None, responses={200: ts.TrainingRunSerializer})
-    @action(detail=True, methods=["post"])
-    def retry(self, request: Request, pk: str | None = None) -> Response:
-        return Response(self.get_serializer(retry(self.get_object())).data)
 
     @extend_schema(
         summary="Download the checkpoint: the LoRA in kohya layout (<token>.safetensors, the token's embedding bundled; "
