@@ -48,7 +48,7 @@ class SubjectViewSet(OwnedViewSetMixin, mixins.ListModelMixin, mixins.RetrieveMo
     def get_queryset(self) -> QuerySet[Subject]:
         if self.is_schema_request():
             return Subject.objects.none()
-        return Subject.objects.for_user(self.request.user).prefetch_related("photos").order_by("-created_at", "-pk")
+        return Subject.objects.for_user(self.request.user).with_trained_run().prefetch_related("photos").order_by("-created_at", "-pk")
 
     @extend_schema(
         summary="Create a subject",
